@@ -1,0 +1,51 @@
+# The two commands: `make demo` (embedded end-to-end demo, no services) and `make test` (installs and
+# starts PostgreSQL and Azurite for the tests itself). Everything else here serves those two.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test install services postgres azurite lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/migrate demo --workdir demo-work
+
+# PostgreSQL server binaries (initdb, pg_ctl) from Debian when the machine has none; the test fixture
+# starts a throwaway cluster as the `postgres` user on a free loopback port.
+postgres:
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "PostgreSQL server binaries missing: run 'sudo apt-get install postgresql'" >&2; exit 1; fi
+
+# Azurite (npm) for the blob tests; the fixture starts it with --disableTelemetry on a free port.
+azurite: node_modules/.bin/azurite-blob
+
+node_modules/.bin/azurite-blob: package.json
+	@command -v npm >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
+	touch $@
+
+services: postgres azurite
+
+test: install services
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check migrate tests bench
+	$(VENV)/bin/mypy migrate
+
+bench: install services
+	$(PY) bench/bench_blobs.py
+	$(PY) bench/bench_db_load.py
+	$(PY) bench/bench_db_verify.py
+
+clean:
+	rm -rf demo-work .pytest_cache .ruff_cache .mypy_cache

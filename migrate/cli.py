@@ -1,0 +1,225 @@
+"""The `migrate` command line: parse arguments, call `migrate.commands`, render the result. Nothing else.
+
+Human output and progress go to stderr; `--json` prints one versioned envelope on stdout. Exit codes:
+0 success, 1 operational error, 2 invalid plan or usage, 3 differences found or a gate refused,
+4 (`plan --detailed-exitcode`) changes pending.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from migrate import commands, views
+from migrate.errors import EXIT_INVALID, EXIT_OPERATIONAL, GateRefused, MigrateError, PlanError, VerificationFailed
+from migrate.progress import ConsoleProgress
+from migrate.redact import redact
+from migrate.results import envelope
+
+app = typer.Typer(
+    name="migrate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Move an EPR component to Azure in staged, verified, resumable steps. See README.md.",
+)
+err = Console(stderr=True, soft_wrap=True)
+_debug = {"on": False}
+
+PlanArg = Annotated[Path, typer.Argument(help="The plan file (YAML).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine output (JSON envelope) on stdout.")]
+ItemOpt = Annotated[list[str] | None, typer.Option("--item", help="Only this item (repeatable).")]
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False) -> None:
+    _debug["on"] = debug
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RedactingFilter())
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler], force=True)
+    if not debug:
+        logging.getLogger("azure").setLevel(logging.ERROR)
+
+
+def _execute(command: str, as_json: bool, work: Callable[[ConsoleProgress], Any],
+             show: Callable[[Console, Any], None], exit_code: Callable[[Any], int] = lambda r: 0) -> None:
+    """Run one verb: map errors to exit codes and one clear message; render the result."""
+    result: Any = None
+    try:
+        with ConsoleProgress(err) as progress:
+            result = work(progress)
+        code = exit_code(result)
+        error = None
+    except MigrateError as exc:
+        if _debug["on"]:
+            raise
+        code, error = exc.exit_code, redact(str(exc))
+        if isinstance(exc, VerificationFailed):
+            result = {"differences": exc.differences}
+        elif isinstance(exc, GateRefused):
+            result = {"refused": exc.reasons}
+        elif isinstance(exc, PlanError):
+            result = {"problems": [str(p) for p in exc.problems]}
+    except KeyboardInterrupt:
+        err.print("interrupted: the journal holds what finished; run the same command again to resume")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the one place unexpected errors become a message
+        if _debug["on"]:
+            raise
+        code = EXIT_OPERATIONAL
+        error = redact(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+    if as_json:
+        sys.stdout.write(json.dumps(envelope(command, code, result, error), indent=2, ensure_ascii=False) + "\n")
+    elif error is not None:
+        label = "" if error.startswith("internal error") or isinstance(result, dict) and "problems" in result \
+            else "error: "
+        err.print(f"{label}{error}", highlight=False, markup=False)
+    else:
+        show(err, result)
+    raise typer.Exit(code)
+
+
+@app.command()
+def validate(paths: Annotated[list[Path], typer.Argument(help="Plan files or folders of them.")],
+             as_json: JsonOpt = False) -> None:
+    """Check plans: schema and meaning; every problem as `path:line:col: key: message` (exit 2)."""
+    _execute("validate", as_json, lambda p: commands.validate(paths), views.show_validate, lambda r: r.exit_code)
+
+
+@app.command()
+def plan(plan: PlanArg, as_json: JsonOpt = False,
+         detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode",
+                                                         help="Exit 4 when something would change.")] = False
+         ) -> None:
+    """Dry-run: connect read-only, inventory both sides, show what would move. Writes nothing."""
+    _execute("plan", as_json, lambda p: commands.plan(plan, progress=p), views.show_plan,
+             lambda r: r.exit_code(detailed_exitcode))
+
+
+@app.command()
+def run(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
+        until: Annotated[str, typer.Option(help="Stop after this stage: preflight, schema, load or verify.")]
+        = "verify") -> None:
+    """preflight → schema → load → verify; resumes whatever an earlier run left unfinished."""
+    _execute("run", as_json, lambda p: commands.run(plan, until=until, items=items, progress=p), views.show_run,
+             lambda r: r.exit_code)
+
+
+@app.command()
+def sync(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
+         watch: Annotated[bool, typer.Option(help="Keep dual-running every dual_run.interval.")] = False,
+         cycles: Annotated[int | None, typer.Option(help="With --watch: stop after this many cycles.")] = None
+         ) -> None:
+    """One incremental catch-up cycle (or keep going with --watch), reporting lag."""
+    on_cycle = None if as_json else (lambda n, results: views.show_sync_cycle(err, n, results))
+    _execute("sync", as_json, lambda p: commands.sync(plan, watch=watch, max_cycles=cycles, items=items,
+                                                      progress=p, on_cycle=on_cycle),
+             lambda c, r: None, lambda r: r.exit_code)
+
+
+@app.command()
+def verify(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
+           deep: Annotated[bool, typer.Option(help="Re-read target bytes instead of trusting stored hashes.")]
+           = False) -> None:
+    """Full verification; lists every difference (exit 3 when any)."""
+    _execute("verify", as_json, lambda p: commands.verify(plan, deep=deep, items=items, progress=p),
+             views.show_verify, lambda r: r.exit_code)
+
+
+@app.command()
+def status(plan: PlanArg, as_json: JsonOpt = False) -> None:
+    """Stage, progress, lag and last verification per item."""
+    _execute("status", as_json, lambda p: commands.status(plan), views.show_status)
+
+
+@app.command()
+def cutover(plan: PlanArg, as_json: JsonOpt = False,
+            check: Annotated[bool, typer.Option("--check", help="Evaluate the gates only.")] = False,
+            yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+            approved_by: Annotated[str | None, typer.Option(help="Who approved this change (approval gate).")]
+            = None) -> None:
+    """Evaluate every gate; if all pass, run the cutover steps. Refuses with reasons (exit 3)."""
+
+    def work(progress: ConsoleProgress) -> Any:
+        if not check and not yes:
+            if not sys.stdin.isatty():
+                raise MigrateError("cutover needs confirmation: no terminal to ask on, so pass --yes",
+                                   hint="`migrate cutover --check PLAN` evaluates the gates without acting")
+            gates = commands.gates(plan, approved_by)
+            views.show_gates(err, gates)
+            if not all(g.passed for g in gates):
+                return commands.cutover(plan, approved_by=approved_by, check_only=True)
+            if not typer.confirm("All gates pass. Run the cutover steps now?", err=True):
+                raise typer.Exit(EXIT_INVALID)
+        return commands.cutover(plan, approved_by=approved_by, check_only=check, progress=progress)
+
+    _execute("cutover", as_json, work, views.show_cutover)
+
+
+@app.command()
+def rollback(plan: PlanArg, as_json: JsonOpt = False) -> None:
+    """Run the rollback steps (and the reverse sync where the plan asks)."""
+    _execute("rollback", as_json, lambda p: commands.rollback(plan, progress=p), views.show_cutover)
+
+
+@app.command()
+def report(plan: PlanArg, as_json: JsonOpt = False,
+           fmt: Annotated[str, typer.Option("--format", help="md, html, json or junit.")] = "md",
+           out: Annotated[Path | None, typer.Option(help="Where to write it (default: reports/ beside the plan).")]
+           = None) -> None:
+    """Write a change-board (md/html) or CI (json/junit) report from the journal."""
+    from migrate.reports.render import FORMATS
+
+    def work(progress: ConsoleProgress) -> Any:
+        if fmt not in FORMATS:
+            raise MigrateError(f"--format takes one of {', '.join(FORMATS)}, not {fmt!r}")
+        return commands.report(plan, fmt, out)
+
+    _execute("report", as_json, work,
+             lambda c, r: c.print(f"wrote {r.path} ({'clean' if r.clean else 'NOT clean'})", highlight=False))
+
+
+@app.command()
+def unlock(plan: PlanArg, as_json: JsonOpt = False,
+           force: Annotated[bool, typer.Option(help="Break a live lock held by another runner.")] = False) -> None:
+    """Release a stale lock (`--force` to break another owner's)."""
+    _execute("unlock", as_json, lambda p: commands.unlock(plan, force=force),
+             lambda c, r: c.print(r.message, highlight=False))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the plan format (for editors and CI)."""
+    sys.stdout.write(json.dumps(commands.plan_schema(), indent=2) + "\n")
+
+
+@app.command()
+def demo(as_json: JsonOpt = False,
+         workdir: Annotated[Path, typer.Option(help="Where to build the synthetic estate.")] = Path("demo-work"),
+         patients: Annotated[int, typer.Option(help="How many synthetic patients.")] = 2000,
+         letters: Annotated[int, typer.Option(help="How many synthetic letter files.")] = 300) -> None:
+    """Build a synthetic EPR estate and migrate it end to end on the embedded default (SQLite + folders)."""
+    from migrate.demo import run_demo
+
+    _execute("demo", as_json, lambda p: run_demo(workdir, patients=patients, letters=letters, progress=p,
+                                                 say=lambda m: err.print(m, highlight=False)),
+             lambda c, r: c.print(r.summary(), highlight=False), lambda r: r.exit_code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""One function per CLI verb. Each returns a result object and prints nothing; the CLI renders it.
+
+Everything here is callable from Python: `commands.run(Path("plans/ppm.yaml"))`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migrate.errors import (
+    EXIT_CHANGES_PENDING,
+    EXIT_DIFFERENCES,
+    EXIT_OK,
+    EXIT_OPERATIONAL,
+    Difference,
+    GateRefused,
+    MigrateError,
+    PlanError,
+    PlanProblem,
+    VerificationFailed,
+)
+from migrate.plan.loader import LoadedPlan, load_plan, plan_files
+from migrate.plan.model import Plan
+from migrate.stages.cutover import Cutover, CutoverResult, cutover_sequence, cutover_state
+from migrate.stages.engine import NullProgress, Preview, Progress, StageContext, SyncResult, VerifyResult
+from migrate.stages.gates import GateResult, item_lag
+from migrate.stages.runner import ItemRun, StageRunner
+from migrate.state.journal import Journal
+from migrate.state.lock import LockInfo, PlanLock, break_lock, current_lock
+
+# --- the context every verb works in -------------------------------------------------------------------
+
+
+@contextmanager
+def session(plan_path: Path | str, command: str, *, lock: bool = True,
+            progress: Progress | None = None) -> Iterator[StageContext]:
+    """Load the plan, open its journal, hold its lock, and record the run with its outcome."""
+    loaded = load_plan(plan_path)
+    journal = Journal(loaded.state_url, command=command)
+    try:
+        with PlanLock(journal, loaded.plan.component) if lock else nullcontext():
+            run_id = journal.begin_run(loaded.fingerprint)
+            outcome = "failed"
+            try:
+                yield StageContext(loaded=loaded, journal=journal, progress=progress or NullProgress(),
+                                   run_id=run_id)
+                outcome = "ok"
+            except (VerificationFailed, GateRefused):
+                outcome = "refused" if command == "cutover" else "differences"
+                raise
+            except KeyboardInterrupt:
+                outcome = "interrupted"
+                raise
+            finally:
+                journal.end_run(run_id, outcome)
+    finally:
+        journal.close()
+
+
+def _azure_checks(loaded: LoadedPlan) -> Callable[[], list[tuple[str, str, str]]] | None:
+    """(target, check, status) for every Azure resource of the plan, or None when it names none."""
+    plan = loaded.plan
+    if not plan.vms and not any(c.azure for c in plan.connections.values()):
+        return None
+
+    def checks() -> list[tuple[str, str, str]]:
+        from migrate.azure.preflight import azure_preflight
+
+        return [(c.target, c.name, c.status) for c in azure_preflight(plan)]
+
+    return checks
+
+
+def _fingerprint_warnings(loaded: LoadedPlan, journal: Journal) -> list[str]:
+    warnings = []
+    for item in loaded.plan.items:
+        record = journal.item(item.name)
+        if record and record.fingerprint and record.fingerprint != loaded.fingerprint:
+            warnings.append(f"{item.name}: the plan was edited after this item was loaded "
+                            f"(fingerprint {record.fingerprint[:12]} → {loaded.fingerprint[:12]})")
+    return warnings
+
+
+# --- validate / schema ---------------------------------------------------------------------------------
+
+
+@dataclass
+class FileValidation:
+    file: str
+    ok: bool
+    component: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ValidateResult:
+    files: list[FileValidation]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if all(f.ok for f in self.files) else 2
+
+
+def validate(paths: list[Path]) -> ValidateResult:
+    """Check plans (files or folders of them) against the schema and their meaning; list every problem."""
+    files = []
+    for path in plan_files(paths):
+        try:
+            loaded = load_plan(path)
+            files.append(FileValidation(str(path), True, loaded.plan.component))
+        except PlanError as exc:
+            files.append(FileValidation(str(path), False, problems=[str(p) for p in exc.problems]))
+    if not files:
+        raise PlanError([PlanProblem(", ".join(map(str, paths)), 0, 0, "", "no plan files found (*.yaml, *.yml)")])
+    return ValidateResult(files)
+
+
+def plan_schema() -> dict[str, Any]:
+    """JSON Schema of the plan format, for editors and CI."""
+    schema = Plan.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "migrate plan (version 1)"
+    return schema
+
+
+# --- plan (dry-run) ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlanResult:
+    component: str
+    previews: list[Preview]
+    azure: list[dict[str, Any]] = field(default_factory=list)
+    cutover_steps: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> bool:
+        return any(p.changes for p in self.previews)
+
+    def exit_code(self, detailed: bool) -> int:
+        return EXIT_CHANGES_PENDING if detailed and self.changes else EXIT_OK
+
+
+def plan(plan_path: Path, progress: Progress | None = None) -> PlanResult:
+    """Dry-run: connect read-only, inventory, show what would move. Writes nothing to any target."""
+    with session(plan_path, "plan", lock=False, progress=progress) as ctx:
+        previews = StageRunner(ctx).preview()
+        azure: list[dict[str, Any]] = []
+        if _azure_checks(ctx.loaded) is not None:
+            from migrate.azure.preflight import azure_preflight
+
+            azure = [c.__dict__ for c in azure_preflight(ctx.loaded.plan)]
+        return PlanResult(ctx.loaded.plan.component, previews, azure,
+                          [s.name for s in cutover_sequence(ctx.loaded.plan)],
+                          _fingerprint_warnings(ctx.loaded, ctx.journal))
+
+
+# --- run / verify / sync -------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    component: str
+    items: list[ItemRun]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if any(i.problems or any(not s.ok for s in i.stages) for i in self.items):
+            return EXIT_OPERATIONAL
+        if any(i.verification is not None and not i.verification.clean for i in self.items):
+            return EXIT_DIFFERENCES
+        return EXIT_OK
+
+
+def run(plan_path: Path, until: str = "verify", items: list[str] | None = None,
+        progress: Progress | None = None) -> RunResult:
+    """preflight → schema → load → verify; resumes whatever an earlier run left unfinished."""
+    with session(plan_path, "run", progress=progress) as ctx:
+        warnings = _fingerprint_warnings(ctx.loaded, ctx.journal)
+        checks = _azure_checks(ctx.loaded)
+        if checks is not None:
+            failing = [f"{t}: {n}" for t, n, s in checks() if s == "fail"]
+            if failing:
+                raise MigrateError("Azure preflight failed: " + "; ".join(failing),
+                                   hint="`migrate plan PLAN` shows the evidence and what to do")
+        return RunResult(ctx.loaded.plan.component, StageRunner(ctx, items).run(until), warnings)
+
+
+@dataclass
+class VerifyOutcome:
+    component: str
+    results: list[VerifyResult]
+
+    @property
+    def clean(self) -> bool:
+        return all(r.clean for r in self.results)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.clean else EXIT_DIFFERENCES
+
+
+def verify(plan_path: Path, deep: bool = False, items: list[str] | None = None,
+           progress: Progress | None = None) -> VerifyOutcome:
+    """Full verification of every item; lists every difference (exit 3 when any)."""
+    with session(plan_path, "verify", progress=progress) as ctx:
+        return VerifyOutcome(ctx.loaded.plan.component, StageRunner(ctx, items).verify(deep=deep))
+
+
+@dataclass
+class SyncOutcome:
+    component: str
+    cycles: int
+    results: list[SyncResult]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OPERATIONAL if any(r.problems for r in self.results) else EXIT_OK
+
+
+def sync(plan_path: Path, watch: bool = False, max_cycles: int | None = None, items: list[str] | None = None,
+         progress: Progress | None = None, on_cycle: Callable[[int, list[SyncResult]], None] | None = None,
+         ) -> SyncOutcome:
+    """One incremental cycle; with `watch`, one every `dual_run.interval` until interrupted (or max_cycles)."""
+    with session(plan_path, "sync", progress=progress) as ctx:
+        runner = StageRunner(ctx, items)
+        cycle, results = 0, []
+        while True:
+            cycle += 1
+            started = time.monotonic()
+            results = runner.sync()
+            if on_cycle:
+                on_cycle(cycle, results)
+            if not watch or (max_cycles is not None and cycle >= max_cycles):
+                return SyncOutcome(ctx.loaded.plan.component, cycle, results)
+            time.sleep(max(0.0, ctx.loaded.plan.dual_run.interval - (time.monotonic() - started)))
+
+
+# --- status --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ItemStatus:
+    item: str
+    kind: str
+    stage: str
+    status: str
+    updated_at: str | None
+    load_chunks_done: int = 0
+    load_chunks_total: int = 0
+    load_units_done: int = 0
+    lag_seconds: float | None = None
+    last_sync: dict[str, Any] | None = None
+    last_verification: dict[str, Any] | None = None
+
+
+@dataclass
+class StatusResult:
+    component: str
+    items: list[ItemStatus]
+    lock: LockInfo | None
+    cutover: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def status(plan_path: Path) -> StatusResult:
+    """Stage, progress, lag and last verification per item, straight from the journal."""
+    with session(plan_path, "status", lock=False) as ctx:
+        journal = ctx.journal
+        items = []
+        for item in ctx.loaded.plan.items:
+            record = journal.item(item.name)
+            chunks = journal.chunks(item.name, "load")
+            done = [c for c in chunks.values() if c[0] == "done"]
+            last = journal.last_verification(item.name)
+            items.append(ItemStatus(
+                item=item.name, kind="database" if hasattr(item, "tables") else "blob",
+                stage=record.stage if record else "new", status=record.status if record else "pending",
+                updated_at=record.updated_at.isoformat() if record else None,
+                load_chunks_done=len(done), load_chunks_total=len(chunks),
+                load_units_done=sum(c[1] for c in done), lag_seconds=item_lag(journal, item.name),
+                last_sync=journal.get(item.name, "last_sync"),
+                last_verification=None if last is None else {
+                    "at": last.at.isoformat(), "clean": last.clean, "checked": last.checked,
+                    "differences": last.differences},
+            ))
+        return StatusResult(ctx.loaded.plan.component, items, current_lock(journal, ctx.loaded.plan.component),
+                            cutover_state(ctx), _fingerprint_warnings(ctx.loaded, journal))
+
+
+# --- cutover / rollback --------------------------------------------------------------------------------
+
+
+def gates(plan_path: Path, approved_by: str | None = None) -> list[GateResult]:
+    """Evaluate the cutover gates without taking the lock or changing anything."""
+    with session(plan_path, "gates", lock=False) as ctx:
+        return Cutover(ctx, _azure_checks(ctx.loaded)).gates(approved_by)
+
+
+def cutover(plan_path: Path, approved_by: str | None = None, check_only: bool = False,
+            progress: Progress | None = None) -> CutoverResult:
+    """Evaluate every gate; if all pass (and not `check_only`), run the cutover steps."""
+    with session(plan_path, "cutover", lock=not check_only, progress=progress) as ctx:
+        return Cutover(ctx, _azure_checks(ctx.loaded)).run(approved_by=approved_by, check_only=check_only)
+
+
+def rollback(plan_path: Path, progress: Progress | None = None) -> CutoverResult:
+    """Run the rollback steps (and the reverse sync where the plan asks)."""
+    with session(plan_path, "rollback", progress=progress) as ctx:
+        return Cutover(ctx).rollback()
+
+
+# --- unlock / report -----------------------------------------------------------------------------------
+
+
+@dataclass
+class UnlockResult:
+    released: LockInfo | None
+    message: str
+
+
+def unlock(plan_path: Path, force: bool = False) -> UnlockResult:
+    """Release a stale lock (`force` breaks a live one: only when its run is surely gone)."""
+    loaded = load_plan(plan_path)
+    journal = Journal(loaded.state_url, command="unlock")
+    try:
+        held = break_lock(journal, loaded.plan.component, force=force)
+    finally:
+        journal.close()
+    return UnlockResult(held, f"released the lock held by {held.describe()}" if held else "the plan was not locked")
+
+
+@dataclass
+class ReportResult:
+    path: Path
+    format: str
+    clean: bool
+
+
+def report(plan_path: Path, fmt: str, out: Path | None = None) -> ReportResult:
+    """Write a change-board (md/html) or CI (json/junit) report built from the journal."""
+    from migrate.reports.build import build_report
+    from migrate.reports.render import render, suffix_for
+
+    with session(plan_path, "report", lock=False) as ctx:
+        data = build_report(ctx, _azure_checks(ctx.loaded))
+        target = out or ctx.loaded.base_dir / "reports" / f"{ctx.loaded.plan.component}{suffix_for(fmt)}"
+        text = render(data, fmt)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)
+        ctx.journal.event("report", f"wrote {fmt} report to {target}")
+        return ReportResult(target, fmt, data.clean)
+
+
+def differences_of(results: list[VerifyResult]) -> list[Difference]:
+    return [d for r in results for d in r.differences]
+
+
+def dumps(value: Any) -> str:
+    from migrate.results import jsonable
+
+    return json.dumps(jsonable(value), indent=2, ensure_ascii=False)

@@ -1,0 +1,97 @@
+"""One error root for the whole tool; only the CLI turns these into exit codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_OPERATIONAL = 1
+EXIT_INVALID = 2
+EXIT_DIFFERENCES = 3
+EXIT_CHANGES_PENDING = 4
+
+
+class MigrateError(Exception):
+    """Root of every error the user may see. The message goes straight to the user."""
+
+    exit_code = EXIT_OPERATIONAL
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    """One problem found in a plan file, located to a line and column."""
+
+    file: str
+    line: int
+    column: int
+    key_path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}:"
+        return f"{where} {self.key_path}: {self.message}" if self.key_path else f"{where} {self.message}"
+
+
+class PlanError(MigrateError):
+    """The plan is invalid; carries every problem found, not just the first."""
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, problems: list[PlanProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class UsageError(MigrateError):
+    exit_code = EXIT_INVALID
+
+
+class EndpointError(MigrateError):
+    """An endpoint cannot be reached or refuses us (named `ConnectionError` in the style guide;
+    renamed so it does not shadow the builtin)."""
+
+
+class LockHeld(MigrateError):
+    """Another runner holds the plan's lock."""
+
+
+class StateError(MigrateError):
+    """The state journal is missing, unreadable or inconsistent."""
+
+
+class StepFailed(MigrateError):
+    """A runbook step exited non-zero."""
+
+
+@dataclass
+class Difference:
+    """One difference found by verification."""
+
+    item: str
+    kind: str  # missing_on_target | missing_on_source | different
+    key: str  # a path for blobs, a table and key for rows
+    detail: str = ""
+
+
+class VerificationFailed(MigrateError):
+    exit_code = EXIT_DIFFERENCES
+
+    def __init__(self, message: str, differences: list[Difference]) -> None:
+        super().__init__(message)
+        self.differences = differences
+
+
+class GateRefused(MigrateError):
+    exit_code = EXIT_DIFFERENCES
+
+    def __init__(self, message: str, reasons: list[str]) -> None:
+        super().__init__(message)
+        self.reasons = reasons

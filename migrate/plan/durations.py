@@ -1,0 +1,34 @@
+"""Durations as plans write them: `30s`, `5m`, `72h`, `2d`, `500ms`, or a bare number of seconds."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Return seconds; raise ValueError with a message that says what is accepted."""
+    if isinstance(value, bool):
+        raise ValueError("a duration like 30s, 5m or 72h is expected, not a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"bad duration {str(value)!r}: write a number and a unit, like 30s, 5m or 72h")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def format_duration(seconds: float) -> str:
+    """Short human form: 45s, 3m20s, 2h05m."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"

@@ -1,0 +1,281 @@
+"""Load a plan: YAML with line numbers kept, `${VAR}` from the environment, pydantic, then semantic checks.
+
+Every problem is reported as `file:line:col: key.path: message`, all of them at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from migrate.errors import PlanError, PlanProblem
+from migrate.plan.model import Plan, Step
+from migrate.redact import register_secret
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+PLAN_SUFFIXES = (".yaml", ".yml")
+BUILTIN_PREFIX = "migrate:"
+BUILTIN_STEPS = ("migrate:final-sync", "migrate:final-verify")
+
+
+@dataclass(frozen=True)
+class LoadedPlan:
+    """A validated plan together with where it came from."""
+
+    plan: Plan
+    path: Path
+    fingerprint: str  # sha256 of the file as written (before interpolation, so no secret feeds it)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def state_url(self) -> str:
+        if self.plan.state:
+            return self.plan.state
+        return f"sqlite:///{self.base_dir / '.migrate' / (self.plan.component + '.db')}"
+
+    def resolve(self, relative: str) -> Path:
+        """A path written in the plan, relative to the plan's folder."""
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    def step_command(self, step: Step) -> tuple[list[str], Path]:
+        """The argv and working folder of a runbook step (see `find_step_script`)."""
+        argv = shlex.split(step.run)
+        script, cwd = find_step_script(self.base_dir, argv[0])
+        return [str(script), *argv[1:]], cwd
+
+
+def find_step_script(base_dir: Path, first_word: str) -> tuple[Path, Path]:
+    """Resolve a step's script: relative to the plan's folder, then its parent (plans/ beside runbooks/).
+
+    Returns (script, working folder); raises FileNotFoundError when neither holds it.
+    """
+    candidate = Path(first_word).expanduser()
+    if candidate.is_absolute():
+        if candidate.exists():
+            return candidate, candidate.parent
+        raise FileNotFoundError(first_word)
+    for root in (base_dir, base_dir.parent):
+        if (root / candidate).exists():
+            return (root / candidate).resolve(), root.resolve()
+    if "/" not in first_word:  # a command on PATH, like `true` or `echo`
+        import shutil
+
+        found = shutil.which(first_word)
+        if found:
+            return Path(found), base_dir
+    raise FileNotFoundError(first_word)
+
+
+def plan_files(paths: list[Path]) -> list[Path]:
+    """Expand folders into the plan files they hold (sorted); keep files as given."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir() if p.suffix in PLAN_SUFFIXES and p.is_file()))
+        else:
+            out.append(path)
+    return out
+
+
+def load_plan(path: Path | str, env: dict[str, str] | None = None) -> LoadedPlan:
+    """Load and fully validate one plan file; raise PlanError listing every problem."""
+    path = Path(path)
+    env = dict(os.environ) if env is None else env
+    shown = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlanError([PlanProblem(shown, 0, 0, "", "no such plan file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError([PlanProblem(shown, 0, 0, "", f"cannot read plan: {exc}")]) from None
+    try:
+        tree = YAML(typ="rt").load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        raise PlanError([PlanProblem(shown, line, col, "", f"YAML syntax: {exc.problem or exc}")]) from None
+    if not isinstance(tree, CommentedMap):
+        raise PlanError([PlanProblem(shown, 1, 1, "", "a plan is a YAML mapping (version, component, ...)")])
+
+    checker = _PlanChecker(tree, shown, env)
+    data = checker.interpolate(tree, ())
+    plan: Plan | None = None
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as exc:
+        checker.add_validation_errors(exc)
+    if plan is not None:
+        checker.check_semantics(plan, path.parent)
+    if checker.problems:
+        raise PlanError(sorted(checker.problems, key=lambda p: (p.line, p.column)))
+    assert plan is not None
+    return LoadedPlan(plan=plan, path=path.resolve(), fingerprint=hashlib.sha256(text.encode()).hexdigest())
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _PlanChecker:
+    """Collects every problem of one plan file, each located to its line and column."""
+
+    def __init__(self, tree: CommentedMap, shown: str, env: dict[str, str]) -> None:
+        self.tree = tree
+        self.shown = shown
+        self.env = env
+        self.problems: list[PlanProblem] = []
+
+    def add(self, loc: tuple, message: str, at_key: bool = False) -> None:
+        line, col = self.locate(loc, at_key)
+        self.problems.append(PlanProblem(self.shown, line, col, _key_path(loc), message))
+
+    def locate(self, loc: tuple, at_key: bool = False) -> tuple[int, int]:
+        """1-based line and column of the node at `loc`, or of its nearest existing parent."""
+        node: Any = self.tree
+        line, col = 0, 0
+        for i, part in enumerate(loc):
+            if isinstance(node, CommentedMap) and part in node:
+                line, col = node.lc.key(part) if (at_key and i == len(loc) - 1) else node.lc.value(part)
+                node = node[part]
+            elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+                line, col = node.lc.item(part)
+                node = node[part]
+        return line + 1, col + 1
+
+    # -- ${VAR} --
+
+    def interpolate(self, node: Any, loc: tuple) -> Any:
+        if isinstance(node, CommentedMap):
+            return {k: self.interpolate(v, (*loc, k)) for k, v in node.items()}
+        if isinstance(node, CommentedSeq):
+            return [self.interpolate(v, (*loc, i)) for i, v in enumerate(node)]
+        if isinstance(node, str) and "${" in node:
+            return _ENV_REF.sub(lambda m: self._env_value(m.group(1), loc), node)
+        return node
+
+    def _env_value(self, name: str, loc: tuple) -> str:
+        if name not in self.env:
+            self.add(loc, f"environment variable {name} is not set")
+            return f"unset-{name}"  # a stand-in that keeps later checks from piling on
+        register_secret(self.env[name])
+        return self.env[name]
+
+    # -- pydantic --
+
+    def add_validation_errors(self, exc: ValidationError) -> None:
+        for error in exc.errors(include_input=False, include_url=False):
+            loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            if error["type"] == "extra_forbidden":
+                self.add(loc, _unknown_key_message(loc), at_key=True)
+            elif error["type"] == "missing":
+                self.add(loc[:-1], f"missing required key `{loc[-1]}`")
+            else:
+                message = error["msg"].removeprefix("Value error, ")
+                self.add(loc, message[:1].lower() + message[1:])
+
+    # -- meaning --
+
+    def check_semantics(self, plan: Plan, base_dir: Path) -> None:
+        seen: dict[str, str] = {}
+        for section in ("databases", "blobs"):
+            wanted = "database" if section == "databases" else ("folder", "blob")
+            for index, item in enumerate(getattr(plan, section)):
+                loc = (section, index)
+                if item.name in seen:
+                    self.add((*loc, "name"), f"duplicate item name {item.name!r} (also in {seen[item.name]})")
+                seen.setdefault(item.name, f"{section}[{index}]")
+                for end in ("source", "target"):
+                    connection = plan.connections.get(getattr(item, end))
+                    if connection is None:
+                        known = ", ".join(sorted(plan.connections)) or "none"
+                        self.add((*loc, end), f"unknown connection {getattr(item, end)!r} (known: {known})")
+                    elif connection.kind not in wanted:
+                        self.add((*loc, end), f"connection {getattr(item, end)!r} is a {connection.kind}, "
+                                 f"not usable by {section}")
+                if item.source == item.target:
+                    self.add((*loc, "target"), "source and target are the same connection")
+                elif _same_endpoint(plan, item.source, item.target):
+                    self.add((*loc, "target"), "source and target point at the same place")
+        for section, steps in (("cutover", plan.cutover.steps), ("rollback", plan.rollback.steps)):
+            for index, step in enumerate(steps):
+                if step.run.startswith(BUILTIN_PREFIX):
+                    if step.run not in BUILTIN_STEPS or section != "cutover":
+                        self.add((section, "steps", index, "run"),
+                                 f"unknown built-in step {step.run!r} (cutover knows: {', '.join(BUILTIN_STEPS)})")
+                    continue
+                try:
+                    first = shlex.split(step.run)[0]
+                    find_step_script(base_dir, first)
+                except (ValueError, IndexError):
+                    self.add((section, "steps", index, "run"), "cannot parse the command")
+                except FileNotFoundError:
+                    self.add((section, "steps", index, "run"),
+                             f"step script {first!r} not found (looked beside the plan and in its parent folder)")
+        if plan.cutover.runbook and not _exists_near(base_dir, plan.cutover.runbook):
+            self.add(("cutover", "runbook"), f"runbook {plan.cutover.runbook!r} not found")
+
+
+def _exists_near(base_dir: Path, relative: str) -> bool:
+    path = Path(relative)
+    return path.exists() if path.is_absolute() else any((r / path).exists() for r in (base_dir, base_dir.parent))
+
+
+def _same_endpoint(plan: Plan, a: str, b: str) -> bool:
+    ca, cb = plan.connections.get(a), plan.connections.get(b)
+    if ca is None or cb is None:
+        return False
+    da = ca.model_dump(exclude={"azure"})
+    db = cb.model_dump(exclude={"azure"})
+    return da == db
+
+
+def _unknown_key_message(loc: tuple) -> str:
+    allowed = _allowed_keys(loc[:-1])
+    message = f"unknown key `{loc[-1]}`"
+    if allowed:
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        message += f" (did you mean `{close[0]}`?)" if close else f" (allowed: {', '.join(allowed)})"
+    return message
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The keys the model accepts at `loc`, found by walking the model's field annotations."""
+    model: Any = Plan
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    return sorted(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The first pydantic model inside an annotation like `list[X]`, `dict[str, X]`, `X | None`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or getattr(annotation, "__metadata__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    origin = getattr(annotation, "__origin__", None)
+    return _model_in(origin) if origin is not None and origin is not annotation else None

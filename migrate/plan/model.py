@@ -1,0 +1,187 @@
+"""Plan format version 1 (DESIGN section 4) as pydantic models; unknown keys are errors."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from migrate.plan.durations import parse_duration
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AzureResource(Strict):
+    """Where a connection lives in Azure, for read-only preflight and optional provisioning."""
+
+    subscription_id: str
+    resource_group: str
+    cloud: Literal["AzureCloud", "AzureUSGovernment", "AzureChinaCloud"] = "AzureCloud"
+    server: str | None = None  # Azure SQL logical server
+    database: str | None = None
+    storage_account: str | None = None
+    create: bool = False  # create the database when missing (never deletes anything)
+    sku: str | None = None  # e.g. GP_Gen5_2, S3
+    max_size_gb: float | None = None
+    location: str | None = None
+
+
+class Connection(Strict):
+    """A named endpoint: a database URL, a local folder, or an Azure Blob container."""
+
+    url: str | None = None
+    path: str | None = None
+    account_url: str | None = None
+    connection_string: str | None = None
+    sas_token: str | None = None
+    container: str | None = None
+    azure: AzureResource | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Connection:
+        kinds = [k for k in ("url", "path", "account_url", "connection_string") if getattr(self, k)]
+        if len(kinds) != 1:
+            found = ", ".join(kinds) if kinds else "none"
+            raise ValueError(
+                f"give exactly one of url, path, account_url or connection_string (found: {found})"
+            )
+        if self.kind == "blob":
+            if not self.container:
+                raise ValueError("a blob connection needs `container`")
+            if not 3 <= len(self.container) <= 63:
+                raise ValueError("`container` must be 3 to 63 characters long")
+        elif self.container or self.sas_token:
+            raise ValueError("`container` and `sas_token` belong to blob connections only")
+        return self
+
+    @property
+    def kind(self) -> Literal["database", "folder", "blob"]:
+        if self.url:
+            return "database"
+        if self.path:
+            return "folder"
+        return "blob"
+
+
+class Incremental(Strict):
+    column: str
+    overlap: Duration = 300.0  # re-read this far behind the watermark for late-committing rows
+
+
+def _table_from_name(value: object) -> object:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class TableSpec(Strict):
+    """One table to move; a bare string in the plan is shorthand for `{name: ...}`."""
+
+    name: str
+    key: list[str] | None = None
+    columns: list[str] | None = None
+    incremental: Incremental | None = None
+
+
+class DatabaseItem(Strict):
+    name: Name
+    source: str
+    target: str
+    tables: list[Annotated[TableSpec, BeforeValidator(_table_from_name)]] = Field(
+        default_factory=lambda: [TableSpec(name="*")]
+    )
+    incremental: Incremental | None = None
+    chunk_rows: int = Field(default=50_000, ge=1)
+    parallel: int = Field(default=2, ge=1, le=64)
+    existing_target: Literal["refuse", "truncate"] = "refuse"
+    accept_lossy: bool = False
+    float_tolerance: float = Field(default=1e-9, ge=0)
+    delete: bool = True  # mirror source deletes during sync
+
+
+class BlobItem(Strict):
+    name: Name
+    source: str
+    target: str
+    prefix: str = ""
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    delete: bool = False
+    concurrency: int = Field(default=16, ge=1, le=256)
+    block_size: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=4000 * 1024 * 1024)
+
+
+class VirtualMachine(Strict):
+    """An app-tier VM whose power state is checked in preflight and by the azure gate."""
+
+    name: Name
+    subscription_id: str
+    resource_group: str
+    vm: str
+    cloud: Literal["AzureCloud", "AzureUSGovernment", "AzureChinaCloud"] = "AzureCloud"
+    expect: Literal["running", "deallocated", "stopped"] = "running"
+
+
+class ChangeRef(Strict):
+    id: str | None = None
+    owner: str | None = None
+
+
+class DualRun(Strict):
+    interval: Duration = 30.0
+
+
+class HealthCheck(Strict):
+    url: str
+    status: int = 200
+    timeout: Duration = 5.0
+
+
+class Gates(Strict):
+    max_lag: Duration | None = 60.0
+    verified: bool = True
+    min_dual_run: Duration = 0.0
+    postpone_file: str | None = None
+    health: list[HealthCheck] = Field(default_factory=list)
+    window: str | None = Field(default=None, pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")  # local time, HH:MM-HH:MM
+    approval: bool = False  # cutover needs --approved-by NAME
+    azure: bool = True  # every Azure preflight check passes (when the plan has Azure resources)
+
+
+class Step(Strict):
+    name: str
+    run: str
+    timeout: Duration = 600.0
+
+
+class Cutover(Strict):
+    gates: Gates = Field(default_factory=Gates)
+    steps: list[Step] = Field(default_factory=list)
+    runbook: str | None = None
+
+
+class Rollback(Strict):
+    steps: list[Step] = Field(default_factory=list)
+    reverse_sync: bool = False
+
+
+class Plan(Strict):
+    version: Literal[1]
+    component: Name
+    description: str = ""
+    change: ChangeRef | None = None
+    state: str | None = None
+    connections: dict[str, Connection]
+    databases: list[DatabaseItem] = Field(default_factory=list)
+    blobs: list[BlobItem] = Field(default_factory=list)
+    vms: list[VirtualMachine] = Field(default_factory=list)
+    dual_run: DualRun = Field(default_factory=DualRun)
+    cutover: Cutover = Field(default_factory=Cutover)
+    rollback: Rollback = Field(default_factory=Rollback)
+
+    @property
+    def items(self) -> list[DatabaseItem | BlobItem]:
+        return [*self.databases, *self.blobs]

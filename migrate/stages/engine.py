@@ -1,0 +1,152 @@
+"""What every kind of plan item (a database, a blob set) implements, and the results its stages return.
+
+The stage runner drives these; it never knows whether it moves rows or files.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from migrate.errors import Difference
+from migrate.plan.loader import LoadedPlan
+from migrate.state.journal import Journal
+
+STAGES = ("preflight", "schema", "load", "verify", "sync", "cutover", "rollback")
+RUN_STAGES = ("preflight", "schema", "load", "verify")
+
+
+class ProgressTask(Protocol):
+    def advance(self, amount: float = 1) -> None: ...
+    def close(self) -> None: ...
+
+
+class Progress(Protocol):
+    """Where long work reports how far it is; the CLI shows bars, the API default shows nothing."""
+
+    def task(self, description: str, total: float | None = None, unit: str = "") -> ProgressTask: ...
+
+
+class _NullTask:
+    def advance(self, amount: float = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class NullProgress:
+    def task(self, description: str, total: float | None = None, unit: str = "") -> ProgressTask:
+        return _NullTask()
+
+
+@dataclass
+class StageContext:
+    """What a stage may use: the plan, the journal, a progress sink."""
+
+    loaded: LoadedPlan
+    journal: Journal
+    progress: Progress = field(default_factory=NullProgress)
+    run_id: int | None = None
+
+
+@dataclass
+class StageResult:
+    item: str
+    stage: str
+    ok: bool = True
+    summary: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # per-object failures (e.g. an unreadable file)
+
+
+@dataclass
+class Preview:
+    """What `migrate plan` shows for one item: what would change, without changing anything."""
+
+    item: str
+    kind: str
+    create: int = 0
+    update: int = 0
+    delete: int = 0
+    unchanged: int = 0
+    units: str = "files"  # files | rows | tables
+    bytes: int = 0
+    estimate_seconds: float = 0.0
+    details: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.create or self.update or self.delete)
+
+
+@dataclass
+class VerifyResult:
+    item: str
+    checked: int = 0
+    differences: list[Difference] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return not self.differences
+
+
+@dataclass
+class SyncResult:
+    item: str
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    lag_seconds: float | None = None  # how far the target is behind after this cycle
+    lag_detail: dict[str, Any] = field(default_factory=dict)  # per table / per prefix
+    problems: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class ItemEngine(ABC):
+    """One plan item's stages. Every method is idempotent and safe to re-run after a crash."""
+
+    kind: ClassVar[str]
+    stages: ClassVar[tuple[str, ...]]
+
+    def __init__(self, item: Any, loaded: LoadedPlan) -> None:
+        self.item = item
+        self.loaded = loaded
+
+    @property
+    def name(self) -> str:
+        return str(self.item.name)
+
+    @abstractmethod
+    def preflight(self, ctx: StageContext) -> StageResult:
+        """Read-only: endpoints reachable, credentials work, source objects exist."""
+
+    def schema(self, ctx: StageContext) -> StageResult:
+        return StageResult(self.name, "schema", summary="nothing to do")
+
+    @abstractmethod
+    def load(self, ctx: StageContext) -> StageResult:
+        """Full copy, chunked and journaled so that a rerun resumes."""
+
+    @abstractmethod
+    def verify(self, ctx: StageContext, deep: bool = False) -> VerifyResult:
+        """Compare both sides; list every difference."""
+
+    @abstractmethod
+    def sync(self, ctx: StageContext) -> SyncResult:
+        """One incremental catch-up cycle."""
+
+    @abstractmethod
+    def preview(self, ctx: StageContext) -> Preview:
+        """What load/sync would change; reads only."""
+
+    def reverse_sync(self, ctx: StageContext) -> SyncResult:
+        """Copy target-side changes back to the source (rollback with `reverse_sync: true`)."""
+        raise NotImplementedError(f"{self.kind} items do not support reverse sync")
+
+    def close(self) -> None:
+        """Release connections."""

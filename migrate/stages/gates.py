@@ -1,0 +1,126 @@
+"""Cutover gates: each one looks at the evidence and says pass or fail, and why."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from migrate.plan.durations import format_duration
+from migrate.plan.loader import LoadedPlan
+from migrate.redact import redact
+from migrate.state.journal import Journal, now
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate's verdict with the evidence behind it."""
+
+    gate: str
+    passed: bool
+    evidence: str
+
+
+def item_lag(journal: Journal, item: str) -> float | None:
+    """Upper bound of how far the target is behind: the lag measured by the last sync (or 0 at the end of
+    the load) plus the time since that cycle started, because anything written since may not be copied."""
+    synced_at = journal.get(item, "synced_at")
+    if synced_at is None:
+        return None
+    since = (now() - datetime.fromisoformat(synced_at)).total_seconds()
+    return float(journal.get(item, "lag_seconds", 0.0) or 0.0) + max(since, 0.0)
+
+
+def evaluate_gates(loaded: LoadedPlan, journal: Journal, *, approved_by: str | None = None,
+                   azure_checks: Callable[[], list[tuple[str, str, str]]] | None = None) -> list[GateResult]:
+    """Every gate the plan asks for, evaluated now; never short-circuits, so the board sees all reasons."""
+    gates = loaded.plan.cutover.gates
+    items = [i.name for i in loaded.plan.items]
+    results: list[GateResult] = []
+
+    loaded_items = [i for i in items if journal.last_done(i, "load")]
+    missing = sorted(set(items) - set(loaded_items))
+    results.append(GateResult("loaded", not missing, "every item loaded" if not missing
+                              else f"not loaded yet: {', '.join(missing)}"))
+
+    if gates.verified:
+        bad = []
+        for item in items:
+            last = journal.last_verification(item)
+            changed = [journal.last_done(item, s) for s in ("load", "sync")]
+            if last is None:
+                bad.append(f"{item}: never verified")
+            elif not last.clean:
+                bad.append(f"{item}: last verification found {last.differences} difference(s)")
+            elif any(c is not None and c > last.at for c in changed):
+                bad.append(f"{item}: loaded or synced since the last verification")
+        results.append(GateResult("verified", not bad, "; ".join(bad) or "every item verified clean since its "
+                                  "last load and sync"))
+
+    if gates.max_lag is not None:
+        worst: list[str] = []
+        passed = True
+        for item in items:
+            lag = item_lag(journal, item)
+            if lag is None or lag > gates.max_lag:
+                passed = False
+            worst.append(f"{item} {format_duration(lag) if lag is not None else 'unknown'}")
+        results.append(GateResult("max_lag", passed, f"lag (limit {format_duration(gates.max_lag)}): "
+                                  + ", ".join(worst)))
+
+    if gates.min_dual_run > 0:
+        short = []
+        for item in items:
+            since = journal.get(item, "dual_run_since")
+            ran = (now() - datetime.fromisoformat(since)).total_seconds() if since else 0.0
+            if ran < gates.min_dual_run:
+                short.append(f"{item} {format_duration(ran)}")
+        results.append(GateResult("min_dual_run", not short,
+                                  f"dual-running at least {format_duration(gates.min_dual_run)}"
+                                  + (f"; too short: {', '.join(short)}" if short else "")))
+
+    if gates.postpone_file:
+        path = loaded.resolve(gates.postpone_file)
+        results.append(GateResult("postpone_file", not Path(path).exists(),
+                                  f"{path} exists: cutover postponed" if Path(path).exists()
+                                  else f"{path} absent"))
+
+    for check in gates.health:
+        results.append(_health(check.url, check.status, check.timeout))
+
+    if gates.window:
+        results.append(_window(gates.window))
+
+    if gates.approval:
+        results.append(GateResult("approval", bool(approved_by),
+                                  f"approved by {approved_by}" if approved_by
+                                  else "needs approval: pass --approved-by NAME"))
+
+    if gates.azure and azure_checks is not None:
+        failing = [f"{target}: {name}" for target, name, status in azure_checks() if status == "fail"]
+        results.append(GateResult("azure", not failing, "; ".join(failing) or "every Azure check passes"))
+    return results
+
+
+def _health(url: str, status: int, timeout: float) -> GateResult:
+    shown = redact(url)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - plan-given URL
+            got = response.status
+    except urllib.error.HTTPError as exc:
+        got = exc.code
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return GateResult(f"health {shown}", False, f"unreachable: {redact(reason)}")
+    return GateResult(f"health {shown}", got == status, f"HTTP {got} (want {status})")
+
+
+def _window(window: str, at: datetime | None = None) -> GateResult:
+    """HH:MM-HH:MM in the runner's local time; a window may span midnight."""
+    current = (at or datetime.now()).strftime("%H:%M")
+    start, end = window.split("-")
+    inside = start <= current < end if start <= end else (current >= start or current < end)
+    return GateResult("window", inside, f"now {current}, window {window}")

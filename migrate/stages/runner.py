@@ -1,0 +1,213 @@
+"""The stage runner: drives each plan item through preflight → schema → load → verify, sync, and records
+every transition in the journal so that a rerun after `kill -9` resumes where the work stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from migrate.errors import MigrateError, UsageError
+from migrate.plan.model import BlobItem, DatabaseItem
+from migrate.stages.engine import (
+    RUN_STAGES,
+    ItemEngine,
+    Preview,
+    StageContext,
+    StageResult,
+    SyncResult,
+    VerifyResult,
+)
+from migrate.state.journal import now
+
+
+def engine_for(item: DatabaseItem | BlobItem, ctx: StageContext) -> ItemEngine:
+    """The engine that moves this kind of item (imported lazily: each pulls in its own SDKs)."""
+    if isinstance(item, DatabaseItem):
+        from migrate.databases.engine import DatabaseEngine
+
+        return DatabaseEngine(item, ctx.loaded)
+    from migrate.blobs.engine import BlobEngine
+
+    return BlobEngine(item, ctx.loaded)
+
+
+@dataclass
+class ItemRun:
+    """What one `run` did to one item."""
+
+    item: str
+    kind: str
+    stages: list[StageResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # stages already done before this run
+    verification: VerifyResult | None = None
+    seconds: float = 0.0
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for s in self.stages for p in s.problems]
+
+
+class StageRunner:
+    """Runs stages for the items of one plan; callers hold the plan lock."""
+
+    def __init__(self, ctx: StageContext, only: list[str] | None = None) -> None:
+        self.ctx = ctx
+        items = ctx.loaded.plan.items
+        if only:
+            unknown = sorted(set(only) - {i.name for i in items})
+            if unknown:
+                raise UsageError(f"no item named {', '.join(unknown)} in the plan "
+                                 f"(items: {', '.join(i.name for i in items)})")
+            items = [i for i in items if i.name in only]
+        self.items = items
+
+    @contextmanager
+    def _engine(self, item: DatabaseItem | BlobItem) -> Iterator[ItemEngine]:
+        engine = engine_for(item, self.ctx)
+        try:
+            yield engine
+        finally:
+            engine.close()
+
+    def _stage(self, engine: ItemEngine, stage: str, work: Callable[[], Any], **extra: Any) -> Any:
+        """Run one stage of one item, journaling started → done | failed around it."""
+        journal = self.ctx.journal
+        journal.set_stage(engine.name, engine.kind, stage, "running", run_id=self.ctx.run_id)
+        started = time.monotonic()
+        try:
+            result = work()
+        except BaseException as exc:
+            journal.set_stage(engine.name, engine.kind, stage, "failed", run_id=self.ctx.run_id,
+                              detail={"error": str(exc) if isinstance(exc, MigrateError) else type(exc).__name__})
+            journal.event(stage, f"{stage} failed: {exc}", item=engine.name, outcome="failed")
+            raise
+        seconds = round(time.monotonic() - started, 3)
+        detail = {"seconds": seconds, **extra, **_summary(result)}
+        ok = not getattr(result, "problems", None) and getattr(result, "ok", True)
+        journal.set_stage(engine.name, engine.kind, stage, "done" if ok else "failed", run_id=self.ctx.run_id,
+                          detail=detail, fingerprint=self.ctx.loaded.fingerprint if stage == "load" else None)
+        journal.event(stage, _describe(stage, result), item=engine.name, outcome="ok" if ok else "failed",
+                      data=detail)
+        return result
+
+    # -- verbs --
+
+    def run(self, until: str = "verify") -> list[ItemRun]:
+        """preflight → schema → load → verify for every item, skipping what the journal says is done."""
+        if until not in RUN_STAGES:
+            raise UsageError(f"--until takes one of {', '.join(RUN_STAGES)}, not {until!r}")
+        runs = []
+        for item in self.items:
+            with self._engine(item) as engine:
+                runs.append(self._run_item(engine, RUN_STAGES[: RUN_STAGES.index(until) + 1]))
+        return runs
+
+    def _run_item(self, engine: ItemEngine, stages: tuple[str, ...]) -> ItemRun:
+        record = ItemRun(engine.name, engine.kind)
+        started = time.monotonic()
+        journal = self.ctx.journal
+        for stage in stages:
+            if stage not in engine.stages:
+                continue
+            if stage in ("schema", "load") and journal.last_done(engine.name, stage):
+                record.skipped.append(stage)
+                continue
+            if stage == "verify":
+                if self._verification_current(engine.name):
+                    record.skipped.append(stage)
+                    continue
+                record.verification = self.verify_item(engine)
+                continue
+            result = self._stage(engine, stage, lambda s=stage: getattr(engine, s)(self.ctx))
+            record.stages.append(result)
+            if stage == "load":
+                journal.put(engine.name, "synced_at", now().isoformat())
+                journal.put(engine.name, "lag_seconds", 0.0)
+            if not result.ok or result.problems:  # never verify over a partial load; a rerun resumes it
+                break
+        record.seconds = round(time.monotonic() - started, 3)
+        return record
+
+    def _verification_current(self, item: str) -> bool:
+        last = self.ctx.journal.last_verification(item)
+        if last is None or not last.clean:
+            return False
+        changed = [self.ctx.journal.last_done(item, s) for s in ("load", "sync")]
+        return all(c is None or c <= last.at for c in changed)
+
+    def verify_item(self, engine: ItemEngine, deep: bool = False) -> VerifyResult:
+        result: VerifyResult = self._stage(engine, "verify", lambda: engine.verify(self.ctx, deep=deep), deep=deep)
+        self.ctx.journal.record_verification(
+            engine.name, result.clean, result.checked, len(result.differences),
+            detail={"deep": deep, "differences": [d.__dict__ for d in result.differences[:1000]],
+                    **result.metrics},
+        )
+        return result
+
+    def verify(self, deep: bool = False) -> list[VerifyResult]:
+        results = []
+        for item in self.items:
+            self._require_loaded(item.name, "verify")
+            with self._engine(item) as engine:
+                results.append(self.verify_item(engine, deep=deep))
+        return results
+
+    def sync(self) -> list[SyncResult]:
+        """One incremental cycle for every item."""
+        results = []
+        for item in self.items:
+            self._require_loaded(item.name, "sync")
+            with self._engine(item) as engine:
+                cycle_start = now()
+                result: SyncResult = self._stage(engine, "sync", lambda e=engine: e.sync(self.ctx))
+                journal = self.ctx.journal
+                if not result.problems:
+                    journal.put(engine.name, "synced_at", cycle_start.isoformat())
+                    journal.put(engine.name, "lag_seconds", result.lag_seconds or 0.0)
+                    if journal.get(engine.name, "dual_run_since") is None:
+                        journal.put(engine.name, "dual_run_since", cycle_start.isoformat())
+                journal.put(engine.name, "last_sync", {"at": cycle_start.isoformat(), **_summary(result)})
+                results.append(result)
+        return results
+
+    def preview(self) -> list[Preview]:
+        return [self._preview(item) for item in self.items]
+
+    def _preview(self, item: DatabaseItem | BlobItem) -> Preview:
+        with self._engine(item) as engine:
+            return engine.preview(self.ctx)
+
+    def _require_loaded(self, item: str, verb: str) -> None:
+        if self.ctx.journal.last_done(item, "load") is None:
+            raise MigrateError(f"{item}: cannot {verb} before the load has finished",
+                               hint="run `migrate run PLAN` first")
+
+
+def _summary(result: Any) -> dict[str, Any]:
+    """The small, JSON-able part of a stage result that goes into the journal."""
+    out: dict[str, Any] = {}
+    for key in ("summary", "created", "updated", "deleted", "lag_seconds", "checked"):
+        value = getattr(result, key, None)
+        if value not in (None, ""):
+            out[key] = value
+    if getattr(result, "metrics", None):
+        out["metrics"] = result.metrics
+    if getattr(result, "problems", None):
+        out["problems"] = result.problems[:50]
+    if isinstance(result, VerifyResult):
+        out["differences"] = len(result.differences)
+    return out
+
+
+def _describe(stage: str, result: Any) -> str:
+    if isinstance(result, VerifyResult):
+        return (f"verify: {result.checked} checked, clean" if result.clean
+                else f"verify: {len(result.differences)} difference(s) in {result.checked} checked")
+    if isinstance(result, SyncResult):
+        return (f"sync: {result.created} created, {result.updated} updated, {result.deleted} deleted, "
+                f"lag {result.lag_seconds if result.lag_seconds is not None else '?'}s")
+    return f"{stage}: {getattr(result, 'summary', '') or 'done'}"

@@ -1,0 +1,390 @@
+"""The state journal: runs, item stages, chunks of work, key/value state and an append-only event log.
+
+SQLAlchemy Core over SQLite (default, beside the plan) or PostgreSQL (shared between runners). Every write
+commits before the caller moves on, so what the journal says is done is durable.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from migrate.errors import StateError
+from migrate.redact import redact
+
+FORMAT_VERSION = 1
+
+metadata = MetaData()
+
+meta_t = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+runs_t = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("command", String(64), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True)),
+    Column("outcome", String(32)),
+    Column("user", String(128), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+)
+items_t = Table(
+    "items",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("stage", String(16), nullable=False),  # the stage last started or finished
+    Column("status", String(16), nullable=False),  # running | done | failed
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("fingerprint", String(64)),  # plan fingerprint when the load finished
+    Column("detail", Text),
+)
+stages_t = Table(
+    "stage_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("item", String(128), nullable=False, index=True),
+    Column("stage", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("run_id", Integer),
+    Column("detail", Text),
+)
+chunks_t = Table(
+    "chunks",
+    metadata,
+    Column("item", String(128), primary_key=True),
+    Column("stage", String(16), primary_key=True),
+    Column("chunk", String(1024), primary_key=True),
+    Column("status", String(16), nullable=False),  # pending | done | failed
+    Column("units", Integer, nullable=False, default=0),  # rows or bytes
+    Column("detail", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+kv_t = Table(
+    "item_state",
+    metadata,
+    Column("item", String(128), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+events_t = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("user", String(128), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("command", String(64), nullable=False),
+    Column("item", String(128)),
+    Column("kind", String(32), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("data", Text),
+)
+lock_t = Table(
+    "locks",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("owner", String(255), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("token", String(64), nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+verifications_t = Table(
+    "verifications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("item", String(128), nullable=False, index=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("clean", Boolean, nullable=False),
+    Column("checked", Integer, nullable=False),
+    Column("differences", Integer, nullable=False),
+    Column("detail", Text),
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; everything the journal writes is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def who() -> tuple[str, str, int]:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return user, socket.gethostname(), os.getpid()
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    name: str
+    kind: str
+    stage: str
+    status: str
+    updated_at: datetime
+    fingerprint: str | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class VerificationRecord:
+    item: str
+    at: datetime
+    clean: bool
+    checked: int
+    differences: int
+    detail: dict[str, Any]
+
+
+class Journal:
+    """Durable record of what has been done for one plan."""
+
+    def __init__(self, url: str, command: str = "api") -> None:
+        self.url = url
+        self.command = command
+        try:
+            self.engine = _make_engine(url)
+            metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                row = conn.execute(select(meta_t.c.value).where(meta_t.c.key == "format")).first()
+                if row is None:
+                    try:
+                        conn.execute(insert(meta_t).values(key="format", value=str(FORMAT_VERSION)))
+                    except IntegrityError:
+                        pass
+                elif int(row[0]) != FORMAT_VERSION:
+                    raise StateError(f"state journal format {row[0]} is not {FORMAT_VERSION}; upgrade migrate")
+        except (SQLAlchemyError, OSError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise StateError(f"cannot open the state journal {redact(url)}: {redact(reason)}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- runs and events --
+
+    def begin_run(self, fingerprint: str) -> int:
+        user, host, pid = who()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                insert(runs_t).values(command=self.command, started_at=now(), user=user, host=host, pid=pid,
+                                      fingerprint=fingerprint)
+            )
+            return int(result.inserted_primary_key[0])
+
+    def end_run(self, run_id: int, outcome: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(ended_at=now(), outcome=outcome))
+
+    def event(self, kind: str, message: str, *, item: str | None = None, outcome: str = "ok",
+              data: dict[str, Any] | None = None) -> None:
+        """Append to the event log (never updated, never deleted)."""
+        user, host, _ = who()
+        with self.engine.begin() as conn:
+            conn.execute(insert(events_t).values(
+                at=now(), user=user, host=host, command=self.command, item=item, kind=kind, outcome=outcome,
+                message=redact(message), data=redact(json.dumps(data, default=str)) if data else None,
+            ))
+
+    def events(self, item: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        query = select(events_t).order_by(events_t.c.id)
+        if item is not None:
+            query = query.where(events_t.c.item == item)
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            {**row, "at": as_utc(row["at"]), "data": json.loads(row["data"]) if row["data"] else None}
+            for row in rows
+        ]
+
+    # -- items and stages --
+
+    def item(self, name: str) -> ItemRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(items_t).where(items_t.c.name == name)).mappings().first()
+        if row is None:
+            return None
+        return ItemRecord(name=row["name"], kind=row["kind"], stage=row["stage"], status=row["status"],
+                          updated_at=as_utc(row["updated_at"]), fingerprint=row["fingerprint"],
+                          detail=json.loads(row["detail"]) if row["detail"] else {})
+
+    def set_stage(self, item: str, kind: str, stage: str, status: str, *, run_id: int | None = None,
+                  detail: dict[str, Any] | None = None, fingerprint: str | None = None) -> None:
+        """Record a stage transition: the item row and the stage log, in one transaction."""
+        at = now()
+        text = redact(json.dumps(detail, default=str)) if detail else None
+        values: dict[str, Any] = {"kind": kind, "stage": stage, "status": status, "updated_at": at,
+                                  "detail": text}
+        if fingerprint is not None:
+            values["fingerprint"] = fingerprint
+        with self.engine.begin() as conn:
+            changed = conn.execute(update(items_t).where(items_t.c.name == item).values(**values)).rowcount
+            if not changed:
+                conn.execute(insert(items_t).values(name=item, **values))
+            conn.execute(insert(stages_t).values(item=item, stage=stage, status=status, at=at, run_id=run_id,
+                                                 detail=text))
+
+    def stage_log(self, item: str | None = None) -> list[dict[str, Any]]:
+        query = select(stages_t).order_by(stages_t.c.id)
+        if item is not None:
+            query = query.where(stages_t.c.item == item)
+        with self.engine.connect() as conn:
+            return [{**r, "at": as_utc(r["at"])} for r in conn.execute(query).mappings().all()]
+
+    def last_done(self, item: str, stage: str) -> datetime | None:
+        """When `stage` last finished for `item`, or None."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(func.max(stages_t.c.at)).where(
+                    and_(stages_t.c.item == item, stages_t.c.stage == stage, stages_t.c.status == "done")
+                )
+            ).scalar()
+        return as_utc(value)
+
+    # -- chunks --
+
+    def chunks(self, item: str, stage: str) -> dict[str, tuple[str, int, dict[str, Any]]]:
+        """chunk -> (status, units, detail) for one item and stage."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(chunks_t.c.chunk, chunks_t.c.status, chunks_t.c.units, chunks_t.c.detail).where(
+                    and_(chunks_t.c.item == item, chunks_t.c.stage == stage)
+                )
+            ).all()
+        return {r[0]: (r[1], r[2], json.loads(r[3]) if r[3] else {}) for r in rows}
+
+    def mark_chunks(self, item: str, stage: str, chunks: list[tuple[str, str, int, dict[str, Any] | None]]) -> None:
+        """Upsert many (chunk, status, units, detail) rows in one transaction."""
+        if not chunks:
+            return
+        at = now()
+        with self.engine.begin() as conn:
+            for chunk, status, units, detail in chunks:
+                values = {"status": status, "units": units, "updated_at": at,
+                          "detail": json.dumps(detail, default=str) if detail else None}
+                changed = conn.execute(update(chunks_t).where(and_(
+                    chunks_t.c.item == item, chunks_t.c.stage == stage, chunks_t.c.chunk == chunk
+                )).values(**values)).rowcount
+                if not changed:
+                    conn.execute(insert(chunks_t).values(item=item, stage=stage, chunk=chunk, **values))
+
+    def mark_chunk(self, item: str, stage: str, chunk: str, status: str, units: int = 0,
+                   detail: dict[str, Any] | None = None) -> None:
+        self.mark_chunks(item, stage, [(chunk, status, units, detail)])
+
+    def clear_chunks(self, item: str, stage: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(chunks_t.delete().where(and_(chunks_t.c.item == item, chunks_t.c.stage == stage)))
+
+    # -- per-item key/value state (watermarks, inventories' summaries, continuation tokens) --
+
+    def get(self, item: str, key: str, default: Any = None) -> Any:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(kv_t.c.value).where(and_(kv_t.c.item == item, kv_t.c.key == key))
+            ).scalar()
+        return default if value is None else json.loads(value)
+
+    def put(self, item: str, key: str, value: Any) -> None:
+        text = json.dumps(value, default=str)
+        with self.engine.begin() as conn:
+            changed = conn.execute(update(kv_t).where(and_(kv_t.c.item == item, kv_t.c.key == key)).values(
+                value=text, updated_at=now())).rowcount
+            if not changed:
+                conn.execute(insert(kv_t).values(item=item, key=key, value=text, updated_at=now()))
+
+    # -- verifications --
+
+    def record_verification(self, item: str, clean: bool, checked: int, differences: int,
+                            detail: dict[str, Any] | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(verifications_t).values(
+                item=item, at=now(), clean=clean, checked=checked, differences=differences,
+                detail=redact(json.dumps(detail, default=str)) if detail else None))
+
+    def last_verification(self, item: str) -> VerificationRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(verifications_t).where(verifications_t.c.item == item)
+                               .order_by(verifications_t.c.id.desc()).limit(1)).mappings().first()
+        if row is None:
+            return None
+        return VerificationRecord(item=row["item"], at=as_utc(row["at"]), clean=bool(row["clean"]),
+                                  checked=row["checked"], differences=row["differences"],
+                                  detail=json.loads(row["detail"]) if row["detail"] else {})
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        with self.engine.begin() as conn:
+            yield conn
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except (SQLAlchemyError, ImportError) as exc:
+        raise StateError(f"bad state URL {redact(url)}: {redact(exc)}") from exc
+

@@ -1,0 +1,155 @@
+"""Human rendering of result objects with rich (on stderr). Machine output is the JSON envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from migrate.plan.durations import format_duration
+from migrate.stages.cutover import CutoverResult
+from migrate.stages.gates import GateResult
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def show_validate(console: Console, result: Any) -> None:
+    for f in result.files:
+        if f.ok:
+            console.print(f"[green]ok[/]   {f.file} ({f.component})", highlight=False)
+        for problem in f.problems:
+            console.print(problem, highlight=False, markup=False)
+    bad = sum(len(f.problems) for f in result.files)
+    console.print(f"{len(result.files)} plan(s), {bad} problem(s)", highlight=False)
+
+
+def show_plan(console: Console, result: Any) -> None:
+    table = _table(f"Plan for {result.component} (dry-run: nothing was written)",
+                   "item", "kind", "create", "update", "delete", "unchanged", "size", "estimate")
+    for p in result.previews:
+        table.add_row(p.item, p.kind, f"{p.create:,} {p.units}", f"{p.update:,}", f"{p.delete:,}",
+                      f"{p.unchanged:,}", human_bytes(p.bytes) if p.bytes else "-",
+                      format_duration(p.estimate_seconds))
+    console.print(table)
+    for p in result.previews:
+        for line in p.details:
+            console.print(f"  {p.item}: {line}", highlight=False, markup=False)
+        for line in p.warnings:
+            console.print(f"  [yellow]warning[/] {p.item}: {line}", highlight=False)
+    if result.azure:
+        show_azure(console, result.azure)
+    console.print("Cutover steps: " + " → ".join(result.cutover_steps), highlight=False)
+    _warnings(console, result.warnings)
+    console.print("Changes pending." if result.changes else "Nothing to do: source and target agree.")
+
+
+def show_azure(console: Console, checks: list[dict[str, Any]]) -> None:
+    table = _table("Azure preflight", "resource", "check", "result", "evidence / what to do")
+    colour = {"pass": "green", "warn": "yellow", "fail": "red"}
+    for c in checks:
+        text = c["evidence"] + (f" — fix: {c['fix']}" if c.get("fix") else "")
+        table.add_row(c["target"], c["name"], f"[{colour.get(c['status'], 'white')}]{c['status']}[/]", text)
+    console.print(table)
+
+
+def show_run(console: Console, result: Any) -> None:
+    table = _table(f"Run of {result.component}", "item", "kind", "stages run", "already done", "verify", "took")
+    for i in result.items:
+        verify = "-" if i.verification is None else (
+            f"[green]clean[/] ({i.verification.checked:,} checked)" if i.verification.clean
+            else f"[red]{len(i.verification.differences)} difference(s)[/]")
+        table.add_row(i.item, i.kind, ", ".join(f"{s.stage}" + ("" if s.ok and not s.problems else " [red](failed)[/]")
+                                                for s in i.stages) or "-",
+                      ", ".join(i.skipped) or "-", verify, format_duration(i.seconds))
+    console.print(table)
+    for i in result.items:
+        for s in i.stages:
+            if s.summary:
+                console.print(f"  {i.item} {s.stage}: {s.summary}", highlight=False, markup=False)
+        for problem in i.problems:
+            console.print(f"  [red]problem[/] {i.item}: {problem}", highlight=False)
+        if i.verification is not None:
+            _differences(console, i.verification.differences)
+    _warnings(console, result.warnings)
+
+
+def _differences(console: Console, differences: list[Any], limit: int = 50) -> None:
+    for d in differences[:limit]:
+        console.print(f"  [red]{d.kind}[/] {d.item}: {d.key}" + (f" ({d.detail})" if d.detail else ""),
+                      highlight=False)
+    if len(differences) > limit:
+        console.print(f"  ... and {len(differences) - limit} more (use --json for all)")
+
+
+def show_verify(console: Console, result: Any) -> None:
+    for r in result.results:
+        state = "[green]clean[/]" if r.clean else f"[red]{len(r.differences)} difference(s)[/]"
+        console.print(f"{r.item}: {r.checked:,} checked, {state}", highlight=False)
+        _differences(console, r.differences)
+
+
+def show_sync_cycle(console: Console, cycle: int, results: list[Any]) -> None:
+    for r in results:
+        lag = "unknown" if r.lag_seconds is None else format_duration(r.lag_seconds)
+        console.print(f"cycle {cycle} {r.item}: {r.created} created, {r.updated} updated, {r.deleted} deleted, "
+                      f"lag {lag}", highlight=False)
+        for problem in r.problems:
+            console.print(f"  [red]problem[/] {problem}", highlight=False)
+
+
+def show_status(console: Console, result: Any) -> None:
+    table = _table(f"Status of {result.component}", "item", "kind", "stage", "status", "load progress", "lag",
+                   "last verification")
+    for i in result.items:
+        progress = f"{i.load_chunks_done:,}/{i.load_chunks_total:,} chunks" if i.load_chunks_total else "-"
+        v = i.last_verification
+        verified = "never" if v is None else (
+            f"[green]clean[/] at {v['at'][:19]}" if v["clean"] else f"[red]{v['differences']} diff[/] at {v['at'][:19]}")
+        lag = "-" if i.lag_seconds is None else format_duration(i.lag_seconds)
+        table.add_row(i.item, i.kind, i.stage, i.status, progress, lag, verified)
+    console.print(table)
+    console.print(f"Cutover: {result.cutover.get('status', 'idle')}", highlight=False)
+    if result.lock:
+        console.print(f"Locked by {result.lock.describe()}", highlight=False)
+    _warnings(console, result.warnings)
+
+
+def show_gates(console: Console, gates: list[GateResult]) -> None:
+    table = _table("Cutover gates", "gate", "result", "evidence")
+    for g in gates:
+        table.add_row(g.gate, "[green]pass[/]" if g.passed else "[red]FAIL[/]", g.evidence)
+    console.print(table)
+
+
+def show_cutover(console: Console, result: CutoverResult) -> None:
+    if result.gates:
+        show_gates(console, result.gates)
+    if result.resumed_at is not None:
+        console.print(f"Resumed an interrupted cutover at step {result.resumed_at + 1}.")
+    for s in result.steps:
+        colour = "green" if s.status == "done" else "red"
+        console.print(f"  [{colour}]{s.status}[/] {s.name}" + (f": {s.detail}" if s.detail else ""), highlight=False)
+    for s in result.rollback:
+        colour = "green" if s.status == "done" else "red"
+        console.print(f"  rollback [{colour}]{s.status}[/] {s.name}", highlight=False)
+    if result.message:
+        console.print(result.message, highlight=False)
+
+
+def _warnings(console: Console, warnings: list[str]) -> None:
+    for w in warnings:
+        console.print(f"[yellow]warning[/] {w}", highlight=False)

@@ -1,0 +1,141 @@
+"""The plan loader: every problem located to file:line:col with its key path, secrets never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import build_tree, cli
+from migrate.errors import PlanError
+from migrate.plan.loader import load_plan
+from migrate.redact import redact
+
+GOOD = """
+version: 1
+component: ppm-documents
+connections:
+  onprem: {path: letters}
+  azure: {path: azure-letters}
+  db_src: {url: "sqlite:///src.db"}
+  db_dst: {url: "${TARGET_DB_URL}"}
+databases:
+  - name: index
+    source: db_src
+    target: db_dst
+    tables: ["*", {name: patients, key: [id]}]
+    incremental: {column: updated_at}
+blobs:
+  - name: letters
+    source: onprem
+    target: azure
+dual_run: {interval: 5m}
+cutover:
+  gates: {max_lag: 90s}
+  steps:
+    - {name: freeze, run: "runbooks/freeze.sh --now"}
+"""
+
+
+def plan_tree(tmp_path: Path, text: str = GOOD) -> Path:
+    build_tree(tmp_path, {"plans/p.yaml": text, "runbooks/freeze.sh": "#!/bin/sh\ntrue\n"})
+    return tmp_path / "plans" / "p.yaml"
+
+
+def problems(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(PlanError) as caught:
+        load_plan(path, env=env if env is not None else {"TARGET_DB_URL": "sqlite:///t.db"})
+    return [str(p) for p in caught.value.problems]
+
+
+def test_good_plan_loads_with_defaults_and_durations(tmp_path: Path) -> None:
+    loaded = load_plan(plan_tree(tmp_path), env={"TARGET_DB_URL": "sqlite:///dst.db"})
+    plan = loaded.plan
+    assert plan.dual_run.interval == 300.0
+    assert plan.cutover.gates.max_lag == 90.0
+    assert [t.name for t in plan.databases[0].tables] == ["*", "patients"]
+    assert plan.databases[0].tables[1].key == ["id"]
+    assert plan.connections["db_dst"].url == "sqlite:///dst.db"
+    assert loaded.state_url.endswith("plans/.migrate/ppm-documents.db")
+    argv, cwd = loaded.step_command(plan.cutover.steps[0])
+    assert argv[0].endswith("runbooks/freeze.sh") and argv[1:] == ["--now"] and cwd == tmp_path.resolve()
+    assert len(loaded.fingerprint) == 64
+
+
+def test_misspelt_key_names_line_column_and_suggestion(tmp_path: Path) -> None:
+    path = plan_tree(tmp_path, GOOD.replace("    incremental:", "    incremntal:"))
+    assert problems(path) == [f"{path}:13:5: databases[0].incremntal: unknown key `incremntal` "
+                              "(did you mean `incremental`?)"]
+
+
+def test_every_problem_is_listed_not_just_the_first(tmp_path: Path) -> None:
+    text = GOOD.replace("interval: 5m", "interval: 5 fortnights").replace("    target: azure\n",
+                                                                        "    target: azure\n    bogus: 1\n")
+    found = problems(plan_tree(tmp_path, text))
+    assert len(found) == 2
+    assert ":18:5: blobs[0].bogus: unknown key `bogus`" in found[0]
+    assert "dual_run.interval: bad duration '5 fortnights'" in found[1]
+
+
+def test_unset_variable_is_named_and_its_neighbours_not_blamed(tmp_path: Path) -> None:
+    found = problems(plan_tree(tmp_path), env={})
+    assert len(found) == 1
+    assert found[0].endswith(":7:17: connections.db_dst.url: environment variable TARGET_DB_URL is not set")
+
+
+def test_secret_value_from_environment_is_never_printed(tmp_path: Path) -> None:
+    secret = "postgresql://app:Sup3rS3cret!@db.internal/ppm"
+    text = GOOD.replace("tables: [", "tables: 7\n    x: [")  # force an error in the same item
+    found = problems(plan_tree(tmp_path, text), env={"TARGET_DB_URL": secret})
+    assert found and all("Sup3rS3cret" not in p for p in found)
+    assert redact(f"boom {secret}") == "boom ***"
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("    target: azure\n", "    target: nowhere\n"), "blobs[0].target: unknown connection 'nowhere'"),
+    (("    target: azure\n", "    target: onprem\n"), "blobs[0].target: source and target are the same connection"),
+    (("  - name: letters", "  - name: index"), "blobs[0].name: duplicate item name 'index'"),
+    (("runbooks/freeze.sh", "runbooks/missing.sh"), "step script 'runbooks/missing.sh' not found"),
+    (("    target: db_dst\n", "    target: azure\n"), "connection 'azure' is a folder, not usable by databases"),
+    (("version: 1", "version: 2"), "version: input should be 1"),
+    (("component: ppm-documents", "component: 'bad name!'"), "component: string should match pattern"),
+    (("  azure: {path: azure-letters}", "  azure: {account_url: 'https://x.blob.core.windows.net', container: ab}"),
+     "`container` must be 3 to 63 characters long"),
+])
+def test_semantic_and_type_errors(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    found = problems(plan_tree(tmp_path, GOOD.replace(*change)))
+    assert any(expected in p for p in found), found
+
+
+def test_same_endpoint_under_two_names_is_refused(tmp_path: Path) -> None:
+    found = problems(plan_tree(tmp_path, GOOD.replace("azure-letters", "letters")))
+    assert any("source and target point at the same place" in p for p in found)
+
+
+def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
+    found = problems(plan_tree(tmp_path, "version: 1\ncomponent: [unclosed\n"))
+    assert len(found) == 1 and found[0].startswith(f"{tmp_path}/plans/p.yaml:3:") and "YAML syntax" in found[0]
+
+
+def test_validate_cli_exit_codes_and_folder_expansion(tmp_path: Path) -> None:
+    good = plan_tree(tmp_path)
+    bad = tmp_path / "plans" / "q.yml"
+    bad.write_text(GOOD.replace("dual_run", "dual_ran"))
+    code, out, err = cli("validate", str(good.parent), env={"TARGET_DB_URL": "sqlite:///x.db"})
+    assert code == 2
+    assert f"{bad}:19:1: dual_ran: unknown key `dual_ran` (did you mean `dual_run`?)" in err
+    assert "ok   " in err and "p.yaml" in err
+    code, out, err = cli("validate", str(good), env={"TARGET_DB_URL": "sqlite:///x.db"})
+    assert code == 0
+    code, out, err = cli("validate", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "no such plan file" in err
+
+
+def test_schema_command_prints_a_json_schema() -> None:
+    import json
+
+    code, out, _ = cli("schema")
+    schema = json.loads(out)
+    assert code == 0 and schema["$schema"].startswith("https://json-schema.org/")
+    assert {"version", "component", "connections"} <= set(schema["required"])
+    assert schema["additionalProperties"] is False
