@@ -18,7 +18,15 @@ import typer
 from rich.console import Console
 
 from migrate import commands, views
-from migrate.errors import EXIT_INVALID, EXIT_OPERATIONAL, GateRefused, MigrateError, PlanError, VerificationFailed
+from migrate.errors import (
+    EXIT_INVALID,
+    EXIT_OPERATIONAL,
+    GateRefused,
+    MigrateError,
+    PlanError,
+    UsageError,
+    VerificationFailed,
+)
 from migrate.progress import ConsoleProgress
 from migrate.redact import redact
 from migrate.results import envelope
@@ -92,9 +100,11 @@ def _execute(command: str, as_json: bool, work: Callable[[ConsoleProgress], Any]
 
 @app.command()
 def validate(paths: Annotated[list[Path], typer.Argument(help="Plan files or folders of them.")],
-             as_json: JsonOpt = False) -> None:
+             as_json: JsonOpt = False,
+             skip_env: Annotated[bool, typer.Option("--skip-env", help="Do not require ${VAR}s to be set "
+                                                    "(lint plans in CI without their secrets).")] = False) -> None:
     """Check plans: schema and meaning; every problem as `path:line:col: key: message` (exit 2)."""
-    _execute("validate", as_json, lambda p: commands.validate(paths), views.show_validate, lambda r: r.exit_code)
+    _execute("validate", as_json, lambda p: commands.validate(paths, require_env=not skip_env), views.show_validate, lambda r: r.exit_code)
 
 
 @app.command()
@@ -183,7 +193,7 @@ def report(plan: PlanArg, as_json: JsonOpt = False,
 
     def work(progress: ConsoleProgress) -> Any:
         if fmt not in FORMATS:
-            raise MigrateError(f"--format takes one of {', '.join(FORMATS)}, not {fmt!r}")
+            raise UsageError(f"--format takes one of {', '.join(FORMATS)}, not {fmt!r}")
         return commands.report(plan, fmt, out)
 
     _execute("report", as_json, work,

@@ -139,3 +139,10 @@ def test_schema_command_prints_a_json_schema() -> None:
     assert code == 0 and schema["$schema"].startswith("https://json-schema.org/")
     assert {"version", "component", "connections"} <= set(schema["required"])
     assert schema["additionalProperties"] is False
+
+
+def test_example_plans_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    root = Path(__file__).parent.parent / "plans"
+    code, _, err = cli("validate", "--skip-env", str(root))
+    assert code == 0, err
+    assert err.count("ok   ") == len(list(root.glob("*.yaml"))) >= 3

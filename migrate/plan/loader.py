@@ -92,8 +92,11 @@ def plan_files(paths: list[Path]) -> list[Path]:
     return out
 
 
-def load_plan(path: Path | str, env: dict[str, str] | None = None) -> LoadedPlan:
-    """Load and fully validate one plan file; raise PlanError listing every problem."""
+def load_plan(path: Path | str, env: dict[str, str] | None = None, require_env: bool = True) -> LoadedPlan:
+    """Load and fully validate one plan file; raise PlanError listing every problem.
+
+    With `require_env=False` an unset `${VAR}` is not an error (CI linting plans without their secrets).
+    """
     path = Path(path)
     env = dict(os.environ) if env is None else env
     shown = str(path)
@@ -112,7 +115,7 @@ def load_plan(path: Path | str, env: dict[str, str] | None = None) -> LoadedPlan
     if not isinstance(tree, CommentedMap):
         raise PlanError([PlanProblem(shown, 1, 1, "", "a plan is a YAML mapping (version, component, ...)")])
 
-    checker = _PlanChecker(tree, shown, env)
+    checker = _PlanChecker(tree, shown, env, require_env)
     data = checker.interpolate(tree, ())
     plan: Plan | None = None
     try:
@@ -137,10 +140,11 @@ def _key_path(loc: tuple) -> str:
 class _PlanChecker:
     """Collects every problem of one plan file, each located to its line and column."""
 
-    def __init__(self, tree: CommentedMap, shown: str, env: dict[str, str]) -> None:
+    def __init__(self, tree: CommentedMap, shown: str, env: dict[str, str], require_env: bool = True) -> None:
         self.tree = tree
         self.shown = shown
         self.env = env
+        self.require_env = require_env
         self.problems: list[PlanProblem] = []
 
     def add(self, loc: tuple, message: str, at_key: bool = False) -> None:
@@ -173,7 +177,8 @@ class _PlanChecker:
 
     def _env_value(self, name: str, loc: tuple) -> str:
         if name not in self.env:
-            self.add(loc, f"environment variable {name} is not set")
+            if self.require_env:
+                self.add(loc, f"environment variable {name} is not set")
             return f"unset-{name}"  # a stand-in that keeps later checks from piling on
         register_secret(self.env[name])
         return self.env[name]

@@ -1,0 +1,78 @@
+"""Reports from a journal: the same evidence in Markdown, HTML, JSON and JUnit, with secrets masked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from helpers import build_tree, cli
+from migrate.state.journal import Journal, now
+
+PLAN = """
+version: 1
+component: report-test
+change: {id: CHG0099, owner: EPR team}
+connections:
+  src: {path: src}
+  dst: {connection_string: "${STORE_CS}", container: letters}
+  db_a: {url: "sqlite:///a.db"}
+  db_b: {url: "sqlite:///b.db"}
+blobs:
+  - {name: letters, source: src, target: dst}
+databases:
+  - {name: record, source: db_a, target: db_b}
+"""
+SECRET_CS = "DefaultEndpointsProtocol=https;AccountName=x;AccountKey=TOPSECRETKEY1234==;EndpointSuffix=core"
+
+
+@pytest.fixture
+def journaled_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("STORE_CS", SECRET_CS)
+    build_tree(tmp_path, {"plan.yaml": PLAN})
+    journal = Journal(f"sqlite:///{tmp_path / '.migrate' / 'report-test.db'}", command="run")
+    for item, kind in (("letters", "blob"), ("record", "database")):
+        journal.set_stage(item, kind, "load", "running")
+        journal.set_stage(item, kind, "load", "done", detail={"seconds": 1.5})
+        journal.put(item, "synced_at", now().isoformat())
+        journal.put(item, "lag_seconds", 0.0)
+    journal.record_verification("letters", True, 300, 0)
+    journal.record_verification("record", False, 1000, 1, detail={"differences": [
+        {"item": "record", "kind": "different", "key": "patients:id=7", "detail": "columns: postcode"}]})
+    journal.event("load", f"used {SECRET_CS}", item="letters")
+    return tmp_path / "plan.yaml"
+
+
+def test_all_formats_carry_the_same_evidence(journaled_plan: Path) -> None:
+    out = journaled_plan.parent / "out"
+    texts = {}
+    for fmt, suffix in (("md", "md"), ("html", "html"), ("json", "json"), ("junit", "xml")):
+        code, stdout, stderr = cli("report", str(journaled_plan), "--format", fmt, "--out", f"{out}.{suffix}")
+        assert code == 0, stderr
+        texts[fmt] = Path(f"{out}.{suffix}").read_text()
+        assert "TOPSECRETKEY" not in texts[fmt]
+    assert "NOT READY" in texts["md"] and "patients:id=7" in texts["md"] and "CHG0099" in texts["md"]
+    assert "| verified | FAIL |" in texts["md"]
+    assert "<td class='bad'>FAIL</td>" in texts["html"] and "patients:id=7" in texts["html"]
+    body = json.loads(texts["json"])
+    assert body["clean"] is False and body["component"] == "report-test"
+    assert {i["name"]: i["verification"]["clean"] for i in body["items"]} == {"letters": True, "record": False}
+    suite = ET.fromstring(texts["junit"])
+    failed = {c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None}
+    assert "verify record" in failed and "verify letters" not in failed and "gate verified" in failed
+    assert suite.get("failures") == str(len(failed))
+
+
+def test_report_default_path_and_json_envelope(journaled_plan: Path) -> None:
+    code, stdout, _ = cli("report", str(journaled_plan), "--format", "junit", "--json")
+    envelope = json.loads(stdout)
+    assert code == 0 and envelope["ok"] is True
+    assert envelope["result"]["path"] == str(journaled_plan.parent / "reports" / "report-test.xml")
+    assert Path(envelope["result"]["path"]).exists()
+
+
+def test_unknown_format_is_a_clear_error(journaled_plan: Path) -> None:
+    code, _, stderr = cli("report", str(journaled_plan), "--format", "pdf")
+    assert code == 2 and "--format takes one of md, html, json, junit" in stderr
