@@ -104,7 +104,8 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="Plan files or fol
              skip_env: Annotated[bool, typer.Option("--skip-env", help="Do not require ${VAR}s to be set "
                                                     "(lint plans in CI without their secrets).")] = False) -> None:
     """Check plans: schema and meaning; every problem as `path:line:col: key: message` (exit 2)."""
-    _execute("validate", as_json, lambda p: commands.validate(paths, require_env=not skip_env), views.show_validate, lambda r: r.exit_code)
+    _execute("validate", as_json, lambda p: commands.validate(paths, require_env=not skip_env),
+             views.show_validate, lambda r: r.exit_code)
 
 
 @app.command()

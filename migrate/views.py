@@ -117,8 +117,11 @@ def show_status(console: Console, result: Any) -> None:
     for i in result.items:
         progress = f"{i.load_chunks_done:,}/{i.load_chunks_total:,} chunks" if i.load_chunks_total else "-"
         v = i.last_verification
-        verified = "never" if v is None else (
-            f"[green]clean[/] at {v['at'][:19]}" if v["clean"] else f"[red]{v['differences']} diff[/] at {v['at'][:19]}")
+        if v is None:
+            verified = "never"
+        else:
+            verdict = "[green]clean[/]" if v["clean"] else f"[red]{v['differences']} diff[/]"
+            verified = f"{verdict} at {v['at'][:19]}"
         lag = "-" if i.lag_seconds is None else format_duration(i.lag_seconds)
         table.add_row(i.item, i.kind, i.stage, i.status, progress, lag, verified)
     console.print(table)

@@ -88,7 +88,8 @@ def to_markdown(data: ReportData) -> str:
     return "\n".join(lines)
 
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top;font-size:.9em}
 th{background:#f0f0f0}.ok{color:#06682f;font-weight:bold}.bad{color:#b00020;font-weight:bold}"""
 

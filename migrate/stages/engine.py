@@ -148,5 +148,5 @@ class ItemEngine(ABC):
         """Copy target-side changes back to the source (rollback with `reverse_sync: true`)."""
         raise NotImplementedError(f"{self.kind} items do not support reverse sync")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: engines without connections need nothing here
         """Release connections."""

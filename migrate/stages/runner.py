@@ -5,6 +5,7 @@ every transition in the journal so that a rerun after `kill -9` resumes where th
 from __future__ import annotations
 
 import time
+from functools import partial
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -122,7 +123,7 @@ class StageRunner:
                     continue
                 record.verification = self.verify_item(engine)
                 continue
-            result = self._stage(engine, stage, lambda s=stage: getattr(engine, s)(self.ctx))
+            result = self._stage(engine, stage, partial(getattr(engine, stage), self.ctx))
             record.stages.append(result)
             if stage == "load":
                 journal.put(engine.name, "synced_at", now().isoformat())
@@ -140,7 +141,7 @@ class StageRunner:
         return all(c is None or c <= last.at for c in changed)
 
     def verify_item(self, engine: ItemEngine, deep: bool = False) -> VerifyResult:
-        result: VerifyResult = self._stage(engine, "verify", lambda: engine.verify(self.ctx, deep=deep), deep=deep)
+        result: VerifyResult = self._stage(engine, "verify", partial(engine.verify, self.ctx, deep=deep), deep=deep)
         self.ctx.journal.record_verification(
             engine.name, result.clean, result.checked, len(result.differences),
             detail={"deep": deep, "differences": [d.__dict__ for d in result.differences[:1000]],
@@ -163,7 +164,7 @@ class StageRunner:
             self._require_loaded(item.name, "sync")
             with self._engine(item) as engine:
                 cycle_start = now()
-                result: SyncResult = self._stage(engine, "sync", lambda e=engine: e.sync(self.ctx))
+                result: SyncResult = self._stage(engine, "sync", partial(engine.sync, self.ctx))
                 journal = self.ctx.journal
                 if not result.problems:
                     journal.put(engine.name, "synced_at", cycle_start.isoformat())

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     Boolean,
@@ -147,6 +147,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite hands datetimes back naive; everything the journal writes is UTC."""
     if value is None or value.tzinfo is not None:
@@ -217,7 +221,9 @@ class Journal:
                 insert(runs_t).values(command=self.command, started_at=now(), user=user, host=host, pid=pid,
                                       fingerprint=fingerprint)
             )
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            assert key is not None  # always set after an insert
+            return int(key[0])
 
     def end_run(self, run_id: int, outcome: str) -> None:
         with self.engine.begin() as conn:
