@@ -165,7 +165,7 @@ def cutover(plan: PlanArg, as_json: JsonOpt = False,
     def work(progress: ConsoleProgress) -> Any:
         if not check and not yes:
             if not sys.stdin.isatty():
-                raise MigrateError("cutover needs confirmation: no terminal to ask on, so pass --yes",
+                raise UsageError("cutover needs confirmation: no terminal to ask on, so pass --yes",
                                    hint="`migrate cutover --check PLAN` evaluates the gates without acting")
             gates = commands.gates(plan, approved_by)
             views.show_gates(err, gates)

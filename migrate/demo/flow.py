@@ -81,19 +81,27 @@ def _prepare(workdir: Path) -> None:
     (workdir / "azure").mkdir()
 
 
-def run_demo(workdir: Path, patients: int = 2000, letters: int = 300, seed: int = 20261128,
-             progress: Progress | None = None, say: Callable[[str], None] = lambda m: None) -> DemoResult:
-    """Build the synthetic estate in `workdir` and migrate it end to end; return where the reports are."""
-    started = time.monotonic()
+def prepare_estate(workdir: Path, patients: int = 2000, letters: int = 300,
+                   seed: int = 20261128) -> tuple[Path, EstateSize]:
+    """Build the synthetic estate, the plan and its runbook in `workdir`; return the plan's path."""
     workdir = workdir.resolve()
     rng = random.Random(seed)
     _prepare(workdir)
-    plan = workdir / "plan.yaml"
-    say(f"1/8 building a synthetic EPR estate in {workdir}")
     (workdir / "onprem").mkdir()
     estate = build_database(f"sqlite:///{workdir / 'onprem' / 'ppm.db'}", patients, rng)
     files = build_letters(workdir / "onprem" / "letters", letters, rng)
     estate.letters, estate.letter_bytes = files.letters, files.letter_bytes
+    return workdir / "plan.yaml", estate
+
+
+def run_demo(workdir: Path, patients: int = 2000, letters: int = 300, seed: int = 20261128,
+             progress: Progress | None = None, say: Callable[[str], None] = lambda m: None) -> DemoResult:
+    """Build the synthetic estate in `workdir` and migrate it end to end; return where the reports are."""
+    started = time.monotonic()
+    say(f"1/8 building a synthetic EPR estate in {workdir}")
+    plan, estate = prepare_estate(workdir, patients, letters, seed)
+    workdir = plan.parent
+    rng = random.Random(seed + 1)
     result = DemoResult(workdir=workdir, plan=plan, estate=estate)
 
     def step(text: str) -> None:
