@@ -27,7 +27,7 @@ from migrate.errors import (
 )
 from migrate.plan.loader import LoadedPlan, load_plan, plan_files
 from migrate.plan.model import Plan
-from migrate.stages.cutover import Cutover, CutoverResult, cutover_sequence, cutover_state
+from migrate.stages.cutover import PLAN_ITEM, Cutover, CutoverResult, cutover_sequence, cutover_state
 from migrate.stages.engine import NullProgress, Preview, Progress, StageContext, SyncResult, VerifyResult
 from migrate.stages.gates import GateResult, item_lag
 from migrate.stages.runner import ItemRun, StageRunner
@@ -158,7 +158,7 @@ def plan(plan_path: Path, progress: Progress | None = None) -> PlanResult:
         if _azure_checks(ctx.loaded) is not None:
             from migrate.azure.preflight import azure_preflight
 
-            azure = [c.__dict__ for c in azure_preflight(ctx.loaded.plan)]
+            azure = [c.to_dict() for c in azure_preflight(ctx.loaded.plan)]
         return PlanResult(ctx.loaded.plan.component, previews, azure,
                           [s.name for s in cutover_sequence(ctx.loaded.plan)],
                           _fingerprint_warnings(ctx.loaded, ctx.journal))
@@ -193,7 +193,29 @@ def run(plan_path: Path, until: str = "verify", items: list[str] | None = None,
             if failing:
                 raise MigrateError("Azure preflight failed: " + "; ".join(failing),
                                    hint="`migrate plan PLAN` shows the evidence and what to do")
+            if until != "preflight":
+                _provision_targets(ctx)
         return RunResult(ctx.loaded.plan.component, StageRunner(ctx, items).run(until), warnings)
+
+
+def _provision_targets(ctx: StageContext) -> None:
+    """Create Azure SQL databases the plan marks `create: true`, resuming a create a crash interrupted."""
+    from migrate.azure.credentials import default_credential
+    from migrate.azure.provision import provision_database
+
+    for name, connection in ctx.loaded.plan.connections.items():
+        resource = connection.azure
+        if resource is None or not resource.create or not resource.database:
+            continue
+        key = f"provision:{name}"
+
+        def save(token: str | None, key: str = key) -> None:
+            ctx.journal.put(PLAN_ITEM, key, token)
+
+        result = provision_database(resource, default_credential(resource.cloud), save_token=save,
+                                    continuation_token=ctx.journal.get(PLAN_ITEM, key))
+        ctx.journal.event("provision", f"{name}: database {resource.database} {result.action} "
+                          f"({result.status}, {result.service_objective})")
 
 
 @dataclass
