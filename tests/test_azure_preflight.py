@@ -13,6 +13,7 @@ import requests
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
+from arm_replay import ArmReplay, Recorded
 from migrate.azure.arm import ArmRetryPolicy
 from migrate.azure.preflight import (
     AzureCheck,
@@ -21,7 +22,6 @@ from migrate.azure.preflight import (
     check_storage,
     check_vm,
 )
-from migrate.azure.replay import ArmReplay, Recorded
 from migrate.plan.model import AzureResource, Plan, VirtualMachine
 
 RECORDINGS = Path(__file__).parent / "recordings" / "arm"

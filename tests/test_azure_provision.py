@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from azure.core.credentials import AccessToken
 
+from arm_replay import ArmReplay, Recorded
 from migrate.azure.arm import AzureRequestError
 from migrate.azure.provision import ProvisionResult, database_body, provision_database, sku_body
-from migrate.azure.replay import ArmReplay, Recorded
 from migrate.errors import EndpointError, UsageError
 from migrate.plan.model import AzureResource
 

@@ -1,0 +1,1 @@
+"""Azurite fixtures (see the module docstring once written)."""
