@@ -80,10 +80,12 @@ def test_second_concurrent_run_exits_1_naming_the_owner(tmp_path: Path) -> None:
         journal = plan.parent / ".migrate" / "ppm-demo.db"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if journal.exists():
-                with sqlite3.connect(journal, timeout=30) as conn:
+            try:
+                with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=30) as conn:
                     if conn.execute("SELECT count(*) FROM locks").fetchone()[0]:
                         break
+            except sqlite3.OperationalError:  # the journal or its tables are not there yet
+                pass
             time.sleep(0.05)
         second = cli_process("run", str(plan))
         assert first.poll() is None, "the first run finished before the second started: enlarge the estate"

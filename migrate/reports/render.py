@@ -41,7 +41,8 @@ def _sections(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
     differences = [[i.name, d.get("kind", ""), d.get("key", ""), d.get("detail", "")]
                    for i in data.items if i.verification for d in i.verification["sample"]]
     timeline = [[i.name, t["stage"], t["status"], f"{t['at']:%Y-%m-%d %H:%M:%S}",
-                 "" if t["seconds"] is None else f"{t['seconds']:.1f}s"] for i in data.items for t in i.timeline]
+                 "" if t["seconds"] is None else f"{t['seconds']:.1f}s"] for i in data.items for t in i.timeline
+                if t["status"] != "running"]
     steps = [[str(n + 1), s] for n, s in enumerate(data.cutover_steps)]
     rollback = [[str(n + 1), s] for n, s in enumerate(data.rollback_steps)] or [["-", "(none planned)"]]
     events = [[f"{e['at']:%Y-%m-%d %H:%M:%S}", e["user"], e["host"], e["command"], e["item"] or "", e["kind"],
