@@ -36,6 +36,8 @@ app = typer.Typer(
     help="Move an EPR component to Azure in staged, verified, resumable steps. See README.md.",
 )
 err = Console(stderr=True, soft_wrap=True)
+if not err.is_terminal:  # CI logs and pipes: wide enough that tables do not fold every cell
+    err.width = 160
 _debug = {"on": False}
 
 PlanArg = Annotated[Path, typer.Argument(help="The plan file (YAML).", show_default=False)]

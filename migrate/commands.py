@@ -302,7 +302,7 @@ def status(plan_path: Path) -> StatusResult:
         items = []
         for item in ctx.loaded.plan.items:
             record = journal.item(item.name)
-            chunks = journal.chunks(item.name, "load")
+            chunks = {k: c for k, c in journal.chunks(item.name, "load").items() if c[0] != "deleted"}
             done = [c for c in chunks.values() if c[0] == "done"]
             last = journal.last_verification(item.name)
             items.append(ItemStatus(
