@@ -1,0 +1,76 @@
+"""The CLI contract: the JSON envelope's keys, exit codes, one clear message and never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from helpers import build_tree, cli, cli_process
+
+ENVELOPE_KEYS = {"envelope", "migrate", "command", "ok", "exit_code", "result", "error"}
+
+BROKEN = """
+version: 1
+component: errs
+connections:
+  a: {url: "sqlite:///src.db"}
+  b: {url: "postgresql://app:${DB_PASSWORD}@127.0.0.1:1/ppm"}
+  f: {path: nowhere}
+  g: {path: out}
+databases:
+  - {name: db, source: a, target: b, tables: [missing_table]}
+blobs:
+  - {name: files, source: f, target: g}
+"""
+
+
+def test_envelope_keys_are_pinned(tmp_path: Path) -> None:
+    build_tree(tmp_path, {"p.yaml": "version: 1\ncomponent: x\nconnections: {}\n"})
+    code, out, _ = cli("validate", str(tmp_path / "p.yaml"), "--json")
+    body = json.loads(out)
+    assert set(body) == ENVELOPE_KEYS and body["envelope"] == 1 and body["command"] == "validate"
+    assert code == 0 and body["ok"] is True and body["error"] is None
+    assert body["result"]["files"][0]["component"] == "x"
+
+
+def test_invalid_plan_json_lists_problems_exit_2(tmp_path: Path) -> None:
+    build_tree(tmp_path, {"p.yaml": "version: 1\ncomponent: x\nconections: {}\n"})
+    code, out, _ = cli("run", str(tmp_path / "p.yaml"), "--json")
+    body = json.loads(out)
+    assert code == 2 and body["exit_code"] == 2 and body["ok"] is False
+    assert any(":3:1: conections: unknown key" in p for p in body["result"]["problems"])
+
+
+def test_operational_errors_are_one_line_exit_1_no_traceback_no_secret(tmp_path: Path) -> None:
+    build_tree(tmp_path, {"plan.yaml": BROKEN})
+    env = {"DB_PASSWORD": "Sekrit-Pa55"}
+    for args, expected in ((("--item", "files"), "files: source folder"),
+                           (("--item", "db"), "table 'missing_table' not found")):
+        done = cli_process("run", str(tmp_path / "plan.yaml"), *args, env=env)
+        assert done.returncode == 1, done.stderr
+        assert expected in done.stderr
+        assert "Traceback" not in done.stderr and "Sekrit-Pa55" not in done.stderr + done.stdout
+    journal = (tmp_path / ".migrate" / "errs.db").read_bytes()
+    assert b"Sekrit-Pa55" not in journal
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    build_tree(tmp_path, {"plan.yaml": BROKEN})
+    done = cli_process("--debug", "run", str(tmp_path / "plan.yaml"), "--item", "files",
+                       env={"DB_PASSWORD": "x"})
+    assert done.returncode == 1 and "Traceback" in done.stderr
+
+
+def test_unknown_item_and_bad_until_are_usage_errors(tmp_path: Path) -> None:
+    build_tree(tmp_path, {"plan.yaml": BROKEN})
+    env = {"DB_PASSWORD": "x"}
+    code, _, err = cli("run", str(tmp_path / "plan.yaml"), "--item", "nope", env=env)
+    assert code == 2 and "no item named nope" in err
+    code, _, err = cli("run", str(tmp_path / "plan.yaml"), "--until", "cutover", env=env)
+    assert code == 2 and "--until takes one of preflight, schema, load, verify" in err
+
+
+def test_sync_before_load_says_what_to_do(tmp_path: Path) -> None:
+    build_tree(tmp_path, {"plan.yaml": BROKEN})
+    code, _, err = cli("sync", str(tmp_path / "plan.yaml"), "--item", "files", env={"DB_PASSWORD": "x"})
+    assert code == 1 and "cannot sync before the load has finished" in err and "migrate run PLAN" in err
