@@ -71,6 +71,14 @@ class PostgresCluster:
             shutil.chown(self.root, "postgres", "postgres")
         self._run("initdb", "-D", str(self.data), "-U", self.user, "-A", "trust", "-E", "UTF8",
                   "--locale=C.UTF-8", "--no-sync")
+        # the superuser connects without a password; any other role must give its password (so tests can
+        # check how bad credentials are reported)
+        (self.data / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            f"host all {self.user} 127.0.0.1/32 trust\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n", encoding="utf-8")
+        if self._as_postgres:
+            shutil.chown(self.data / "pg_hba.conf", "postgres", "postgres")
         options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
         options += f" -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} -p {self.port}"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60",

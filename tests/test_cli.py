@@ -44,6 +44,10 @@ def test_invalid_plan_json_lists_problems_exit_2(tmp_path: Path) -> None:
 def test_operational_errors_are_one_line_exit_1_no_traceback_no_secret(tmp_path: Path) -> None:
     build_tree(tmp_path, {"plan.yaml": BROKEN})
     env = {"DB_PASSWORD": "Sekrit-Pa55"}
+    missing_db = cli_process("run", str(tmp_path / "plan.yaml"), "--item", "db", env=env)
+    assert missing_db.returncode == 1 and f"SQLite file {tmp_path}/src.db does not exist" in missing_db.stderr
+    assert not (tmp_path / "src.db").exists()  # never created by looking at it
+    (tmp_path / "src.db").write_bytes(b"")  # an empty SQLite database
     for args, expected in ((("--item", "files"), "files: source folder"),
                            (("--item", "db"), "table 'missing_table' not found")):
         done = cli_process("run", str(tmp_path / "plan.yaml"), *args, env=env)

@@ -157,3 +157,22 @@ def test_interrupted_cutover_resumes_at_the_interrupted_step(loaded_demo: Path) 
     assert "Resumed an interrupted cutover at step 4" in resumed.stderr
     assert (work / "freeze.count").read_text().count("x") == 1  # the freeze did not run twice
     assert (work / "active-site").read_text().strip() == "azure"
+
+
+def test_rollback_with_reverse_sync_brings_azure_side_changes_home(tmp_path: Path) -> None:
+    plan, _ = prepare_estate(tmp_path / "estate", patients=150, letters=30)
+    plan.write_text(plan.read_text() + "  reverse_sync: true\n")
+    work = plan.parent
+    assert cli_process("run", str(plan)).returncode == 0
+    assert cli_process("cutover", str(plan), "--yes").returncode == 0
+    with sqlite3.connect(work / "azure" / "ppm.db") as conn:  # the application now writes on Azure
+        conn.execute("UPDATE patients SET postcode = 'LS1 4AP', updated_at = '2027-01-01 09:00:00.000000' "
+                     "WHERE id = 1")
+        conn.execute("DELETE FROM observations WHERE id = 5")
+    (work / "azure" / "letters" / "written on azure.pdf").write_bytes(b"%PDF-1.4 new letter")
+    back = cli_process("rollback", str(plan), "--json")
+    body = json.loads(back.stdout)
+    assert back.returncode == 0, back.stderr
+    assert [s["name"] for s in body["result"]["steps"]][:2] == ["reverse sync patient-record", "reverse sync letters"]
+    assert (work / "active-site").read_text().strip() == "onprem"
+    assert_identical(work)

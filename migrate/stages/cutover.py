@@ -170,19 +170,12 @@ class Cutover:
         if state["status"] in ("idle", "rolled_back"):
             return CutoverResult(state["status"], message="nothing to roll back: the component is on the source")
         result = CutoverResult("rolled_back")
+        reverse = self.plan.rollback.reverse_sync and state["status"] == "done"
+        if reverse:  # bring Azure-side changes home before the application is pointed back
+            result.steps += self._reverse_sync("reverse sync")
         result.rollback = self._rollback_steps()
-        if self.plan.rollback.reverse_sync and state["status"] == "done":
-            for item in self.plan.items:
-                reverse = item.model_copy(update={"name": f"{item.name}.reverse", "source": item.target,
-                                                  "target": item.source})
-                engine = engine_for(reverse, self.ctx)
-                try:
-                    synced = engine.sync(self.ctx)
-                finally:
-                    engine.close()
-                result.steps.append(StepRecord(f"reverse sync {item.name}", "failed" if synced.problems else "done",
-                                               detail=f"{synced.created} created, {synced.updated} updated, "
-                                                      f"{synced.deleted} deleted"))
+        if reverse:  # and whatever was written while it was being switched
+            result.steps += self._reverse_sync("reverse catch-up")
         failed = [r for r in result.rollback + result.steps if r.status == "failed"]
         self._save(status="rolled_back", step=0, attempt=state.get("attempt", 0), ended_at=now().isoformat())
         for item in self.plan.items:
@@ -192,6 +185,24 @@ class Cutover:
             raise StepFailed("rollback finished with failures: " + "; ".join(f"{r.name}: {r.detail}" for r in failed))
         result.message = "rolled back: the component runs on the source"
         return result
+
+    def _reverse_sync(self, label: str) -> list[StepRecord]:
+        """Sync every item target → source under its own journal name (`<item>.reverse`)."""
+        records = []
+        for item in self.plan.items:
+            reverse = item.model_copy(update={"name": f"{item.name}.reverse", "source": item.target,
+                                              "target": item.source})
+            engine = engine_for(reverse, self.ctx)
+            try:
+                synced = engine.sync(self.ctx)
+            finally:
+                engine.close()
+            detail = f"{synced.created} created, {synced.updated} updated, {synced.deleted} deleted"
+            records.append(StepRecord(f"{label} {item.name}", "failed" if synced.problems else "done",
+                                      detail=detail if not synced.problems else "; ".join(synced.problems[:3])))
+            self.ctx.journal.event("rollback-step", f"{label} {item.name}: {detail}", item=item.name,
+                                   outcome="failed" if synced.problems else "ok")
+        return records
 
     def _mark_items(self, status: str) -> None:
         for item in self.plan.items:

@@ -1,0 +1,140 @@
+"""PostgreSQL (psycopg 3): md5 row checksums summed as 60-bit slices, COPY for bulk loads (COPY
+streamed straight from a PostgreSQL source), INSERT ... ON CONFLICT for upserts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import TableClause
+
+from migrate.databases.dialects import DialectOps
+from migrate.databases.values import ColumnKind
+
+# COPY format between two PostgreSQL servers (same types on both sides, so binary is exact); with buffered
+# writes it measured ~1.5x faster than text on numeric/timestamptz-heavy rows (bench/bench_db_load.py)
+PIPE_FORMAT = "BINARY"
+PIPE_BUFFER = 1 << 20  # bytes gathered before one write to the target
+
+
+class PostgresOps(DialectOps):
+    name = "postgresql"
+    supports_row_values = True
+
+    def norm_sql(self, col: str, kind: ColumnKind) -> str:
+        k = kind.kind
+        if k in ("text", "int"):
+            return f"{col}::text"
+        if k == "decimal":
+            if kind.native:  # numeric(p, s) prints exactly s digits already
+                return f"{col}::text"
+            if kind.scale is None:
+                return f"trim_scale({col}::numeric)::text"
+            return f"round({col}::numeric, {int(kind.scale)})::text"
+        if k == "float":
+            return f"round({col}::numeric, {int(kind.scale if kind.scale is not None else 9)})::text"
+        if k == "bool":
+            return f"(CASE WHEN {col} THEN '1' WHEN NOT {col} THEN '0' END)"
+        if k == "timestamp":
+            # ISO output (our sessions run DateStyle=ISO, TimeZone=UTC): microseconds without trailing zeros;
+            # a timestamptz ends in '+00', which is cut (measured ~3x cheaper than to_char)
+            return f"left({col}::text, -3)" if kind.tz else f"{col}::text"
+        if k == "date":
+            return f"to_char({col}, 'YYYY-MM-DD')"
+        if k == "time":
+            return f"to_char(timestamp '2000-01-01' + {col}, 'HH24:MI:SS.US')"
+        if k == "uuid":
+            return f"replace(lower({col}::text), '-', '')"
+        if k == "binary":
+            return f"encode({col}, 'hex')"
+        return f"{col}::text"
+
+    def text_sql(self, expr: str) -> str:
+        return f"({expr})::text"
+
+    def hash_sum_sql(self, row_text: str) -> str:
+        return f"SUM(('x' || right(md5({row_text}), 15))::bit(60)::bigint)"
+
+    def native_hash_sum_sql(self, row_text: str) -> str | None:
+        # PostgreSQL on both sides: its own 64-bit hash (stable across versions: hash partitioning relies on
+        # it) costs next to nothing, where md5 doubles the cost of a checksum (bench/bench_db_verify.py)
+        return f"SUM(hashtextextended({row_text}, 0))"
+
+    def native_int_key_sums_sql(self, col: str) -> list[str] | None:
+        return [f"SUM({col})", f"SUM(hashint8({col}))"]
+
+    def text_key_collation(self) -> str | None:
+        return "C"
+
+    # -- writing --
+
+    def write_rows(self, conn: Connection, table: TableClause, columns: Sequence[str],
+                   rows: Iterable[Sequence[Any]]) -> int:
+        """COPY ... FROM STDIN (text format; psycopg adapts each Python value)."""
+        names = ", ".join(self.quote(c) for c in columns)
+        raw = conn.connection.driver_connection
+        total = 0
+        with raw.cursor() as cursor:  # type: ignore[union-attr]
+            with cursor.copy(f"COPY {self.qualified(table)} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    total += 1
+        return total
+
+    def copy_between(self, source: Connection, target: Connection, select_sql: str,
+                     params: Mapping[str, Any], table: TableClause, columns: Sequence[str]) -> int:
+        """Stream `COPY (select) TO STDOUT` from a PostgreSQL source into `COPY table FROM STDIN`."""
+        names = ", ".join(self.quote(c) for c in columns)
+        src = source.connection.driver_connection
+        tgt = target.connection.driver_connection
+        # binary COPY is only promised to read back on the same major version; text always is
+        same_major = src.info.server_version // 10000 == tgt.info.server_version // 10000  # type: ignore[union-attr]
+        fmt = PIPE_FORMAT if same_major else "TEXT"
+        with src.cursor() as scur, tgt.cursor() as tcur:  # type: ignore[union-attr]
+            with scur.copy(f"COPY ({select_sql}) TO STDOUT (FORMAT {fmt})", params or None) as cin:
+                with tcur.copy(f"COPY {self.qualified(table)} ({names}) FROM STDIN (FORMAT {fmt})") as cout:
+                    pump(src, cin, cout)  # type: ignore[arg-type]
+            return max(int(tcur.rowcount or 0), 0)
+
+    def upsert_rows(self, conn: Connection, table: TableClause, columns: Sequence[str], key: Sequence[str],
+                    rows: Sequence[Sequence[Any]]) -> None:
+        names = ", ".join(self.quote(c) for c in columns)
+        marks = ", ".join("%s" for _ in columns)
+        conflict = ", ".join(self.quote(k) for k in key)
+        others = [c for c in columns if c not in key]
+        sql = f"INSERT INTO {self.qualified(table)} ({names}) VALUES ({marks}) ON CONFLICT ({conflict}) "
+        if others:
+            sql += "DO UPDATE SET " + ", ".join(f"{self.quote(c)} = EXCLUDED.{self.quote(c)}" for c in others)
+        else:
+            sql += "DO NOTHING"
+        with conn.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+            cursor.executemany(sql, [tuple(r) for r in rows])
+
+
+def pump(source: Any, cin: Any, cout: Any) -> None:
+    """Move COPY data from `cin` (COPY TO STDOUT) to `cout` (COPY FROM STDIN), in ~1 MiB writes.
+
+    COPY OUT arrives one row per message; rows already received are drained straight from libpq (psycopg's
+    own `read()` is used whenever it would block and at the end), which halves the per-row cost in Python.
+    """
+    buffer = bytearray()
+    get = getattr(getattr(source, "pgconn", None), "get_copy_data", None)
+    while True:
+        nbytes, data = get(1) if get is not None else (0, b"")
+        if nbytes == 0:  # nothing buffered: let psycopg wait for the next row (or the end)
+            data = cin.read()
+            if not data:
+                break
+        elif nbytes < 0:  # COPY is over: collect the final result as psycopg's read() would
+            from psycopg import generators
+
+            source.wait(generators.fetch_many(source.pgconn))
+            cin._finished = True
+            break
+        buffer += data
+        if len(buffer) >= PIPE_BUFFER:
+            cout.write(buffer)
+            buffer = bytearray()
+    if buffer:
+        cout.write(buffer)

@@ -1,0 +1,132 @@
+"""A moved table seen from both sides: which columns move, how each compares, and how key values and rows
+cross from one dialect to the other."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Text, cast, func, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import ColumnElement, TableClause
+
+from migrate.databases.dialects import DialectOps, ops_for
+from migrate.databases.endpoint import Endpoint
+from migrate.databases.keyranges import Key, KeyOrder, KeyRange
+from migrate.databases.schema import TableInfo
+from migrate.databases.typemap import stored_as_text
+from migrate.databases.values import ColumnKind, Converter, converter, float_digits
+from migrate.plan.model import Incremental
+
+
+@dataclass
+class Side:
+    """One side of a table: its endpoint, dialect operations, columns and how it compares its values."""
+
+    endpoint: Endpoint
+    ops: DialectOps
+    info: TableInfo
+    columns: list[str]  # the moved columns, in source order
+    kinds: dict[str, ColumnKind]  # compare kinds on this side
+    order: KeyOrder
+
+    @property
+    def dialect(self) -> str:
+        return self.endpoint.dialect
+
+    @property
+    def clause(self) -> TableClause:
+        return self.order.clause
+
+    def col(self, name: str) -> ColumnElement[Any]:
+        return self.clause.c[name]
+
+    def norm(self, name: str) -> str:
+        """SQL for the canonical text of a column."""
+        return self.ops.norm_sql(self.ops.quote(name), self.kinds[name])
+
+    def row_text(self, names: Sequence[str]) -> str:
+        return self.ops.row_text_sql([(n, self.kinds[n]) for n in names])
+
+    def max_of(self, conn: Connection, name: str) -> Any:
+        return conn.execute(select(func.max(self.col(name)))).scalar()
+
+
+@dataclass
+class TablePair:
+    """Source and target of one table."""
+
+    label: str
+    source: Side
+    target: Side
+    key: list[str]
+    columns: list[str]
+    watermark: Incremental | None
+    tolerance: float
+    to_target: list[Converter | None]  # per moved column
+    key_to_target: list[Converter | None]
+    key_to_source: list[Converter | None]
+    as_text: frozenset[str] = frozenset()  # columns with no target type: read from the source as its text
+
+    @property
+    def cross(self) -> bool:
+        return self.source.dialect != self.target.dialect
+
+    def source_columns(self) -> list[ColumnElement[Any]]:
+        """The moved columns as the source is read: a column without a target type comes as the source's own
+        text of it (so the stored text equals what the source's checksum hashes)."""
+        return [cast(self.source.col(n), Text) if n in self.as_text else self.source.col(n) for n in self.columns]
+
+    def convert_row(self, row: Sequence[Any]) -> tuple[Any, ...]:
+        if not self.cross:
+            return tuple(row)
+        return tuple(v if f is None else f(v) for v, f in zip(row, self.to_target, strict=True))
+
+    def key_on(self, side: Side, key: Key | None, origin: Side) -> Key | None:
+        """A key written in `origin`'s values, as `side` stores it."""
+        if key is None or side is origin or not self.cross:
+            return key
+        funcs = self.key_to_target if side is self.target else self.key_to_source
+        return tuple(v if f is None else f(v) for v, f in zip(key, funcs, strict=True))
+
+    def range_on(self, side: Side, rng: KeyRange, origin: Side) -> KeyRange:
+        return KeyRange(self.key_on(side, rng.lo, origin), self.key_on(side, rng.hi, origin))
+
+
+def compare_kinds(source: TableInfo, side: TableInfo | None, names: Sequence[str], tolerance: float
+                  ) -> dict[str, ColumnKind]:
+    """Kinds used for comparison: the source's kind and scale, this side's time-zone awareness."""
+    digits = float_digits(tolerance)
+    out: dict[str, ColumnKind] = {}
+    for name in names:
+        base = source.column(name).kind
+        own = side.column(name).kind if side is not None and name in side.names else base
+        scale = digits if base.kind == "float" else base.scale
+        native = base.kind == "decimal" and own.kind == "decimal" and scale is not None and own.scale == scale
+        out[name] = ColumnKind(base.kind, scale, own.tz, native)
+    return out
+
+
+def make_pair(source_ep: Endpoint, target_ep: Endpoint, source: TableInfo, target: TableInfo,
+              watermark: Incremental | None, tolerance: float) -> TablePair:
+    """Both sides of a table, with the converters a row or key needs to cross dialects."""
+    names = source.names
+    key = list(source.key)
+    cross = source_ep.dialect != target_ep.dialect
+    src_kinds = compare_kinds(source, source, names, tolerance)
+    tgt_kinds = compare_kinds(source, target, names, tolerance)
+    text_keys = [k for k in key if src_kinds[k].kind == "text"]
+    src_ops = ops_for(source_ep.dialect, source_ep.engine.dialect)
+    tgt_ops = ops_for(target_ep.dialect, target_ep.engine.dialect)
+    clause_t = target.clause()
+    src_side = Side(source_ep, src_ops, source, names, src_kinds,
+                    KeyOrder(src_ops, source.clause(), key, text_keys, cross))
+    tgt_side = Side(target_ep, tgt_ops, target, names, tgt_kinds,
+                    KeyOrder(tgt_ops, clause_t, key, text_keys, cross))
+    to_target = [converter(src_kinds[n], source_ep.dialect, target_ep.dialect, tgt_kinds[n]) for n in names]
+    key_to_target = [converter(src_kinds[k], source_ep.dialect, target_ep.dialect, tgt_kinds[k]) for k in key]
+    key_to_source = [converter(tgt_kinds[k], target_ep.dialect, source_ep.dialect, src_kinds[k]) for k in key]
+    as_text = frozenset(n for n in names if cross and stored_as_text(source.column(n).type, source_ep.dialect))
+    return TablePair(source.label, src_side, tgt_side, key, names, watermark, tolerance, to_target,
+                     key_to_target, key_to_source, as_text)

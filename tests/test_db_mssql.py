@@ -1,0 +1,253 @@
+"""SQL Server / Azure SQL without a server: the type map, the SQL that SQLAlchemy's mssql dialect compiles
+for chunking, checksums and MERGE, and the bulk-copy call made on a double of the driver."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy import Table, func, literal_column, select
+from sqlalchemy.dialects import mssql, postgresql
+from sqlalchemy.dialects.mssql import pymssql as mssql_pymssql
+from sqlalchemy.schema import CreateTable
+from sqlalchemy.sql import column, table
+
+from migrate.databases.dialects import ops_for
+from migrate.databases.dialects.mssql import BATCH, MssqlOps, bulk_copy
+from migrate.databases.endpoint import Endpoint, classify
+from migrate.databases.keyranges import KeyOrder, KeyRange
+from migrate.databases.schema import ColumnInfo, TableInfo, build_target
+from migrate.databases.typemap import map_type
+from migrate.databases.values import ColumnKind, kind_of
+from migrate.errors import EndpointError
+
+
+def compiled(element: Any, dialect: Any = None) -> str:
+    dialect = dialect or modern_mssql()
+    return " ".join(str(element.compile(dialect=dialect)).split())
+
+
+def modern_mssql() -> mssql.dialect:
+    dialect = mssql_pymssql.dialect()  # without the driver loaded it compiles binds as :name
+    dialect.server_version_info = (16, 0)  # SQL Server 2022 / Azure SQL: OFFSET ... FETCH
+    dialect._supports_offset_fetch = True
+    return dialect
+
+
+PG_TYPES = [
+    (postgresql.TIMESTAMP(timezone=True), "timestamptz", "DATETIMEOFFSET(6)"),
+    (postgresql.TIMESTAMP(), "timestamp", "DATETIME2(6)"),
+    (postgresql.TEXT(), "text", "NVARCHAR(max)"),
+    (postgresql.VARCHAR(40), "varchar(40)", "NVARCHAR(40)"),
+    (postgresql.BYTEA(), "bytea", "VARBINARY(max)"),
+    (postgresql.UUID(), "uuid", "UNIQUEIDENTIFIER"),
+    (postgresql.BOOLEAN(), "boolean", "BIT"),
+    (postgresql.NUMERIC(12, 4), "numeric(12,4)", "DECIMAL(12, 4)"),
+    (postgresql.BIGINT(), "bigint", "BIGINT"),
+    (postgresql.INTEGER(), "integer", "INTEGER"),
+    (postgresql.DOUBLE_PRECISION(), "double precision", "FLOAT(53)"),
+    (postgresql.DATE(), "date", "DATE"),
+    (postgresql.JSONB(), "jsonb", "NVARCHAR(max)"),
+]
+
+
+@pytest.mark.parametrize(("source_type", "declared", "expected"), PG_TYPES, ids=[t[1] for t in PG_TYPES])
+def test_postgres_types_map_to_sql_server(source_type: Any, declared: str, expected: str) -> None:
+    mapped = map_type(source_type, declared, kind_of(source_type, declared), "postgresql", "mssql")
+    assert mapped.lossy is None
+    assert mapped.type.compile(dialect=mssql.dialect()) == expected
+
+
+@pytest.mark.parametrize(("source_type", "declared", "reason"), [
+    (postgresql.NUMERIC(), "numeric", "decimal(38,10)"),
+    (postgresql.NUMERIC(50, 2), "numeric(50,2)", "exceeds SQL Server's 38 digits"),
+    (postgresql.INTERVAL(), "interval", "has no equivalent"),
+    (postgresql.ARRAY(postgresql.INTEGER()), "integer[]", "has no equivalent"),
+])
+def test_lossy_mappings_say_why(source_type: Any, declared: str, reason: str) -> None:
+    mapped = map_type(source_type, declared, kind_of(source_type, declared), "postgresql", "mssql")
+    assert mapped.lossy is not None and reason in mapped.lossy
+
+
+def test_within_sql_server_types_are_kept() -> None:
+    for type_ in (mssql.DATETIMEOFFSET(7), mssql.NVARCHAR(None), mssql.MONEY(), mssql.UNIQUEIDENTIFIER()):
+        assert map_type(type_, None, kind_of(type_), "mssql", "mssql").type is type_
+    assert kind_of(mssql.MONEY()) == ColumnKind("decimal", 4)
+    assert kind_of(mssql.DATETIMEOFFSET()) == ColumnKind("timestamp", tz=True)
+    assert kind_of(mssql.BIT()) == ColumnKind("bool")
+
+
+def observations_info() -> TableInfo:
+    cols = [
+        ColumnInfo("encounter_id", postgresql.BIGINT(), "bigint", False, ColumnKind("int")),
+        ColumnInfo("seq", postgresql.INTEGER(), "integer", False, ColumnKind("int")),
+        ColumnInfo("order", postgresql.TEXT(), "text", True, ColumnKind("text")),
+        ColumnInfo("value", postgresql.NUMERIC(12, 4), "numeric(12,4)", True, ColumnKind("decimal", 4)),
+        ColumnInfo("observed_at", postgresql.TIMESTAMP(timezone=True), "timestamptz", False,
+                   ColumnKind("timestamp", tz=True)),
+    ]
+    return TableInfo("dbo", "observations", cols, ["encounter_id", "seq"])
+
+
+def test_create_table_for_sql_server() -> None:
+    target = build_target([observations_info()], "postgresql", "mssql").tables["dbo.observations"]
+    assert isinstance(target, Table)
+    assert compiled(CreateTable(target)) == (
+        "CREATE TABLE dbo.observations ( encounter_id BIGINT NOT NULL, seq INTEGER NOT NULL, [order] NVARCHAR(max) "
+        "NULL, value DECIMAL(12, 4) NULL, observed_at DATETIMEOFFSET(6) NOT NULL, PRIMARY KEY (encounter_id, seq) )")
+
+
+def test_chunking_sql_expands_composite_keys_and_uses_offset_fetch() -> None:
+    ops = MssqlOps(modern_mssql())
+    clause = observations_info().clause()
+    order = KeyOrder(ops, clause, ["encounter_id", "seq"])
+    query = (select(clause.c.encounter_id, clause.c.seq).where(order.where(KeyRange((10, 2), (20, 1))))
+             .order_by(*order.columns).offset(4999).limit(1))
+    sql = compiled(query)
+    assert sql == (
+        "SELECT dbo.observations.encounter_id, dbo.observations.seq FROM dbo.observations "
+        "WHERE (dbo.observations.encounter_id > :encounter_id_1 OR dbo.observations.encounter_id = "
+        ":encounter_id_2 AND dbo.observations.seq > :seq_1) AND NOT (dbo.observations.encounter_id > "
+        ":encounter_id_3 OR dbo.observations.encounter_id = :encounter_id_4 AND dbo.observations.seq > "
+        ":seq_2) ORDER BY dbo.observations.encounter_id, dbo.observations.seq "
+        "OFFSET :param_1 ROWS FETCH FIRST :param_2 ROWS ONLY")
+
+
+def test_text_keys_compare_in_code_point_order_across_dialects() -> None:
+    ops = MssqlOps(modern_mssql())
+    clause = table("wards", column("code"), schema="dbo")
+    order = KeyOrder(ops, clause, ["code"], text_columns=["code"], binary_order=True)
+    assert "(dbo.wards.code COLLATE Latin1_General_100_BIN2) > :param_1" in compiled(select(clause.c.code).where(
+        order.where(KeyRange(("A",), None))))
+
+
+def test_checksum_sql_hashes_utf8_row_text_into_60_bit_slices() -> None:
+    ops = MssqlOps(modern_mssql())
+    kinds = {c.name: c.kind for c in observations_info().columns}
+    row_text = ops.row_text_sql(list(kinds.items()))
+    assert row_text.count("'N|'") == 5  # NULL kept apart from '' in every column
+    # text is prefixed by its length in UTF-8 bytes
+    assert "DATALENGTH(CONVERT(VARCHAR(MAX), CAST([order] AS NVARCHAR(MAX)) COLLATE Latin1_General_100_BIN2_UTF8))" \
+        in row_text
+    assert "CONVERT(VARCHAR(50), CAST(value AS DECIMAL(38, 4)))" in row_text
+    utc = "CONVERT(DATETIME2(6), SWITCHOFFSET(observed_at, '+00:00'))"
+    assert (f"(CONVERT(VARCHAR(19), {utc}, 120) + CASE WHEN DATEPART(MICROSECOND, {utc}) = 0 THEN '' ELSE '.' + "
+            f"REPLACE(RTRIM(REPLACE(RIGHT(CONVERT(VARCHAR(26), {utc}, 121), 6), '0', ' ')), ' ', '0') END)") in row_text
+    agg = ops.hash_sum_sql(row_text)
+    assert agg.startswith("SUM(CAST((CAST(SUBSTRING(HASHBYTES('MD5', CONVERT(VARCHAR(MAX), CAST(")
+    assert "COLLATE Latin1_General_100_BIN2_UTF8)), 9, 8) AS BIGINT) & 1152921504606846975) AS DECIMAL(38, 0)))" \
+        in agg
+    clause = observations_info().clause()
+    order = KeyOrder(ops, clause, ["encounter_id", "seq"])
+    sql = compiled(select(func.count(), literal_column(agg)).select_from(clause)
+                   .where(order.where(KeyRange(None, (5, 1)))))
+    assert sql.startswith("SELECT count(*) AS count_1, SUM(CAST((CAST(SUBSTRING(HASHBYTES('MD5'")
+    assert sql.endswith("FROM dbo.observations WHERE NOT (dbo.observations.encounter_id > :encounter_id_1 OR "
+                        "dbo.observations.encounter_id = :encounter_id_2 AND dbo.observations.seq > :seq_1)")
+
+
+def test_every_kind_has_sql_server_canonical_text() -> None:
+    ops = MssqlOps(modern_mssql())
+    expected = {
+        "int": "CONVERT(VARCHAR(20), c)",
+        "bool": "(CASE WHEN c = 1 THEN '1' WHEN c = 0 THEN '0' END)",
+        "uuid": "LOWER(REPLACE(CONVERT(CHAR(36), c), '-', ''))",
+        "binary": "LOWER(CONVERT(VARCHAR(MAX), c, 2))",
+        "date": "CONVERT(VARCHAR(10), c, 23)",
+        "float": "CONVERT(VARCHAR(50), CAST(ROUND(c, 9) AS DECIMAL(38, 9)))",
+    }
+    for kind, sql in expected.items():
+        assert ops.norm_sql("c", ColumnKind(kind, 9 if kind == "float" else None)) == sql
+
+
+def test_int_key_checksum_never_overflows_bigint() -> None:
+    ops = MssqlOps(modern_mssql())
+    assert ops.int_key_sums_sql("[id]") == ["SUM(CAST([id] % 2147483647 AS DECIMAL(38, 0)))",
+                                            "SUM(CAST(([id] % 65521) * ([id] % 65519) AS DECIMAL(38, 0)))"]
+
+
+def test_upsert_is_one_merge_per_row() -> None:
+    ops = MssqlOps(modern_mssql())
+    statement = ops.merge_statement(observations_info().clause(), ["encounter_id", "seq", "order", "value"],
+                                    ["encounter_id", "seq"])
+    assert compiled(statement) == (
+        "MERGE INTO dbo.observations WITH (HOLDLOCK) AS tgt USING (VALUES (:p0, :p1, :p2, :p3)) "
+        "AS src (encounter_id, seq, [order], value) ON tgt.encounter_id = src.encounter_id AND tgt.seq = src.seq "
+        "WHEN MATCHED THEN UPDATE SET tgt.[order] = src.[order], tgt.value = src.value "
+        "WHEN NOT MATCHED THEN INSERT (encounter_id, seq, [order], value) "
+        "VALUES (src.encounter_id, src.seq, src.[order], src.value);")
+    keys_only = compiled(ops.merge_statement(observations_info().clause(), ["encounter_id", "seq"],
+                                             ["encounter_id", "seq"]))
+    assert "WHEN MATCHED" not in keys_only and "WHEN NOT MATCHED THEN INSERT" in keys_only
+
+
+class MssqlPythonCursor:
+    """Double of an mssql-python cursor: records `bulkcopy` calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[Any, ...]], int]] = []
+
+    def bulkcopy(self, table_name: str, data: list[tuple[Any, ...]], batch_size: int = 0,
+                 timeout: int = 30) -> dict[str, Any]:
+        self.calls.append((table_name, data, batch_size))
+        return {"rows_copied": len(data), "batch_count": 1, "elapsed_time": 0.0}
+
+
+class MssqlPythonConnection:
+    def __init__(self) -> None:
+        self.the_cursor = MssqlPythonCursor()
+
+    def cursor(self) -> MssqlPythonCursor:
+        return self.the_cursor
+
+
+class PymssqlConnection:
+    """Double of a pymssql connection: records `bulk_copy` calls (its cursors have no bulkcopy)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[Any, ...]], list[int], int]] = []
+
+    def cursor(self) -> object:
+        return object()
+
+    def bulk_copy(self, table_name: str, elements: list[tuple[Any, ...]], column_ids: list[int] | None = None,
+                  batch_size: int = 1000, tablock: bool = False, check_constraints: bool = False,
+                  fire_triggers: bool = False) -> None:
+        self.calls.append((table_name, list(elements), list(column_ids or []), batch_size))
+
+
+def test_bulk_copy_with_mssql_python_sends_batches() -> None:
+    raw = MssqlPythonConnection()
+    rows = ((i, i % 4, f"v{i}") for i in range(BATCH * 2 + 5))  # a generator: never materialised at once
+    sent = bulk_copy(raw, "[dbo].[observations]", ["encounter_id", "seq", "note"], rows)
+    assert sent == BATCH * 2 + 5
+    assert [(name, len(data), size) for name, data, size in raw.the_cursor.calls] == [
+        ("[dbo].[observations]", BATCH, BATCH), ("[dbo].[observations]", BATCH, BATCH),
+        ("[dbo].[observations]", 5, 5)]
+    assert raw.the_cursor.calls[0][1][1] == (1, 1, "v1")
+
+
+def test_bulk_copy_with_pymssql_names_the_columns() -> None:
+    raw = PymssqlConnection()
+    ops = MssqlOps(modern_mssql())
+    conn = SimpleNamespace(connection=SimpleNamespace(driver_connection=raw))
+    written = ops.write_rows(conn, observations_info().clause(), ["encounter_id", "seq", "value"],  # type: ignore[arg-type]
+                             iter([(1, 1, "1.5"), (1, 2, None)]))
+    assert written == 2
+    assert raw.calls == [("dbo.observations", [(1, 1, "1.5"), (1, 2, None)], [1, 2, 3], 2)]
+
+
+def test_sql_server_errors_are_classified_and_redacted(tmp_path: Any) -> None:
+    assert classify(Exception("(18456, b\"Login failed for user 'sa'.\")")) == "bad credentials"
+    assert classify(Exception("Adaptive Server is unavailable or does not exist (db:1433)")) == "server unreachable"
+    assert classify(Exception("Invalid object name 'dbo.wards'.")) == "missing object"
+    assert classify(Exception("The SELECT permission was denied on the object 'patients'")) == "permission denied"
+    endpoint = Endpoint("azure_sql", "mssql+pymssql://sa:Sup3r-Secret@sql.example:1433/ppm", tmp_path,
+                        role="target")
+    assert endpoint.dialect == "mssql"
+    error = endpoint.error(Exception("(18456, b\"Login failed for user 'sa'.\")"), "cannot connect")
+    assert isinstance(error, EndpointError)
+    assert str(error) == ("target connection 'azure_sql' (mssql+pymssql://sa:***@sql.example:1433/ppm): "
+                          "cannot connect: bad credentials: (18456, b\"Login failed for user 'sa'.\")")
+    assert ops_for("mssql", modern_mssql()).name == "mssql"
