@@ -58,7 +58,7 @@ def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
 def test_kill_9_at_random_moments_then_resume_ends_clean(tmp_path: Path) -> None:
     plan, _ = prepare_estate(tmp_path / "estate", patients=3000, letters=400)
     rng = random.Random()
-    for attempt in range(3):
+    for _attempt in range(3):
         proc = subprocess.Popen([sys.executable, "-m", "migrate", "run", str(plan)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.2, 1.5))

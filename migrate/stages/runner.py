@@ -5,10 +5,10 @@ every transition in the journal so that a rerun after `kill -9` resumes where th
 from __future__ import annotations
 
 import time
-from functools import partial
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from migrate.errors import MigrateError, UsageError
