@@ -1,4 +1,4 @@
-"""Map a source column's type to the target dialect (see TYPEMAP.md for the table and the reasons).
+"""Map a source column's type to the target dialect (the table and the reasons are in the README, "Type mapping").
 
 Within one dialect the declared type is kept exactly. Across dialects each kind has one target type; a
 mapping that can lose information is refused unless the plan says `accept_lossy: true`.
