@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install services postgres azurite lint bench clean
+.PHONY: demo test install services postgres azurite rclone lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,9 @@ postgres:
 # Azurite (npm) for the blob tests; the fixture starts it with --disableTelemetry on a free port.
 azurite: node_modules/.bin/azurite-blob
 
-node_modules/.bin/azurite-blob: package.json
+node_modules/.bin/azurite-blob: package.json package-lock.json
 	@command -v npm >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
-	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 services: postgres azurite
@@ -42,7 +42,11 @@ lint: install
 	$(VENV)/bin/ruff check migrate tests bench
 	$(VENV)/bin/mypy migrate
 
-bench: install services
+# rclone is the peer of the blob benchmark (Debian package).
+rclone:
+	@command -v rclone >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null; }
+
+bench: install services rclone
 	$(PY) bench/bench_blobs.py
 	$(PY) bench/bench_db_load.py
 	$(PY) bench/bench_db_verify.py

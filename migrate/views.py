@@ -10,14 +10,7 @@ from rich.table import Table
 from migrate.plan.durations import format_duration
 from migrate.stages.cutover import CutoverResult
 from migrate.stages.gates import GateResult
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+from migrate.units import human_bytes
 
 
 def _table(title: str, *columns: str) -> Table:

@@ -107,3 +107,25 @@ def test_unreadable_state_url_is_one_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(MigrateError, match="cannot open the state journal"):
         Journal(f"sqlite:///{blocker / 'sub' / 'state.db'}")
+
+
+@pytest.mark.postgres
+def test_postgresql_journal_records_a_whole_run_and_locks(tmp_path: Path, pg_url: str) -> None:
+    from helpers import cli_process
+    from migrate.demo.flow import prepare_estate
+
+    plan, _ = prepare_estate(tmp_path / "estate", patients=100, letters=20)
+    plan.write_text(plan.read_text().replace("component: ppm-demo", f"component: ppm-demo\nstate: \"{pg_url}\""))
+    ran = cli_process("run", str(plan))
+    assert ran.returncode == 0, ran.stderr
+    assert not (plan.parent / ".migrate").exists()  # nothing journaled beside the plan
+    journal = Journal(pg_url)
+    assert journal.last_verification("letters").clean and journal.last_verification("patient-record").clean
+    assert sum(1 for c in journal.chunks("letters", "load").values() if c[0] == "done") == 20
+    holder = hold_lock(pg_url)
+    try:
+        with pytest.raises(LockHeld, match=f"pid {holder.pid}"):
+            PlanLock(Journal(pg_url), "ppm").acquire()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -35,6 +35,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from migrate.errors import StateError
@@ -309,19 +311,27 @@ class Journal:
         return {r[0]: (r[1], r[2], json.loads(r[3]) if r[3] else {}) for r in rows}
 
     def mark_chunks(self, item: str, stage: str, chunks: list[tuple[str, str, int, dict[str, Any] | None]]) -> None:
-        """Upsert many (chunk, status, units, detail) rows in one transaction."""
+        """Upsert many (chunk, status, units, detail) rows in one transaction (one statement on SQLite and
+        PostgreSQL: tens of thousands of files a second; a row at a time elsewhere)."""
         if not chunks:
             return
         at = now()
+        values = [{"item": item, "stage": stage, "chunk": chunk, "status": status, "units": units,
+                   "detail": json.dumps(detail, default=str) if detail else None, "updated_at": at}
+                  for chunk, status, units, detail in chunks]
+        dialect = self.engine.dialect.name
         with self.engine.begin() as conn:
-            for chunk, status, units, detail in chunks:
-                values = {"status": status, "units": units, "updated_at": at,
-                          "detail": json.dumps(detail, default=str) if detail else None}
-                changed = conn.execute(update(chunks_t).where(and_(
-                    chunks_t.c.item == item, chunks_t.c.stage == stage, chunks_t.c.chunk == chunk
-                )).values(**values)).rowcount
-                if not changed:
-                    conn.execute(insert(chunks_t).values(item=item, stage=stage, chunk=chunk, **values))
+            if dialect in ("sqlite", "postgresql"):
+                upsert: Any = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(chunks_t)
+                conn.execute(upsert.on_conflict_do_update(
+                    index_elements=[chunks_t.c.item, chunks_t.c.stage, chunks_t.c.chunk],
+                    set_={c: upsert.excluded[c] for c in ("status", "units", "detail", "updated_at")},
+                ), values)
+                return
+            for row in values:
+                key = and_(chunks_t.c.item == item, chunks_t.c.stage == stage, chunks_t.c.chunk == row["chunk"])
+                if not conn.execute(update(chunks_t).where(key).values(**row)).rowcount:
+                    conn.execute(insert(chunks_t).values(**row))
 
     def mark_chunk(self, item: str, stage: str, chunk: str, status: str, units: int = 0,
                    detail: dict[str, Any] | None = None) -> None:

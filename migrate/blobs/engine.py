@@ -1,0 +1,210 @@
+"""The blob item engine: preflight, load, verify, sync and the dry-run preview of one `blobs:` item."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from migrate.blobs.copy import BlobCopier, CopyOutcome
+from migrate.blobs.endpoints import normalise_prefix, open_store
+from migrate.blobs.filters import PathFilter
+from migrate.blobs.inventory import ChangeSet, classify, filtered, resolve
+from migrate.blobs.records import RecordBook
+from migrate.blobs.store import BlobStore, Listing
+from migrate.blobs.verify import BlobVerifier
+from migrate.errors import EndpointError
+from migrate.plan.loader import LoadedPlan
+from migrate.plan.model import BlobItem
+from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
+from migrate.units import human_bytes
+
+__all__ = ["BlobEngine", "open_store"]
+
+STATE_KEY = "blob_inventory"  # journal key/value: the last inventory's summary and measured throughput
+DEFAULT_RATE = {"folder": 200e6, "blob": 60e6}  # bytes per second, until a load has measured one
+PER_FILE_SECONDS = {"folder": 0.002, "blob": 0.03}
+MAX_EVENTS = 100
+
+
+def capped(lines: list[str], limit: int = MAX_EVENTS) -> list[str]:
+    """At most `limit` lines, the rest summarised (a deleted container must not yield 100,000 warnings)."""
+    return lines if len(lines) <= limit else [*lines[:limit], f"... and {len(lines) - limit} more"]
+
+
+class BlobEngine(ItemEngine):
+    """Moves one set of files or blobs from a folder or container into a container (or a folder)."""
+
+    kind = "blob"
+    stages = ("preflight", "load", "verify", "sync")
+
+    def __init__(self, item: BlobItem, loaded: LoadedPlan) -> None:
+        super().__init__(item, loaded)
+        self.item: BlobItem = item
+        self.keep = PathFilter(list(item.include), list(item.exclude))
+        self._source: BlobStore | None = None
+        self._target: BlobStore | None = None
+
+    # -- stores --
+
+    def _open(self, name: str, prefix: str = "") -> BlobStore:
+        connection = self.loaded.plan.connections[name]
+        return open_store(connection, self.loaded, prefix=prefix, concurrency=self.item.concurrency,
+                          block_size=self.item.block_size)
+
+    @property
+    def source(self) -> BlobStore:
+        if self._source is None:
+            self._source = self._open(self.item.source)
+        return self._source
+
+    @property
+    def target(self) -> BlobStore:
+        if self._target is None:
+            self._target = self._open(self.item.target, normalise_prefix(self.item.prefix))
+        return self._target
+
+    def close(self) -> None:
+        for store in (self._source, self._target):
+            if store is not None:
+                store.close()
+        self._source = self._target = None
+
+    # -- stages --
+
+    def preflight(self, ctx: StageContext) -> StageResult:
+        """Read-only: the source exists and lists, the target is reachable (or can be created), space."""
+        self._require_source()
+        listing = filtered(self.source.listing(), self.keep)
+        there = self.target.probe()
+        facts = [f"source: {len(listing.entries)} files, {human_bytes(listing.bytes)}",
+                 f"target: {there.detail}" + ("" if there.exists else "; it will be created")]
+        result = StageResult(self.name, "preflight", metrics={"files": len(listing.entries), "bytes": listing.bytes,
+                                                              "target_exists": there.exists})
+        result.warnings += capped(listing.problems + listing.warnings)  # a bad file must not stop the load
+        if not listing.entries:
+            result.warnings.append("no source file matches the item's include/exclude")
+        free = getattr(self.target, "free_bytes", lambda: None)()
+        if free is not None and free < listing.bytes:
+            result.problems.append(f"target has {human_bytes(free)} free, the source holds "
+                                   f"{human_bytes(listing.bytes)}")
+        result.ok = not result.problems
+        result.summary = "; ".join(facts)
+        return result
+
+    def load(self, ctx: StageContext) -> StageResult:
+        """Copy everything not yet on the target; a rerun resumes (journaled per file, blocks reused)."""
+        changes, outcome, created = self._cycle(ctx, delete=False, label="load")
+        problems = changes.problems + outcome.problems
+        summary = (f"copied {outcome.copied} files ({human_bytes(outcome.bytes_copied)}) in "
+                   f"{outcome.seconds:.1f} s; {changes.unchanged + outcome.adopted} already there")
+        if created:
+            summary += "; target created"
+        return StageResult(self.name, "load", ok=not problems, summary=summary,
+                           metrics={**outcome.metrics(), "unchanged": changes.unchanged, "target_created": created},
+                           warnings=capped(changes.warnings + outcome.warnings), problems=problems)
+
+    def sync(self, ctx: StageContext) -> SyncResult:
+        """Copy what changed since the last cycle; delete on the target only when the item says so."""
+        cycle_start = time.time_ns()
+        changes, outcome, _ = self._cycle(ctx, delete=self.item.delete, label="sync")
+        pending = changes.pending_since()
+        remaining = list(outcome.failed.values())
+        lag = max(0.0, (cycle_start - min(remaining)) / 1e9) if remaining else 0.0
+        at_start = max(0.0, (cycle_start - min(pending)) / 1e9) if pending else 0.0
+        return SyncResult(
+            self.name, created=outcome.created, updated=outcome.updated + outcome.touched, deleted=outcome.deleted,
+            lag_seconds=round(lag, 3),
+            lag_detail={"at_start": round(at_start, 3), "pending_at_start": len(pending),
+                        "pending_after": len(remaining), "conflicts": len(changes.conflicts)},
+            problems=changes.problems + outcome.problems,
+            metrics={**outcome.metrics(), "unchanged": changes.unchanged,
+                     "warnings": capped(changes.warnings + outcome.warnings)},
+        )
+
+    def verify(self, ctx: StageContext, deep: bool = False) -> VerifyResult:
+        """Size and MD5 of every path on both sides; `deep` re-reads the bytes of both."""
+        self._require_source()
+        records = RecordBook(ctx.journal, self.name).load()
+        verifier = BlobVerifier(self.name, self.source, self.target, self.keep, records, self.item.concurrency,
+                                ctx.progress)
+        return verifier.run(deep=deep)
+
+    def preview(self, ctx: StageContext) -> Preview:
+        """What load/sync would do, from the listings and the journal alone: reads no file, writes nothing."""
+        self._require_source()
+        there = self.target.probe()
+        source = filtered(self.source.listing(), self.keep)
+        target = filtered(self.target.listing(), self.keep) if there.exists else Listing()
+        records = RecordBook(ctx.journal, self.name).load()
+        state = ctx.journal.get(self.name, STATE_KEY) or {}
+        changes = classify(source, target, records, delete=self.item.delete,
+                           previous_inventory_ns=int(state.get("inventory_at_ns", 0)))
+        create = [t for t in changes.transfers if t.reason != "changed"]
+        update = [t.entry for t in changes.transfers if t.reason == "changed"]
+        update += [s.entry for s in changes.suspects if s.kind == "mtime"] + [t[0] for t in changes.touches]
+        foreign = [s for s in changes.suspects if s.kind == "foreign"]
+        nbytes = sum(t.entry.size for t in create) + sum(e.size for e in update)
+        preview = Preview(self.name, "blob", create=len(create), update=len(update), delete=len(changes.deletes),
+                          unchanged=changes.unchanged + len(foreign), bytes=nbytes)
+        kind = self.target.kind
+        rate = float(state.get("bytes_per_second") or 0) or DEFAULT_RATE.get(kind, 60e6)
+        files = len(create) + len(update) + len(changes.deletes)
+        preview.estimate_seconds = round(nbytes / rate + files * PER_FILE_SECONDS.get(kind, 0.03)
+                                         / self.item.concurrency, 1)
+        if not there.exists:
+            preview.details.append(f"{there.detail}: it will be created")
+        preview.details.append(f"source {self.source.display}: {len(source.entries)} files, "
+                               f"{human_bytes(source.bytes)}")
+        preview.details.append(f"create {len(create)} files ({human_bytes(sum(t.entry.size for t in create))}), "
+                               f"update {len(update)}, delete {len(changes.deletes)}, unchanged "
+                               f"{preview.unchanged}")
+        if foreign:
+            preview.details.append(f"{len(foreign)} files already on the target will be compared by MD5 "
+                                   "and adopted when equal")
+        preview.warnings += [f"{p}: {why}" for p, why in changes.conflicts[:MAX_EVENTS]]
+        preview.warnings += source.problems[:MAX_EVENTS] + changes.warnings[:MAX_EVENTS]
+        return preview
+
+    # -- the shared load/sync cycle --
+
+    def _require_source(self) -> None:
+        """A missing source must never look like an empty one (that would delete the whole target)."""
+        found = self.source.probe()
+        if not found.exists:
+            raise EndpointError(f"{self.name}: source {found.detail}",
+                                hint="check the source connection's path or container in the plan, and that "
+                                     "a share is mounted")
+
+    def _cycle(self, ctx: StageContext, *, delete: bool, label: str) -> tuple[ChangeSet, CopyOutcome, bool]:
+        started_ns = time.time_ns()
+        self._require_source()
+        created = self.target.ensure()
+        book = RecordBook(ctx.journal, self.name, before_flush=self.target.durable)
+        records = book.load()
+        state: dict[str, Any] = ctx.journal.get(self.name, STATE_KEY) or {}
+        source = filtered(self.source.listing(), self.keep)
+        target = filtered(self.target.listing(), self.keep)
+        changes = classify(source, target, records, delete=delete,
+                           previous_inventory_ns=int(state.get("inventory_at_ns", 0)))
+        changes.problems += source.problems
+        changes.warnings += source.warnings
+        if changes.deletes and not source.entries:
+            changes.problems.append(f"the source lists no file at all: refusing to delete {len(changes.deletes)} "
+                                    "files on the target (an unmounted share looks empty; delete by hand if meant)")
+            changes.deletes = []
+        resolve(changes, lambda e: self.source.hash(e.path), lambda e: self.target.hash(e.path),
+                self.item.concurrency)
+        copier = BlobCopier(self.source, self.target, book, concurrency=self.item.concurrency,
+                            block_size=self.item.block_size, progress=ctx.progress,
+                            description=f"{label} {self.name}")
+        outcome = copier.run(changes)
+        if not changes.problems and not outcome.problems and target.litter:
+            self.target.clean_litter(target.litter)
+        for path, why in changes.conflicts[:MAX_EVENTS]:
+            ctx.journal.event("blob_conflict", f"{path}: {why}", item=self.name, outcome="refused")
+        rate = outcome.bytes_copied / outcome.seconds if outcome.bytes_copied > 64 * 1024 * 1024 else 0
+        ctx.journal.put(self.name, STATE_KEY, {
+            "inventory_at_ns": started_ns, "files": len(source.entries), "bytes": source.bytes,
+            "target_files": len(target.entries), "bytes_per_second": round(rate) or state.get("bytes_per_second"),
+        })
+        return changes, outcome, created
