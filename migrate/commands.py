@@ -5,7 +5,6 @@ Everything here is callable from Python: `commands.run(Path("plans/ppm.yaml"))`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -18,7 +17,6 @@ from migrate.errors import (
     EXIT_DIFFERENCES,
     EXIT_OK,
     EXIT_OPERATIONAL,
-    Difference,
     GateRefused,
     MigrateError,
     PlanError,
@@ -385,12 +383,3 @@ def report(plan_path: Path, fmt: str, out: Path | None = None) -> ReportResult:
         ctx.journal.event("report", f"wrote {fmt} report to {target}")
         return ReportResult(target, fmt, data.clean)
 
-
-def differences_of(results: list[VerifyResult]) -> list[Difference]:
-    return [d for r in results for d in r.differences]
-
-
-def dumps(value: Any) -> str:
-    from migrate.results import jsonable
-
-    return json.dumps(jsonable(value), indent=2, ensure_ascii=False)

@@ -385,5 +385,6 @@ def test_missing_table_and_unreachable_database_are_one_clear_line(tmp_path: Pat
     with pytest.raises(EndpointError) as caught:
         harness.engine.preflight(harness.ctx)
     message = str(caught.value)
-    assert "\n" not in message and "source connection 'src'" in message and "unreachable" in message
+    assert "\n" not in message and "source connection 'src'" in message and "does not exist" in message
+    assert not (tmp_path / "nowhere").exists()  # looking did not create it
     harness.close()

@@ -110,8 +110,7 @@ class Endpoint:
             if path is not None and self.role == "target":
                 path.parent.mkdir(parents=True, exist_ok=True)
             elif path is not None and not path.exists():  # connecting would create an empty source
-                raise EndpointError(f"{self.label}: SQLite file {path} does not exist",
-                                    hint="check the connection's url in the plan")
+                raise EndpointError(f"{self.label}: SQLite file {path} does not exist (check the url in the plan)")
             engine = create_engine(self.url, connect_args={"timeout": 60, "check_same_thread": False},
                                    poolclass=NullPool)
             event.listen(engine, "connect", _sqlite_on_connect)
