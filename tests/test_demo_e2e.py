@@ -176,3 +176,16 @@ def test_rollback_with_reverse_sync_brings_azure_side_changes_home(tmp_path: Pat
     assert [s["name"] for s in body["result"]["steps"]][:2] == ["reverse sync patient-record", "reverse sync letters"]
     assert (work / "active-site").read_text().strip() == "onprem"
     assert_identical(work)
+
+
+def test_plan_is_a_dry_run_with_detailed_exit_codes(tmp_path: Path) -> None:
+    plan, _ = prepare_estate(tmp_path / "estate", patients=50, letters=10)
+    work = plan.parent
+    before = cli_process("plan", str(plan), "--detailed-exitcode", "--json")
+    body = json.loads(before.stdout)
+    assert before.returncode == 4 and body["result"]["changes"] is True
+    assert {p["item"]: p["create"] for p in body["result"]["previews"]}["letters"] == 10
+    assert not (work / "azure" / "ppm.db").exists() and not (work / "azure" / "letters").exists()
+    assert cli_process("run", str(plan)).returncode == 0
+    after = cli_process("plan", str(plan), "--detailed-exitcode")
+    assert after.returncode == 0 and "Nothing to do" in after.stderr
