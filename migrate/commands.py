@@ -18,6 +18,7 @@ from migrate.errors import (
     EXIT_OK,
     EXIT_OPERATIONAL,
     GateRefused,
+    LockHeld,
     MigrateError,
     PlanError,
     PlanProblem,
@@ -251,18 +252,34 @@ class SyncOutcome:
 def sync(plan_path: Path, watch: bool = False, max_cycles: int | None = None, items: list[str] | None = None,
          progress: Progress | None = None, on_cycle: Callable[[int, list[SyncResult]], None] | None = None,
          ) -> SyncOutcome:
-    """One incremental cycle; with `watch`, one every `dual_run.interval` until interrupted (or max_cycles)."""
-    with session(plan_path, "sync", progress=progress) as ctx:
+    """One incremental cycle; with `watch`, one every `dual_run.interval` until interrupted (or max_cycles).
+
+    The lock is held per cycle, not for the whole watch, so a cutover can take the plan between cycles
+    (a cycle that finds the plan locked is skipped). Once the component is cut over, forward sync stops:
+    it would overwrite what the application now writes on Azure.
+    """
+    with session(plan_path, "sync", lock=False, progress=progress) as ctx:
         runner = StageRunner(ctx, items)
+        component = ctx.loaded.plan.component
         cycle, results = 0, []
         while True:
             cycle += 1
             started = time.monotonic()
-            results = runner.sync()
+            try:
+                with PlanLock(ctx.journal, component):
+                    if cutover_state(ctx)["status"] == "done":
+                        raise MigrateError("the component has been cut over: a forward sync would overwrite changes "
+                                           "made on Azure", hint="`migrate rollback PLAN` goes back to the source")
+                    results = runner.sync()
+            except LockHeld as exc:
+                if not watch:
+                    raise
+                results = []
+                ctx.journal.event("sync", f"cycle {cycle} skipped: {exc.message}", outcome="skipped")
             if on_cycle:
                 on_cycle(cycle, results)
             if not watch or (max_cycles is not None and cycle >= max_cycles):
-                return SyncOutcome(ctx.loaded.plan.component, cycle, results)
+                return SyncOutcome(component, cycle, results)
             time.sleep(max(0.0, ctx.loaded.plan.dual_run.interval - (time.monotonic() - started)))
 
 

@@ -189,3 +189,18 @@ def test_plan_is_a_dry_run_with_detailed_exit_codes(tmp_path: Path) -> None:
     assert cli_process("run", str(plan)).returncode == 0
     after = cli_process("plan", str(plan), "--detailed-exitcode")
     assert after.returncode == 0 and "Nothing to do" in after.stderr
+
+
+def test_sync_watch_yields_to_cutover_and_stops_after_it(loaded_demo: Path) -> None:
+    watch = subprocess.Popen([sys.executable, "-m", "migrate", "sync", str(loaded_demo), "--watch"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # a few cycles (dual_run.interval is 5s in the demo plan: at least one)
+        done = cli_process("cutover", str(loaded_demo), "--yes")  # takes the lock between cycles
+        assert done.returncode == 0, done.stderr
+        _, stderr = watch.communicate(timeout=60)  # the next cycle sees the cutover and stops
+    finally:
+        watch.kill()
+    assert watch.returncode == 1 and "has been cut over" in stderr
+    again = cli_process("sync", str(loaded_demo))
+    assert again.returncode == 1 and "forward sync would overwrite" in again.stderr
