@@ -24,7 +24,7 @@ from azure.storage.blob import (
     generate_account_sas,
 )
 from fixtures_azurite import ACCOUNT, ACCOUNT_KEY, Azurite, FaultyProxy, connection_string, env_with
-from test_blobs_local import MIB, ROOT, build_tree, demo_letters
+from test_blobs_local import MIB, ROOT, RUNNER, build_tree, demo_letters
 
 from migrate.blobs.azure import AzureBlobStore
 from migrate.blobs.engine import BlobEngine
@@ -181,19 +181,6 @@ def test_edge_case_names_sizes_and_nesting(azurite: Azurite, blob_container: str
 
 
 # -- crash and resume --
-
-RUNNER = textwrap.dedent("""
-    import sys
-    from migrate.blobs.engine import BlobEngine
-    from migrate.plan.loader import load_plan
-    from migrate.stages.engine import StageContext
-    from migrate.state.journal import Journal
-
-    loaded = load_plan(sys.argv[1])
-    engine = BlobEngine(loaded.plan.blobs[0], loaded)
-    engine.load(StageContext(loaded, Journal(loaded.state_url)))
-""")
-
 
 def start_load(setup: AzureSetup) -> subprocess.Popen[bytes]:
     env = {**setup.env, "PYTHONPATH": str(ROOT)}
