@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -24,7 +23,7 @@ from azure.storage.blob import (
     generate_account_sas,
 )
 from fixtures_azurite import ACCOUNT, ACCOUNT_KEY, Azurite, FaultyProxy, connection_string, env_with
-from test_blobs_local import MIB, ROOT, RUNNER, build_tree, demo_letters
+from test_blobs_local import MIB, ROOT, RUNNER, build_tree, demo_letters, kill_when
 
 from migrate.blobs.azure import AzureBlobStore
 from migrate.blobs.engine import BlobEngine
@@ -187,27 +186,12 @@ def start_load(setup: AzureSetup) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", RUNNER, str(setup.plan)], env=env, stderr=subprocess.PIPE)
 
 
-def kill_when(process: subprocess.Popen[bytes], ready: object, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            err = process.stderr.read().decode() if process.stderr else ""
-            pytest.fail(f"the load finished (exit {process.returncode}) before it could be killed\n{err}")
-        if ready():  # type: ignore[operator]
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            return
-        time.sleep(0.05)
-    process.kill()
-    pytest.fail("the load never got far enough to be killed")
-
-
 def test_kill_9_mid_copy_then_resume(azurite: Azurite, faulty_proxy: FaultyProxy, blob_container: str,
                                      tmp_path: Path) -> None:
     files = {f"batch-{i % 20:02d}/letter {i:05d}.txt": os.urandom(4096) for i in range(800)}
     setup = AzureSetup(tmp_path, faulty_proxy.connection_string, blob_container, "concurrency: 4\n", files)
     process = start_load(setup)
-    kill_when(process, lambda: faulty_proxy.count("PUT", "letter") >= 150)  # uploads seen by the proxy
+    kill_when(process, lambda: faulty_proxy.count("PUT", "letter") >= 150, timeout=90)  # uploads seen by the proxy
     before = {name: (blob.etag, blob.last_modified) for name, blob in setup.blobs().items()}
     assert 100 <= len(before) < len(files)
     result = setup.run("load")
@@ -233,7 +217,7 @@ def test_kill_9_mid_large_file_resumes_from_uncommitted_blocks(azurite: Azurite,
             return 0
 
     process = start_load(setup)
-    kill_when(process, lambda: staged() >= 30)
+    kill_when(process, lambda: staged() >= 30, timeout=90)
     assert not setup.container.get_blob_client("scans/huge.tif").exists()
     already = staged()
     sent_before = faulty_proxy.count("PUT", "comp=block&")
