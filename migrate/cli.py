@@ -24,6 +24,7 @@ from migrate.errors import (
     GateRefused,
     MigrateError,
     PlanError,
+    RollbackRefused,
     UsageError,
     VerificationFailed,
 )
@@ -75,7 +76,7 @@ def _execute(command: str, as_json: bool, work: Callable[[ConsoleProgress], Any]
         if _debug["on"]:
             raise
         code, error = exc.exit_code, redact(str(exc))
-        if isinstance(exc, VerificationFailed):
+        if isinstance(exc, VerificationFailed | RollbackRefused):
             result = {"differences": exc.differences}
         elif isinstance(exc, GateRefused):
             result = {"refused": exc.reasons}
@@ -181,9 +182,24 @@ def cutover(plan: PlanArg, as_json: JsonOpt = False,
 
 
 @app.command()
-def rollback(plan: PlanArg, as_json: JsonOpt = False) -> None:
-    """Run the rollback steps (and the reverse sync where the plan asks)."""
-    _execute("rollback", as_json, lambda p: commands.rollback(plan, progress=p), views.show_cutover)
+def rollback(plan: PlanArg, as_json: JsonOpt = False,
+             force: Annotated[bool, typer.Option("--force", help="Run the switch-back steps although the final "
+                                                 "reverse sync failed (its changes stay on the target).")] = False,
+             discard: Annotated[bool, typer.Option("--discard-target-changes",
+                                                   help="Without reverse_sync: switch back although the target "
+                                                        "holds changes the source lacks (they are lost).")] = False,
+             yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
+    """Go back to the source: the target's changes come home first, then the rollback steps."""
+
+    def work(progress: ConsoleProgress) -> Any:
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UsageError("rollback needs confirmation: no terminal to ask on, so pass --yes")
+            if not typer.confirm("Roll back to the source now?", err=True):
+                return commands.CutoverResult("declined", message="rollback not confirmed: nothing ran")
+        return commands.rollback(plan, force=force, discard_target_changes=discard, progress=progress)
+
+    _execute("rollback", as_json, work, views.show_cutover)
 
 
 @app.command()

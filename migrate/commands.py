@@ -26,10 +26,26 @@ from migrate.errors import (
 )
 from migrate.plan.loader import LoadedPlan, load_plan, plan_files
 from migrate.plan.model import Plan
-from migrate.stages.cutover import PLAN_ITEM, Cutover, CutoverResult, cutover_sequence, cutover_state
-from migrate.stages.engine import NullProgress, Preview, Progress, StageContext, SyncResult, VerifyResult
+from migrate.stages.cutover import (
+    PLAN_ITEM,
+    Cutover,
+    CutoverResult,
+    cutover_sequence,
+    cutover_state,
+    replication_direction,
+)
+from migrate.stages.engine import (
+    REVERSE_SUFFIX,
+    NullProgress,
+    Preview,
+    Progress,
+    StageContext,
+    SyncResult,
+    VerifyResult,
+)
 from migrate.stages.gates import GateResult, item_lag
 from migrate.stages.runner import ItemRun, StageRunner
+from migrate.state.direction import read_direction
 from migrate.state.journal import Journal
 from migrate.state.lock import LockInfo, PlanLock, break_lock, current_lock
 
@@ -243,6 +259,7 @@ class SyncOutcome:
     component: str
     cycles: int
     results: list[SyncResult]
+    direction: str = "forward"  # forward (source → target) | reverse (target → source, after cutover)
 
     @property
     def exit_code(self) -> int:
@@ -254,23 +271,23 @@ def sync(plan_path: Path, watch: bool = False, max_cycles: int | None = None, it
          ) -> SyncOutcome:
     """One incremental cycle; with `watch`, one every `dual_run.interval` until interrupted (or max_cycles).
 
-    The lock is held per cycle, not for the whole watch, so a cutover can take the plan between cycles
-    (a cycle that finds the plan locked is skipped). Once the component is cut over, forward sync stops:
-    it would overwrite what the application now writes on Azure.
+    The direction follows the journal: source → target while the source is authoritative, target → source
+    (reverse replication) after a completed cutover, and refused (exit 1) while a cutover interrupted after
+    its switch, or a rollback, is unfinished. The lock is held per cycle, not for the whole watch, so a
+    cutover can take the plan between cycles (a cycle that finds the plan locked is skipped); a watch that
+    started forward carries on in reverse once the cutover completes.
     """
     with session(plan_path, "sync", lock=False, progress=progress) as ctx:
         runner = StageRunner(ctx, items)
         component = ctx.loaded.plan.component
-        cycle, results = 0, []
+        cycle, results, direction = 0, [], "forward"
         while True:
             cycle += 1
             started = time.monotonic()
             try:
                 with PlanLock(ctx.journal, component):
-                    if cutover_state(ctx)["status"] == "done":
-                        raise MigrateError("the component has been cut over: a forward sync would overwrite changes "
-                                           "made on Azure", hint="`migrate rollback PLAN` goes back to the source")
-                    results = runner.sync()
+                    direction = replication_direction(ctx)
+                    results = runner.reverse_sync() if direction == "reverse" else runner.sync()
             except LockHeld as exc:
                 if not watch:
                     raise
@@ -279,7 +296,7 @@ def sync(plan_path: Path, watch: bool = False, max_cycles: int | None = None, it
             if on_cycle:
                 on_cycle(cycle, results)
             if not watch or (max_cycles is not None and cycle >= max_cycles):
-                return SyncOutcome(component, cycle, results)
+                return SyncOutcome(component, cycle, results, direction)
             time.sleep(max(0.0, ctx.loaded.plan.dual_run.interval - (time.monotonic() - started)))
 
 
@@ -296,7 +313,8 @@ class ItemStatus:
     load_chunks_done: int = 0
     load_chunks_total: int = 0
     load_units_done: int = 0
-    lag_seconds: float | None = None
+    lag_seconds: float | None = None  # forward lag, while the source is authoritative
+    reverse_lag_seconds: float | None = None  # target → source, while reverse replication runs
     last_sync: dict[str, Any] | None = None
     last_verification: dict[str, Any] | None = None
 
@@ -308,12 +326,14 @@ class StatusResult:
     lock: LockInfo | None
     cutover: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    authoritative: str = "source"  # which side the application writes to (the journal's direction)
 
 
 def status(plan_path: Path) -> StatusResult:
     """Stage, progress, lag and last verification per item, straight from the journal."""
     with session(plan_path, "status", lock=False) as ctx:
         journal = ctx.journal
+        target_side = read_direction(journal).target_authoritative
         items = []
         for item in ctx.loaded.plan.items:
             record = journal.item(item.name)
@@ -325,14 +345,17 @@ def status(plan_path: Path) -> StatusResult:
                 stage=record.stage if record else "new", status=record.status if record else "pending",
                 updated_at=record.updated_at.isoformat() if record else None,
                 load_chunks_done=len(done), load_chunks_total=len(chunks),
-                load_units_done=sum(c[1] for c in done), lag_seconds=item_lag(journal, item.name),
-                last_sync=journal.get(item.name, "last_sync"),
+                load_units_done=sum(c[1] for c in done),
+                lag_seconds=None if target_side else item_lag(journal, item.name),
+                reverse_lag_seconds=item_lag(journal, f"{item.name}{REVERSE_SUFFIX}") if target_side else None,
+                last_sync=journal.get(f"{item.name}{REVERSE_SUFFIX}" if target_side else item.name, "last_sync"),
                 last_verification=None if last is None else {
                     "at": last.at.isoformat(), "clean": last.clean, "checked": last.checked,
                     "differences": last.differences},
             ))
         return StatusResult(ctx.loaded.plan.component, items, current_lock(journal, ctx.loaded.plan.component),
-                            cutover_state(ctx), _fingerprint_warnings(ctx.loaded, journal))
+                            cutover_state(ctx), _fingerprint_warnings(ctx.loaded, journal),
+                            "target" if target_side else "source")
 
 
 # --- cutover / rollback --------------------------------------------------------------------------------
@@ -351,10 +374,13 @@ def cutover(plan_path: Path, approved_by: str | None = None, check_only: bool = 
         return Cutover(ctx, _azure_checks(ctx.loaded)).run(approved_by=approved_by, check_only=check_only)
 
 
-def rollback(plan_path: Path, progress: Progress | None = None) -> CutoverResult:
-    """Run the rollback steps (and the reverse sync where the plan asks)."""
+def rollback(plan_path: Path, force: bool = False, discard_target_changes: bool = False,
+             progress: Progress | None = None) -> CutoverResult:
+    """Go back to the source: the target's changes come home first (final reverse sync where the plan has
+    `reverse_sync`, else refused while the target has changes unless `discard_target_changes`), then the
+    rollback steps. `force` switches back although the reverse sync failed."""
     with session(plan_path, "rollback", progress=progress) as ctx:
-        return Cutover(ctx).rollback()
+        return Cutover(ctx).rollback(force=force, discard_target_changes=discard_target_changes)
 
 
 # --- unlock / report -----------------------------------------------------------------------------------

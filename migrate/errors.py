@@ -95,3 +95,13 @@ class GateRefused(MigrateError):
     def __init__(self, message: str, reasons: list[str]) -> None:
         super().__init__(message)
         self.reasons = reasons
+
+
+class RollbackRefused(MigrateError):
+    """The target holds changes the source lacks and nothing would bring them home."""
+
+    exit_code = EXIT_DIFFERENCES
+
+    def __init__(self, message: str, differences: list[Difference], hint: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.differences = differences

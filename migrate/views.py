@@ -98,7 +98,8 @@ def show_verify(console: Console, result: Any) -> None:
 def show_sync_cycle(console: Console, cycle: int, results: list[Any]) -> None:
     for r in results:
         lag = "unknown" if r.lag_seconds is None else format_duration(r.lag_seconds)
-        console.print(f"cycle {cycle} {r.item}: {r.created} created, {r.updated} updated, {r.deleted} deleted, "
+        name = r.item.removesuffix(".reverse") + (" (reverse: target → source)" if r.item.endswith(".reverse") else "")
+        console.print(f"cycle {cycle} {name}: {r.created} created, {r.updated} updated, {r.deleted} deleted, "
                       f"lag {lag}", highlight=False)
         for problem in r.problems:
             console.print(f"  [red]problem[/] {problem}", highlight=False)
@@ -116,9 +117,14 @@ def show_status(console: Console, result: Any) -> None:
             verdict = "[green]clean[/]" if v["clean"] else f"[red]{v['differences']} diff[/]"
             verified = f"{verdict} at {v['at'][:19]}"
         lag = "-" if i.lag_seconds is None else format_duration(i.lag_seconds)
+        if i.reverse_lag_seconds is not None:
+            lag = f"reverse {format_duration(i.reverse_lag_seconds)}"
         table.add_row(i.item, i.kind, i.stage, i.status, progress, lag, verified)
     console.print(table)
-    console.print(f"Cutover: {result.cutover.get('status', 'idle')}", highlight=False)
+    console.print(f"Cutover: {result.cutover.get('status', 'idle')}; authoritative: the {result.authoritative}"
+                  + (" (reverse replication: migrate sync copies target → source)"
+                     if result.authoritative == "target" and result.cutover.get("status") == "done" else ""),
+                  highlight=False)
     if result.lock:
         console.print(f"Locked by {result.lock.describe()}", highlight=False)
     _warnings(console, result.warnings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any
 
@@ -9,12 +10,13 @@ from migrate.blobs.copy import BlobCopier, CopyOutcome
 from migrate.blobs.endpoints import normalise_prefix, open_store
 from migrate.blobs.filters import PathFilter
 from migrate.blobs.inventory import ChangeSet, classify, filtered, resolve
-from migrate.blobs.records import RecordBook
-from migrate.blobs.store import BlobStore, Listing
+from migrate.blobs.records import PathRecord, RecordBook
+from migrate.blobs.store import EMPTY_MD5, BlobProps, BlobStore, Listing, Precondition, StoreFault
 from migrate.blobs.verify import BlobVerifier
 from migrate.errors import EndpointError
 from migrate.plan.loader import LoadedPlan
 from migrate.plan.model import BlobItem
+from migrate.redact import redact
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 from migrate.units import human_bytes
 
@@ -37,8 +39,8 @@ class BlobEngine(ItemEngine):
     kind = "blob"
     stages = ("preflight", "load", "verify", "sync")
 
-    def __init__(self, item: BlobItem, loaded: LoadedPlan) -> None:
-        super().__init__(item, loaded)
+    def __init__(self, item: BlobItem, loaded: LoadedPlan, reverse: bool = False) -> None:
+        super().__init__(item, loaded, reverse)
         self.item: BlobItem = item
         self.keep = PathFilter(list(item.include), list(item.exclude))
         self._source: BlobStore | None = None
@@ -51,16 +53,23 @@ class BlobEngine(ItemEngine):
         return open_store(connection, self.loaded, prefix=prefix, concurrency=self.item.concurrency,
                           block_size=self.item.block_size)
 
+    def _plan_source(self) -> BlobStore:
+        return self._open(self.item.source)
+
+    def _plan_target(self) -> BlobStore:
+        return self._open(self.item.target, normalise_prefix(self.item.prefix))
+
     @property
     def source(self) -> BlobStore:
+        """Where this engine copies from: the plan's source, or its target in reverse."""
         if self._source is None:
-            self._source = self._open(self.item.source)
+            self._source = self._plan_target() if self.reverse else self._plan_source()
         return self._source
 
     @property
     def target(self) -> BlobStore:
         if self._target is None:
-            self._target = self._open(self.item.target, normalise_prefix(self.item.prefix))
+            self._target = self._plan_source() if self.reverse else self._plan_target()
         return self._target
 
     def close(self) -> None:
@@ -165,6 +174,43 @@ class BlobEngine(ItemEngine):
         preview.warnings += source.problems[:MAX_EVENTS] + changes.warnings[:MAX_EVENTS]
         return preview
 
+    def reverse_ready(self, ctx: StageContext) -> tuple[bool, str]:
+        """The plan's source takes a write (a probe object written and deleted at once) and the target lists."""
+        home, away = self._plan_source(), self._plan_target()
+        try:
+            if not away.probe().exists:
+                return False, f"target {away.display} does not exist"
+            probe = f".migrate-probe-{secrets.token_hex(6)}"
+            try:
+                etag = home.put(probe, b"", BlobProps(size=0, md5=EMPTY_MD5, mtime_ns=time.time_ns(),
+                                                       content_type="application/octet-stream"),
+                                Precondition.absent())
+                home.delete(probe, Precondition.matching(etag))
+            except (StoreFault, EndpointError, OSError) as exc:
+                return False, f"source {home.display} not writable: {redact(exc)}"
+            return True, f"source {home.display} writable (probe written and deleted); target {away.display} lists"
+        finally:
+            home.close()
+            away.close()
+
+    def _seed_reverse_records(self, ctx: StageContext, book: RecordBook, home: Listing) -> dict[str, PathRecord]:
+        """Reverse replication's first cycle: every plan-source file that is still exactly what forward sync
+        copied is recorded as ours, with the forward record's size, MD5 and mtime. So a blob modified on the
+        target after cutover is a change to copy back (the target wins), not a conflict."""
+        seeded: dict[str, PathRecord] = {}
+        for path, rec in RecordBook(ctx.journal, self.item.name).load().items():
+            entry = home.entries.get(path)
+            if rec.status != "done" or rec.md5 is None or rec.mtime_ns is None or entry is None or not entry.etag:
+                continue
+            if entry.size != rec.size or entry.mtime_ns != rec.mtime_ns:
+                continue  # changed on the source since (it should have been frozen): left to classify
+            book.done(path, rec.size, rec.md5, rec.mtime_ns, entry.etag)
+            seeded[path] = PathRecord(path, "done", rec.size, rec.md5, rec.mtime_ns, entry.etag)
+        book.flush()
+        ctx.journal.event("reverse", f"reverse replication seeded with {len(seeded)} files from the forward records",
+                          item=self.name)
+        return seeded
+
     # -- the shared load/sync cycle --
 
     def _require_source(self) -> None:
@@ -184,6 +230,8 @@ class BlobEngine(ItemEngine):
         state: dict[str, Any] = ctx.journal.get(self.name, STATE_KEY) or {}
         source = filtered(self.source.listing(), self.keep)
         target = filtered(self.target.listing(), self.keep)
+        if self.reverse and not records:
+            records = self._seed_reverse_records(ctx, book, target)
         changes = classify(source, target, records, delete=delete,
                            previous_inventory_ns=int(state.get("inventory_at_ns", 0)))
         changes.problems += source.problems

@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import MetaData, Table, delete, func, inspect, select
+from sqlalchemy import MetaData, Table, delete, false, func, insert, inspect, select, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateSchema
 
 from migrate.databases import load as loading
@@ -34,6 +35,7 @@ from migrate.databases.values import canonical_text
 from migrate.errors import Difference, EndpointError, MigrateError
 from migrate.plan.loader import LoadedPlan
 from migrate.plan.model import DatabaseItem, Incremental, TableSpec
+from migrate.redact import redact
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 
 OWNED = "owned_tables"  # target tables this migration created, adopted empty, or truncated
@@ -45,26 +47,33 @@ class DatabaseEngine(ItemEngine):
     kind = "database"
     stages = ("preflight", "schema", "load", "verify", "sync")
 
-    def __init__(self, item: DatabaseItem, loaded: LoadedPlan) -> None:
-        super().__init__(item, loaded)
+    def __init__(self, item: DatabaseItem, loaded: LoadedPlan, reverse: bool = False) -> None:
+        super().__init__(item, loaded, reverse)
         self.item: DatabaseItem = item
         connections = loaded.plan.connections
         pool = item.parallel * 2 + 2
-        self.source = Endpoint(item.source, _url(connections, item.source), loaded.base_dir, role="source",
-                               pool_size=pool)
-        self.target = Endpoint(item.target, _url(connections, item.target), loaded.base_dir, role="target",
-                               pool_size=pool)
+        # reverse replication (after cutover) reads the plan's target and writes its source
+        source, target = (item.target, item.source) if reverse else (item.source, item.target)
+        self.source = Endpoint(source, _url(connections, source), loaded.base_dir, role="source", pool_size=pool)
+        self.target = Endpoint(target, _url(connections, target), loaded.base_dir, role="target", pool_size=pool)
         self._sources: list[tuple[TableInfo, Incremental | None]] | None = None
         self._wm_columns: dict[str, str] = {}
 
     # -- tables --
 
     def _specs(self, conn: Connection) -> list[TableSpec]:
-        """The plan's tables: every source table for `*` (with any per-table options), then the named ones."""
+        """The plan's tables: every source table for `*` (with any per-table options), then the named ones.
+
+        `*` is always resolved on the plan's source, also in reverse, so that reverse replication covers the
+        tables the migration moved and not whatever else the application created on the target."""
         named = {s.name: s for s in self.item.tables if s.name != "*"}
         names: list[str] = []
         if any(s.name == "*" for s in self.item.tables):
-            names = list_tables(self.source, conn)
+            if self.reverse:
+                with self.target.errors("cannot connect"), self.target.engine.connect() as origin:
+                    names = list_tables(self.target, origin)
+            else:
+                names = list_tables(self.source, conn)
         specs = [named.pop(n, TableSpec(name=n)) for n in names]
         return specs + list(named.values())
 
@@ -279,6 +288,8 @@ class DatabaseEngine(ItemEngine):
     def sync(self, ctx: StageContext) -> SyncResult:
         started = time.monotonic()
         pairs = self._pairs()
+        if self.reverse:
+            self._seed_reverse_watermarks(ctx, pairs)
         result = SyncResult(self.name)
         workers = self.item.parallel * 2
         task = ctx.progress.task(f"{self.name}: sync", total=len(pairs) * 2, unit="tables")
@@ -325,6 +336,49 @@ class DatabaseEngine(ItemEngine):
         result.lag_seconds = worst
         result.metrics = {"seconds": round(time.monotonic() - started, 3), "tables": len(pairs), **phase}
         return result
+
+    def _seed_reverse_watermarks(self, ctx: StageContext, pairs: list[TablePair]) -> None:
+        """Reverse replication starts where forward sync stopped: after the cutover's final sync both sides
+        held the same rows, so the forward watermark is where the target's own changes begin (the overlap
+        still re-reads the window before it)."""
+        for pair in pairs:
+            key = syncing.watermark_key(pair)
+            if pair.watermark is not None and ctx.journal.get(self.name, key) is None:
+                forward = ctx.journal.get(self.item.name, key)
+                if forward is not None:
+                    ctx.journal.put(self.name, key, forward)
+
+    def reverse_ready(self, ctx: StageContext) -> tuple[bool, str]:
+        """Proves, before any cutover step, that reverse replication would work: every moved table on the
+        source accepts INSERT, UPDATE and DELETE from this runner (checked in a transaction that is rolled
+        back: nothing is written), and the target can supply changes (by watermark column, else full diff)."""
+        pairs = self._pairs()
+        refused: list[str] = []
+        with self.source.errors("cannot connect"), self.source.engine.connect() as conn:
+            for pair in pairs:
+                table = pair.source.clause
+                cols = [table.c[n] for n in pair.columns]
+                probes = [("DELETE", delete(table).where(false())),
+                          ("UPDATE", update(table).where(false()).values({cols[0].name: cols[0]})),
+                          ("INSERT", insert(table).from_select([c.name for c in cols], select(*cols).where(false())))]
+                for verb, statement in probes:
+                    try:
+                        with conn.begin() as tx:
+                            conn.execute(statement)
+                            tx.rollback()
+                    except SQLAlchemyError as exc:
+                        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                        refused.append(f"{pair.label}: {verb} refused ({redact(reason)})")
+                        break
+        by_watermark = [f"{p.label} by {p.watermark.column}" for p in pairs if p.watermark is not None]
+        by_diff = [p.label for p in pairs if p.watermark is None]
+        supply = "; ".join(
+            ([f"changes {', '.join(by_watermark)}"] if by_watermark else [])
+            + ([f"full checksum diff for {', '.join(by_diff)}"] if by_diff else []))
+        if refused:
+            return False, f"{self.source.label} not writable: " + "; ".join(refused)
+        return True, f"{self.source.label} writable ({len(pairs)} tables: INSERT, UPDATE, DELETE checked); " \
+                     f"target supplies {supply}"
 
     def lag(self, ctx: StageContext) -> dict[str, Any]:
         """Per table: watermark lag now and seconds since the last clean sync cycle (reads only)."""

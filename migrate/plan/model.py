@@ -149,6 +149,7 @@ class Gates(Strict):
     window: str | None = Field(default=None, pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")  # local time, HH:MM-HH:MM
     approval: bool = False  # cutover needs --approved-by NAME
     azure: bool = True  # every Azure preflight check passes (when the plan has Azure resources)
+    reverse_ready: bool = True  # with rollback.reverse_sync: the reverse path is proven before any step
 
 
 class Step(Strict):

@@ -1,13 +1,20 @@
-"""Cutover and rollback: gates first, then the runbook steps, each journaled.
+"""Cutover and rollback: gates first, then the runbook steps, each journaled; and which way replication runs.
 
 The sequence is the plan's `cutover.steps` with two built-in steps, `migrate:final-sync` (sync until a cycle
 finds nothing to copy) and `migrate:final-verify`. A plan may place them itself; when it names neither,
 they run right after the first step if the plan has two or more (the first step is the freeze, as in
-DESIGN's example), else before the only step.
+DESIGN's example), else before the only step. The **switch** is the first plan step after the last built-in
+step: the target is authoritative (`migrate.state.direction`) from the moment it starts.
 
-Journal state (`_plan` / `cutover`): idle → running(step N) → done | rolled_back. A failing step runs the
-rollback steps and leaves the component on the source (the next cutover starts from the first step); an
-interrupted cutover resumes at the interrupted step; a completed cutover is never repeated.
+Journal state (`_plan` / `cutover`): idle → running(step N) → done | rolling_back → rolled_back. A step that
+fails before the switch runs the rollback steps and leaves the component on the source; one that fails at or
+after it rolls back as `migrate rollback` does (target changes home first). An interrupted cutover resumes
+at the interrupted step; a completed cutover is never repeated.
+
+Rollback brings the target's changes home before the switch-back steps run: a final reverse sync where the
+plan has `reverse_sync: true` (its failure stops the rollback unless forced), otherwise a comparison that
+refuses while the target holds changes the source lacks (unless they are explicitly discarded). Only then is
+the source authoritative again.
 """
 
 from __future__ import annotations
@@ -16,18 +23,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrate.errors import GateRefused, MigrateError, StepFailed, VerificationFailed
+from migrate.errors import Difference, GateRefused, MigrateError, RollbackRefused, StepFailed, VerificationFailed
 from migrate.plan.loader import BUILTIN_STEPS
 from migrate.plan.model import Plan, Step
-from migrate.stages.engine import StageContext
+from migrate.stages.engine import REVERSE_SUFFIX, StageContext, SyncResult
 from migrate.stages.gates import GateResult, evaluate_gates
 from migrate.stages.runner import StageRunner, engine_for
 from migrate.stages.steps import run_step
+from migrate.state.direction import PLAN_ITEM, read_direction, set_authority
 from migrate.state.journal import now
 
-PLAN_ITEM = "_plan"
+__all__ = ["PLAN_ITEM", "Cutover", "CutoverResult", "cutover_sequence", "cutover_state", "replication_direction"]
+
 FINAL_SYNC, FINAL_VERIFY = BUILTIN_STEPS
 MAX_FINAL_SYNC_CYCLES = 10
+MAX_REVERSE_CYCLES = 3  # rollback's final reverse sync: until a cycle moves nothing, at most this many
 
 
 def cutover_sequence(plan: Plan) -> list[Step]:
@@ -39,12 +49,20 @@ def cutover_sequence(plan: Plan) -> list[Step]:
     return steps
 
 
+def switch_index(sequence: list[Step]) -> int:
+    """Index of the switch: the first plan step after the last built-in step (len(sequence) when none
+    follows them: the target then becomes authoritative when the cutover completes)."""
+    last_builtin = max((i for i, s in enumerate(sequence) if s.run in BUILTIN_STEPS), default=-1)
+    return min(last_builtin + 1, len(sequence))
+
+
 @dataclass
 class StepRecord:
     name: str
     status: str  # done | failed | skipped
     seconds: float = 0.0
     detail: str = ""
+    forced: bool = False  # failed, and the rollback went on past it (--force)
 
 
 @dataclass
@@ -61,6 +79,24 @@ def cutover_state(ctx: StageContext) -> dict[str, Any]:
     return ctx.journal.get(PLAN_ITEM, "cutover", {"status": "idle", "step": 0})
 
 
+def replication_direction(ctx: StageContext) -> str:
+    """`forward` while the source is authoritative, `reverse` after a completed cutover; refuses (exit 1)
+    while a cutover interrupted after its switch, or a rollback, is unfinished: then the target may be
+    taking writes and neither direction is safe to run unattended."""
+    if not read_direction(ctx.journal).target_authoritative:
+        return "forward"
+    state = cutover_state(ctx)
+    if state["status"] == "done":
+        return "reverse"
+    if state["status"] == "rolling_back":
+        raise MigrateError("sync refused: a rollback is under way and has not finished; the target may still be "
+                           "taking writes", hint="rerun `migrate rollback PLAN` to finish it")
+    raise MigrateError(f"sync refused: a cutover was interrupted after its switch began (at step "
+                       f"{int(state.get('step', 0)) + 1}); the target may be taking writes, so a forward sync "
+                       "would overwrite or delete them",
+                       hint="rerun `migrate cutover PLAN` to finish the cutover, or `migrate rollback PLAN`")
+
+
 class Cutover:
     """Runs the cutover of one plan; the caller holds the plan lock."""
 
@@ -74,7 +110,21 @@ class Cutover:
 
     def gates(self, approved_by: str | None = None) -> list[GateResult]:
         return evaluate_gates(self.ctx.loaded, self.ctx.journal, approved_by=approved_by,
-                              azure_checks=self.azure_checks)
+                              azure_checks=self.azure_checks, reverse_checks=self._reverse_readiness)
+
+    def _reverse_readiness(self) -> list[tuple[str, bool, str]]:
+        """(item, ready, evidence) per item: would reverse replication work if the cutover were rolled back?"""
+        out = []
+        for item in self.plan.items:
+            engine = engine_for(item, self.ctx)
+            try:
+                ready, evidence = engine.reverse_ready(self.ctx)
+            except MigrateError as exc:
+                ready, evidence = False, exc.message
+            finally:
+                engine.close()
+            out.append((item.name, ready, evidence))
+        return out
 
     def run(self, approved_by: str | None = None, check_only: bool = False) -> CutoverResult:
         journal = self.ctx.journal
@@ -82,6 +132,9 @@ class Cutover:
         if state["status"] == "done":
             return CutoverResult("already_done", message=f"cutover already completed at {state.get('ended_at')}; "
                                  "it is never repeated (use `migrate rollback` to go back)")
+        if state["status"] == "rolling_back":
+            raise MigrateError("a rollback is under way and has not finished",
+                               hint="rerun `migrate rollback PLAN` to finish it before another cutover")
         resuming = state["status"] == "running"
         gates = [] if resuming and not check_only else self.gates(approved_by)
         refused = [g for g in gates if not g.passed]
@@ -95,6 +148,7 @@ class Cutover:
             return CutoverResult("checked", gates=gates, message="every gate passes")
 
         sequence = cutover_sequence(self.plan)
+        switch = switch_index(sequence)
         first = int(state.get("step", 0)) if resuming else 0
         result = CutoverResult("done", gates=gates, resumed_at=first if resuming else None)
         started_at = state.get("started_at") if resuming else now().isoformat()
@@ -102,6 +156,8 @@ class Cutover:
         self._mark_items("running")
         for index in range(first, len(sequence)):
             step = sequence[index]
+            if index >= switch:  # durable before the switch starts: from here on the target may take writes
+                set_authority(journal, "target", f"cutover step {index + 1} ({step.name}) began")
             self._save(status="running", step=index, attempt=attempt, started_at=started_at,
                        approved_by=approved_by)
             journal.event("cutover-step", f"start {index + 1}/{len(sequence)}: {step.name}")
@@ -110,15 +166,21 @@ class Cutover:
             except MigrateError as exc:
                 result.steps.append(StepRecord(step.name, "failed", detail=str(exc)))
                 journal.event("cutover-step", f"failed: {step.name}: {exc}", outcome="failed")
-                result.rollback = self._rollback_steps()
-                self._save(status="rolled_back", step=0, attempt=attempt, ended_at=now().isoformat(),
-                           failed_step=step.name)
+                self._save(status="running", step=index, attempt=attempt, started_at=started_at,
+                           approved_by=approved_by, failed_step=step.name)
                 self._mark_items("failed")
+                try:
+                    rolled = self.rollback()  # target changes home first when the switch had begun
+                except MigrateError as held:
+                    raise StepFailed(f"{exc}; the rollback did not finish: {held.message}", hint=held.hint) from exc
+                result.rollback = rolled.rollback
+                result.steps += rolled.steps
                 if isinstance(exc, StepFailed):
-                    raise StepFailed(f"{exc}; rollback steps ran and the component stays on the source") from exc
+                    raise StepFailed(f"{exc}; rolled back: the component runs on the source") from exc
                 raise
             result.steps.append(record)
             journal.event("cutover-step", f"done: {step.name} ({record.detail})")
+        set_authority(journal, "target", "cutover complete")
         self._save(status="done", step=len(sequence), attempt=attempt, started_at=started_at,
                    ended_at=now().isoformat(), approved_by=approved_by)
         self._mark_items("done")
@@ -164,44 +226,105 @@ class Cutover:
                 self.ctx.journal.event("rollback-step", f"failed: {step.name}: {exc}", outcome="failed")
         return records
 
-    def rollback(self) -> CutoverResult:
-        """Run the rollback steps and, where planned, copy target-side changes back to the source."""
+    def rollback(self, force: bool = False, discard_target_changes: bool = False) -> CutoverResult:
+        """Go back to the source. Once the target has been authoritative, its changes come home first (final
+        reverse sync, or a refusal naming them); only then do the switch-back steps run. No reverse sync runs
+        after them: the source takes writes again, and a reverse key diff would delete those. Any failure
+        leaves the target authoritative and the rollback resumable (rerun it); `force` runs the switch-back
+        although the final reverse sync failed."""
         state = cutover_state(self.ctx)
-        if state["status"] in ("idle", "rolled_back"):
+        target_first = read_direction(self.ctx.journal).target_authoritative
+        if not target_first and state["status"] != "running":
             return CutoverResult(state["status"], message="nothing to roll back: the component is on the source")
         result = CutoverResult("rolled_back")
-        reverse = self.plan.rollback.reverse_sync and state["status"] == "done"
-        if reverse:  # bring Azure-side changes home before the application is pointed back
-            result.steps += self._reverse_sync("reverse sync")
+        if target_first:
+            self._save(**{**state, "status": "rolling_back"})
+            self._bring_target_changes_home(result, force, discard_target_changes)
         result.rollback = self._rollback_steps()
-        if reverse:  # and whatever was written while it was being switched
-            result.steps += self._reverse_sync("reverse catch-up")
-        failed = [r for r in result.rollback + result.steps if r.status == "failed"]
-        self._save(status="rolled_back", step=0, attempt=state.get("attempt", 0), ended_at=now().isoformat())
-        for item in self.plan.items:
-            self.ctx.journal.set_stage(item.name, _kind(item), "rollback", "failed" if failed else "done",
-                                       run_id=self.ctx.run_id)
+        failed = [r for r in result.rollback if r.status == "failed"]
         if failed:
-            raise StepFailed("rollback finished with failures: " + "; ".join(f"{r.name}: {r.detail}" for r in failed))
+            self._save(**{**state, "status": "rolling_back" if target_first else state["status"]})
+            raise StepFailed("rollback did not finish: " + "; ".join(f"{r.name}: {r.detail}" for r in failed)
+                             + ("; the target stays authoritative" if target_first else ""),
+                             hint="fix the cause and rerun `migrate rollback PLAN` (its steps must be idempotent)")
+        self._save(status="rolled_back", step=0, attempt=state.get("attempt", 0), ended_at=now().isoformat(),
+                   failed_step=state.get("failed_step"))
+        set_authority(self.ctx.journal, "source", "rollback complete" + (
+            "; target changes discarded" if discard_target_changes else ""))
+        for item in self.plan.items:
+            self.ctx.journal.set_stage(item.name, _kind(item), "rollback", "done", run_id=self.ctx.run_id)
+            self.ctx.journal.put(item.name, "dual_run_since", None)  # min_dual_run counts again from now
+            self.ctx.journal.forget_item(f"{item.name}{REVERSE_SUFFIX}")  # the next cutover seeds afresh
         result.message = "rolled back: the component runs on the source"
         return result
 
-    def _reverse_sync(self, label: str) -> list[StepRecord]:
-        """Sync every item target → source under its own journal name (`<item>.reverse`)."""
-        records = []
+    def _bring_target_changes_home(self, result: CutoverResult, force: bool, discard: bool) -> None:
+        if self.plan.rollback.reverse_sync:
+            records = self._reverse_cycles("reverse sync")
+            result.steps += records
+            failed = [r for r in records if r.status == "failed"]
+            if failed and not force:
+                raise StepFailed("reverse sync failed, so the switch-back steps did not run and the target stays "
+                                 "authoritative: " + "; ".join(f"{r.name}: {r.detail}" for r in failed),
+                                 hint="fix the cause and rerun `migrate rollback PLAN`; `--force` switches back "
+                                      "anyway, leaving the unsynced changes stranded on the target")
+            for record in failed:
+                record.forced = True
+                self.ctx.journal.event("rollback", f"forced past a failed reverse sync: {record.name}: "
+                                       f"{record.detail}", outcome="warn")
+            return
+        differences = self._target_changes()
+        if differences and not discard:
+            shown = "; ".join(f"{d.item} {d.kind} {d.key}" for d in differences[:10])
+            raise RollbackRefused(
+                f"rollback refused: the target has {len(differences)} change(s) the source lacks and the plan has "
+                f"no reverse_sync, so switching back would lose them: {shown}"
+                + (" ..." if len(differences) > 10 else ""), differences,
+                hint="set `rollback: {reverse_sync: true}` to bring them home, or pass --discard-target-changes "
+                     "to lose them")
+        if differences:
+            self.ctx.journal.event("rollback", f"discarded {len(differences)} target change(s) "
+                                   "(--discard-target-changes)", outcome="warn",
+                                   data={"differences": [d.__dict__ for d in differences[:1000]]})
+
+    def _target_changes(self) -> list[Difference]:
+        """What differs between the two sides now: after the cutover's final verify proved them equal and the
+        source was frozen, every difference is a change made on the target."""
+        found: list[Difference] = []
         for item in self.plan.items:
-            reverse = item.model_copy(update={"name": f"{item.name}.reverse", "source": item.target,
-                                              "target": item.source})
-            engine = engine_for(reverse, self.ctx)
+            engine = engine_for(item, self.ctx)
             try:
-                synced = engine.sync(self.ctx)
+                found += engine.verify(self.ctx).differences
             finally:
                 engine.close()
-            detail = f"{synced.created} created, {synced.updated} updated, {synced.deleted} deleted"
-            records.append(StepRecord(f"{label} {item.name}", "failed" if synced.problems else "done",
-                                      detail=detail if not synced.problems else "; ".join(synced.problems[:3])))
+        return found
+
+    def _reverse_cycles(self, label: str) -> list[StepRecord]:
+        """Reverse-sync every item (target → source) until a cycle moves nothing (at most
+        MAX_REVERSE_CYCLES); one record per item with the totals, failed when a cycle failed."""
+        records = []
+        runner = StageRunner(self.ctx)
+        for item in self.plan.items:
+            started = now()
+            moved = [0, 0, 0]
+            problem = ""
+            for _ in range(MAX_REVERSE_CYCLES):
+                try:
+                    synced: SyncResult = runner.sync_item(item, reverse=True)
+                except MigrateError as exc:
+                    problem = exc.message
+                    break
+                if synced.problems:
+                    problem = "; ".join(synced.problems[:3])
+                    break
+                moved = [moved[0] + synced.created, moved[1] + synced.updated, moved[2] + synced.deleted]
+                if not (synced.created or synced.updated or synced.deleted):
+                    break
+            detail = problem or f"{moved[0]} created, {moved[1]} updated, {moved[2]} deleted"
+            records.append(StepRecord(f"{label} {item.name}", "failed" if problem else "done",
+                                      round((now() - started).total_seconds(), 3), detail))
             self.ctx.journal.event("rollback-step", f"{label} {item.name}: {detail}", item=item.name,
-                                   outcome="failed" if synced.problems else "ok")
+                                   outcome="failed" if problem else "ok")
         return records
 
     def _mark_items(self, status: str) -> None:

@@ -15,6 +15,7 @@ from migrate.state.journal import Journal
 
 STAGES = ("preflight", "schema", "load", "verify", "sync", "cutover", "rollback")
 RUN_STAGES = ("preflight", "schema", "load", "verify")
+REVERSE_SUFFIX = ".reverse"  # journal name of an item's reverse replication
 
 
 class ProgressTask(Protocol):
@@ -113,13 +114,15 @@ class ItemEngine(ABC):
     kind: ClassVar[str]
     stages: ClassVar[tuple[str, ...]]
 
-    def __init__(self, item: Any, loaded: LoadedPlan) -> None:
+    def __init__(self, item: Any, loaded: LoadedPlan, reverse: bool = False) -> None:
         self.item = item
         self.loaded = loaded
+        self.reverse = reverse  # reverse replication: reads the plan's target, writes its source
 
     @property
     def name(self) -> str:
-        return str(self.item.name)
+        """The journal name: the item's, or `<item>.reverse` for reverse replication (its own records)."""
+        return f"{self.item.name}{REVERSE_SUFFIX}" if self.reverse else str(self.item.name)
 
     @abstractmethod
     def preflight(self, ctx: StageContext) -> StageResult:
@@ -144,9 +147,11 @@ class ItemEngine(ABC):
     def preview(self, ctx: StageContext) -> Preview:
         """What load/sync would change; reads only."""
 
-    def reverse_sync(self, ctx: StageContext) -> SyncResult:
-        """Copy target-side changes back to the source (rollback with `reverse_sync: true`)."""
-        raise NotImplementedError(f"{self.kind} items do not support reverse sync")
+    @abstractmethod
+    def reverse_ready(self, ctx: StageContext) -> tuple[bool, str]:
+        """Whether reverse replication would work (the source takes writes, the target supplies changes),
+        with the evidence; checked by the `reverse_ready` gate before any cutover step. Writes nothing that
+        stays."""
 
     def close(self) -> None:  # noqa: B027 - optional hook: engines without connections need nothing here
         """Release connections."""

@@ -35,7 +35,8 @@ def item_lag(journal: Journal, item: str) -> float | None:
 
 
 def evaluate_gates(loaded: LoadedPlan, journal: Journal, *, approved_by: str | None = None,
-                   azure_checks: Callable[[], list[tuple[str, str, str]]] | None = None) -> list[GateResult]:
+                   azure_checks: Callable[[], list[tuple[str, str, str]]] | None = None,
+                   reverse_checks: Callable[[], list[tuple[str, bool, str]]] | None = None) -> list[GateResult]:
     """Every gate the plan asks for, evaluated now; never short-circuits, so the board sees all reasons."""
     gates = loaded.plan.cutover.gates
     items = [i.name for i in loaded.plan.items]
@@ -100,6 +101,11 @@ def evaluate_gates(loaded: LoadedPlan, journal: Journal, *, approved_by: str | N
         results.append(GateResult("approval", bool(approved_by),
                                   f"approved by {approved_by}" if approved_by
                                   else "needs approval: pass --approved-by NAME"))
+
+    if gates.reverse_ready and loaded.plan.rollback.reverse_sync and reverse_checks is not None:
+        checks = reverse_checks()  # rollback proven before the switch: the reverse path works
+        results.append(GateResult("reverse_ready", all(ok for _, ok, _ in checks),
+                                  "; ".join(f"{item}: {evidence}" for item, _, evidence in checks)))
 
     if gates.azure and azure_checks is not None:
         failing = [f"{target}: {name}" for target, name, status in azure_checks() if status == "fail"]

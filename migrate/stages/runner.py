@@ -22,18 +22,20 @@ from migrate.stages.engine import (
     SyncResult,
     VerifyResult,
 )
+from migrate.state.direction import read_direction
 from migrate.state.journal import now
 
 
-def engine_for(item: DatabaseItem | BlobItem, ctx: StageContext) -> ItemEngine:
-    """The engine that moves this kind of item (imported lazily: each pulls in its own SDKs)."""
+def engine_for(item: DatabaseItem | BlobItem, ctx: StageContext, reverse: bool = False) -> ItemEngine:
+    """The engine that moves this kind of item (imported lazily: each pulls in its own SDKs); `reverse`
+    replicates the plan's target back to its source."""
     if isinstance(item, DatabaseItem):
         from migrate.databases.engine import DatabaseEngine
 
-        return DatabaseEngine(item, ctx.loaded)
+        return DatabaseEngine(item, ctx.loaded, reverse)
     from migrate.blobs.engine import BlobEngine
 
-    return BlobEngine(item, ctx.loaded)
+    return BlobEngine(item, ctx.loaded, reverse)
 
 
 @dataclass
@@ -67,8 +69,8 @@ class StageRunner:
         self.items = items
 
     @contextmanager
-    def _engine(self, item: DatabaseItem | BlobItem) -> Iterator[ItemEngine]:
-        engine = engine_for(item, self.ctx)
+    def _engine(self, item: DatabaseItem | BlobItem, reverse: bool = False) -> Iterator[ItemEngine]:
+        engine = engine_for(item, self.ctx, reverse)
         try:
             yield engine
         finally:
@@ -158,22 +160,35 @@ class StageRunner:
         return results
 
     def sync(self) -> list[SyncResult]:
-        """One incremental cycle for every item."""
-        results = []
-        for item in self.items:
-            self._require_loaded(item.name, "sync")
-            with self._engine(item) as engine:
-                cycle_start = now()
-                result: SyncResult = self._stage(engine, "sync", partial(engine.sync, self.ctx))
-                journal = self.ctx.journal
-                if not result.problems:
-                    journal.put(engine.name, "synced_at", cycle_start.isoformat())
-                    journal.put(engine.name, "lag_seconds", result.lag_seconds or 0.0)
-                    if journal.get(engine.name, "dual_run_since") is None:
-                        journal.put(engine.name, "dual_run_since", cycle_start.isoformat())
-                journal.put(engine.name, "last_sync", {"at": cycle_start.isoformat(), **_summary(result)})
-                results.append(result)
-        return results
+        """One forward cycle (source → target) for every item. Refused whenever the target is, or may be,
+        authoritative: copying from the source then would overwrite what the application wrote there."""
+        direction = read_direction(self.ctx.journal)
+        if direction.target_authoritative:
+            raise MigrateError(f"forward sync refused: the target has been authoritative since {direction.since} "
+                               f"({direction.reason}); copying from the source would overwrite what the "
+                               "application writes there",
+                               hint="after a completed cutover `migrate sync PLAN` replicates target → source; "
+                                    "`migrate rollback PLAN` goes back to the source")
+        return [self.sync_item(item, reverse=False) for item in self.items]
+
+    def reverse_sync(self) -> list[SyncResult]:
+        """One reverse cycle (target → source) for every item: the target's inserts, updates and deletes
+        (new and modified blobs) reach the source, the target winning. Journaled as `<item>.reverse`."""
+        return [self.sync_item(item, reverse=True) for item in self.items]
+
+    def sync_item(self, item: DatabaseItem | BlobItem, reverse: bool) -> SyncResult:
+        self._require_loaded(item.name, "sync")
+        with self._engine(item, reverse) as engine:
+            cycle_start = now()
+            result: SyncResult = self._stage(engine, "sync", partial(engine.sync, self.ctx))
+            journal = self.ctx.journal
+            if not result.problems:
+                journal.put(engine.name, "synced_at", cycle_start.isoformat())
+                journal.put(engine.name, "lag_seconds", result.lag_seconds or 0.0)
+                if journal.get(engine.name, "dual_run_since") is None:
+                    journal.put(engine.name, "dual_run_since", cycle_start.isoformat())
+            journal.put(engine.name, "last_sync", {"at": cycle_start.isoformat(), **_summary(result)})
+            return result
 
     def preview(self) -> list[Preview]:
         return [self._preview(item) for item in self.items]

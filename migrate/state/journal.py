@@ -358,6 +358,12 @@ class Journal:
             if not changed:
                 conn.execute(insert(kv_t).values(item=item, key=key, value=text, updated_at=now()))
 
+    def forget_item(self, item: str) -> None:
+        """Drop an item's chunks and key/value state (its stage log, events and verifications stay)."""
+        with self.engine.begin() as conn:
+            conn.execute(chunks_t.delete().where(chunks_t.c.item == item))
+            conn.execute(kv_t.delete().where(kv_t.c.item == item))
+
     # -- verifications --
 
     def record_verification(self, item: str, clean: bool, checked: int, differences: int,
