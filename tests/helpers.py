@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -38,3 +40,24 @@ def cli_process(*args: str, cwd: Path | None = None, env: dict[str, str] | None 
     """Run `python -m migrate ARGS` as a real process (for locks, kill -9 and exit codes end to end)."""
     return subprocess.run([sys.executable, "-m", "migrate", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout, check=False)
+
+
+# --- the demo estate, compared outside the tool ---
+
+TABLES = ("patients", "encounters", "observations")
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+
+
+def table_rows(db: Path) -> dict[str, list[tuple]]:
+    with sqlite3.connect(db) as conn:
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in TABLES}
+
+
+def assert_identical(workdir: Path) -> None:
+    """An oracle independent of migrate: every row and every byte equal on both sides."""
+    assert table_rows(workdir / "onprem" / "ppm.db") == table_rows(workdir / "azure" / "ppm.db")
+    assert tree_hashes(workdir / "onprem" / "letters") == tree_hashes(workdir / "azure" / "letters")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -15,26 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli_process
+from helpers import assert_identical, cli_process
 from migrate.demo.flow import prepare_estate
-
-TABLES = ("patients", "encounters", "observations")
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
-
-
-def table_rows(db: Path) -> dict[str, list[tuple]]:
-    with sqlite3.connect(db) as conn:
-        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in TABLES}
-
-
-def assert_identical(workdir: Path) -> None:
-    """An oracle independent of migrate: every row and every byte equal on both sides."""
-    assert table_rows(workdir / "onprem" / "ppm.db") == table_rows(workdir / "azure" / "ppm.db")
-    assert tree_hashes(workdir / "onprem" / "letters") == tree_hashes(workdir / "azure" / "letters")
 
 
 def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from fixtures_postgres import PostgresCluster
-from helpers import build_tree, cli_process
+
+from helpers import assert_identical, build_tree, cli_process
 from migrate.demo.flow import prepare_estate
 from migrate.state.journal import Journal
-from test_demo_e2e import assert_identical
 
 TABLES = ("patients", "encounters", "observations")
 
