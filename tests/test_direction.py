@@ -111,6 +111,9 @@ def test_reverse_replication_after_cutover_then_rollback_loses_nothing(cut_over:
     status = json.loads(cli_process("status", str(plan), "--json").stdout)["result"]
     assert status["authoritative"] == "target"
     assert all(i["reverse_lag_seconds"] is not None and i["lag_seconds"] is None for i in status["items"])
+    out = work / "board.md"
+    assert cli_process("report", str(plan), "--format", "md", "--out", str(out)).returncode == 0
+    assert "| reverse " in out.read_text()  # the board sees reverse lag, not a forward lag that keeps growing
 
     azure_writes(work, "before-rollback")  # written after the last reverse cycle: rollback brings them home
     back = cli_process("rollback", str(plan), "--yes", "--json")

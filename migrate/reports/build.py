@@ -12,8 +12,9 @@ from migrate import __version__
 from migrate.plan.model import Connection
 from migrate.redact import redact
 from migrate.stages.cutover import cutover_sequence, cutover_state
-from migrate.stages.engine import StageContext
+from migrate.stages.engine import REVERSE_SUFFIX, StageContext
 from migrate.stages.gates import GateResult, evaluate_gates, item_lag
+from migrate.state.direction import read_direction
 from migrate.state.journal import now
 
 
@@ -25,7 +26,8 @@ class ItemReport:
     target: str
     stage: str
     status: str
-    lag_seconds: float | None
+    lag_seconds: float | None  # forward; None once the target is authoritative
+    reverse_lag_seconds: float | None  # target → source, once reverse replication runs
     timeline: list[dict[str, Any]]
     verification: dict[str, Any] | None
     last_sync: dict[str, Any] | None
@@ -70,6 +72,7 @@ def describe_connection(connection: Connection) -> str:
 
 def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, str, str]]] | None) -> ReportData:
     journal, plan = ctx.journal, ctx.loaded.plan
+    target_side = read_direction(journal).target_authoritative
     items = []
     for item in plan.items:
         record = journal.item(item.name)
@@ -79,7 +82,8 @@ def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, s
             source=f"{item.source}: {describe_connection(plan.connections[item.source])}",
             target=f"{item.target}: {describe_connection(plan.connections[item.target])}",
             stage=record.stage if record else "new", status=record.status if record else "pending",
-            lag_seconds=item_lag(journal, item.name),
+            lag_seconds=None if target_side else item_lag(journal, item.name),
+            reverse_lag_seconds=item_lag(journal, f"{item.name}{REVERSE_SUFFIX}") if target_side else None,
             timeline=[{"stage": r["stage"], "status": r["status"], "at": r["at"],
                        "seconds": _seconds(r["detail"])} for r in journal.stage_log(item.name)],
             verification=None if last is None else {

@@ -33,7 +33,8 @@ def _verdict(data: ReportData) -> str:
 
 def _sections(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
     """The report's tables, shared by Markdown and HTML so both always say the same."""
-    items = [[i.name, i.kind, i.source, i.target, f"{i.stage} ({i.status})", _lag(i.lag_seconds),
+    items = [[i.name, i.kind, i.source, i.target, f"{i.stage} ({i.status})",
+              _lag(i.lag_seconds) if i.reverse_lag_seconds is None else f"reverse {_lag(i.reverse_lag_seconds)}",
               ("clean" if i.verified_clean else f"{i.verification['differences']} difference(s)")
               + f", {i.verification['checked']} checked at {i.verification['at']:%Y-%m-%d %H:%M:%S} UTC"
               if i.verification else "never verified"] for i in data.items]
