@@ -339,3 +339,15 @@ def test_reverse_ready_gate_refuses_a_source_the_runner_cannot_write(tmp_path: P
     refused = json.loads(check.stdout)["result"]["refused"]
     assert any(r.startswith("reverse_ready:") and "permission denied" in r for r in refused), refused
     assert "read-only-pw" not in check.stdout + check.stderr
+
+
+def test_a_journal_without_a_direction_record_is_read_safely(tmp_path: Path) -> None:
+    from migrate.state.direction import PLAN_ITEM, read_direction, set_authority
+
+    journal = Journal(f"sqlite:///{tmp_path / 'j.db'}")
+    assert read_direction(journal).authority == "source"
+    journal.put(PLAN_ITEM, "cutover", {"status": "done", "step": 4})  # written by an older version
+    assert read_direction(journal).authority == "target"
+    set_authority(journal, "source", "rollback complete")
+    assert read_direction(journal).authority == "source"
+    journal.close()

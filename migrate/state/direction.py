@@ -36,6 +36,11 @@ class Direction:
 def read_direction(journal: Journal) -> Direction:
     stored = journal.get(PLAN_ITEM, _KEY)
     if not stored:
+        # a journal from before direction was recorded: a cutover that completed, or was cut short, may have
+        # switched the application, so the target is taken to be authoritative (the safe reading)
+        cutover = journal.get(PLAN_ITEM, "cutover") or {}
+        if cutover.get("status") in ("done", "running", "rolling_back"):
+            return Direction("target", reason=f"inferred from the cutover state ({cutover['status']})")
         return Direction()
     return Direction(authority=stored["authority"], since=stored.get("since"), reason=stored.get("reason", ""))
 
