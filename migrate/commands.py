@@ -48,6 +48,7 @@ from migrate.stages.runner import ItemRun, StageRunner
 from migrate.state.direction import read_direction
 from migrate.state.journal import Journal
 from migrate.state.lock import LockInfo, PlanLock, break_lock, current_lock
+from migrate.state.sync_state import SyncState
 
 # --- the context every verb works in -------------------------------------------------------------------
 
@@ -348,7 +349,7 @@ def status(plan_path: Path) -> StatusResult:
                 load_units_done=sum(c[1] for c in done),
                 lag_seconds=None if target_side else item_lag(journal, item.name),
                 reverse_lag_seconds=item_lag(journal, f"{item.name}{REVERSE_SUFFIX}") if target_side else None,
-                last_sync=journal.get(f"{item.name}{REVERSE_SUFFIX}" if target_side else item.name, "last_sync"),
+                last_sync=SyncState(journal, f"{item.name}{REVERSE_SUFFIX}" if target_side else item.name).last_sync,
                 last_verification=None if last is None else {
                     "at": last.at.isoformat(), "clean": last.clean, "checked": last.checked,
                     "differences": last.differences},

@@ -14,6 +14,7 @@ from helpers import build_tree
 from migrate.plan.loader import load_plan
 from migrate.stages.gates import _window, evaluate_gates
 from migrate.state.journal import Journal, now
+from migrate.state.sync_state import SyncState
 
 PLAN = """
 version: 1
@@ -75,9 +76,8 @@ def test_fresh_plan_fails_every_evidence_gate_with_reasons(tmp_path: Path, healt
 def test_gates_pass_on_fresh_clean_evidence(tmp_path: Path, health_port: int) -> None:
     journal = Journal(f"sqlite:///{tmp_path / 's.db'}")
     journal.set_stage("letters", "blob", "load", "done")
-    journal.put("letters", "synced_at", now().isoformat())
-    journal.put("letters", "lag_seconds", 2.0)
-    journal.put("letters", "dual_run_since", (now() - timedelta(hours=2)).isoformat())
+    SyncState(journal, "letters").cycle_done(now() - timedelta(hours=2), {}, clean=True, lag_seconds=2.0)
+    SyncState(journal, "letters").caught_up(now(), 2.0)
     journal.record_verification("letters", True, 10, 0)
     gates = gates_by_name(tmp_path, health_port, journal, approved_by="Dr Example")
     failing = {name: g.evidence for name, g in gates.items() if not g.passed and "down" not in name}
@@ -88,8 +88,7 @@ def test_stale_sync_and_later_load_fail_lag_and_verified(tmp_path: Path, health_
     journal = Journal(f"sqlite:///{tmp_path / 's.db'}")
     journal.record_verification("letters", True, 10, 0)
     journal.set_stage("letters", "blob", "load", "done")  # after the verification
-    journal.put("letters", "synced_at", (now() - timedelta(minutes=5)).isoformat())
-    journal.put("letters", "lag_seconds", 0.0)
+    SyncState(journal, "letters").caught_up(now() - timedelta(minutes=5), 0.0)
     gates = gates_by_name(tmp_path, health_port, journal)
     assert "loaded again since the last verification" in gates["verified"].evidence
     assert not gates["max_lag"].passed and "letters 5m" in gates["max_lag"].evidence

@@ -10,6 +10,7 @@ import pytest
 
 from helpers import build_tree, cli
 from migrate.state.journal import Journal, now
+from migrate.state.sync_state import SyncState
 
 PLAN = """
 version: 1
@@ -36,8 +37,7 @@ def journaled_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for item, kind in (("letters", "blob"), ("record", "database")):
         journal.set_stage(item, kind, "load", "running")
         journal.set_stage(item, kind, "load", "done", detail={"seconds": 1.5})
-        journal.put(item, "synced_at", now().isoformat())
-        journal.put(item, "lag_seconds", 0.0)
+        SyncState(journal, item).caught_up(now(), 0.0)
     journal.record_verification("letters", True, 300, 0)
     journal.record_verification("record", False, 1000, 1, detail={"differences": [
         {"item": "record", "kind": "different", "key": "patients:id=7", "detail": "columns: postcode"}]})

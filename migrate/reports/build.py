@@ -16,6 +16,7 @@ from migrate.stages.engine import REVERSE_SUFFIX, StageContext
 from migrate.stages.gates import GateResult, evaluate_gates, item_lag
 from migrate.state.direction import read_direction
 from migrate.state.journal import now
+from migrate.state.sync_state import SyncState
 
 
 @dataclass
@@ -89,7 +90,7 @@ def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, s
             verification=None if last is None else {
                 "at": last.at, "clean": last.clean, "checked": last.checked, "differences": last.differences,
                 "sample": last.detail.get("differences", [])[:20], "deep": last.detail.get("deep", False)},
-            last_sync=journal.get(item.name, "last_sync"),
+            last_sync=SyncState(journal, item.name).last_sync,
         ))
     change = plan.change
     state = cutover_state(ctx)

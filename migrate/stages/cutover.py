@@ -32,6 +32,7 @@ from migrate.stages.runner import StageRunner, engine_for
 from migrate.stages.steps import run_step
 from migrate.state.direction import PLAN_ITEM, read_direction, set_authority
 from migrate.state.journal import now
+from migrate.state.sync_state import SyncState
 
 __all__ = ["PLAN_ITEM", "Cutover", "CutoverResult", "cutover_sequence", "cutover_state", "replication_direction"]
 
@@ -153,6 +154,8 @@ class Cutover:
         result = CutoverResult("done", gates=gates, resumed_at=first if resuming else None)
         started_at = state.get("started_at") if resuming else now().isoformat()
         attempt = int(state.get("attempt", 0)) + (0 if resuming else 1)
+        if not resuming:  # recorded before the first step, so "running" is never mistaken for an old journal's
+            set_authority(journal, "source", "cutover started")
         self._mark_items("running")
         for index in range(first, len(sequence)):
             step = sequence[index]
@@ -253,7 +256,7 @@ class Cutover:
             "; target changes discarded" if discard_target_changes else ""))
         for item in self.plan.items:
             self.ctx.journal.set_stage(item.name, _kind(item), "rollback", "done", run_id=self.ctx.run_id)
-            self.ctx.journal.put(item.name, "dual_run_since", None)  # min_dual_run counts again from now
+            SyncState(self.ctx.journal, item.name).restart_dual_run()  # min_dual_run counts again from now
             self.ctx.journal.forget_item(f"{item.name}{REVERSE_SUFFIX}")  # the next cutover seeds afresh
         result.message = "rolled back: the component runs on the source"
         return result

@@ -13,6 +13,7 @@ from migrate.plan.durations import format_duration
 from migrate.plan.loader import LoadedPlan
 from migrate.redact import redact
 from migrate.state.journal import Journal, now
+from migrate.state.sync_state import SyncState
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,8 @@ class GateResult:
 
 
 def item_lag(journal: Journal, item: str) -> float | None:
-    """Upper bound of how far the target is behind: the lag measured by the last sync (or 0 at the end of
-    the load) plus the time since that cycle started, because anything written since may not be copied."""
-    synced_at = journal.get(item, "synced_at")
-    if synced_at is None:
-        return None
-    since = (now() - datetime.fromisoformat(synced_at)).total_seconds()
-    return float(journal.get(item, "lag_seconds", 0.0) or 0.0) + max(since, 0.0)
+    """Upper bound of how far the target is behind (see `SyncState.lag_bound`)."""
+    return SyncState(journal, item).lag_bound()
 
 
 def evaluate_gates(loaded: LoadedPlan, journal: Journal, *, approved_by: str | None = None,
@@ -77,8 +73,8 @@ def evaluate_gates(loaded: LoadedPlan, journal: Journal, *, approved_by: str | N
     if gates.min_dual_run > 0:
         short = []
         for item in items:
-            since = journal.get(item, "dual_run_since")
-            ran = (now() - datetime.fromisoformat(since)).total_seconds() if since else 0.0
+            since = SyncState(journal, item).dual_run_since
+            ran = (now() - since).total_seconds() if since else 0.0
             if ran < gates.min_dual_run:
                 short.append(f"{item} {format_duration(ran)}")
         results.append(GateResult("min_dual_run", not short,

@@ -24,6 +24,7 @@ from migrate.stages.engine import (
 )
 from migrate.state.direction import read_direction
 from migrate.state.journal import now
+from migrate.state.sync_state import SyncState
 
 
 def engine_for(item: DatabaseItem | BlobItem, ctx: StageContext, reverse: bool = False) -> ItemEngine:
@@ -128,8 +129,7 @@ class StageRunner:
             result = self._stage(engine, stage, partial(getattr(engine, stage), self.ctx))
             record.stages.append(result)
             if stage == "load":
-                journal.put(engine.name, "synced_at", now().isoformat())
-                journal.put(engine.name, "lag_seconds", 0.0)
+                SyncState(journal, engine.name).caught_up(now(), 0.0)
             if not result.ok or result.problems:  # never verify over a partial load; a rerun resumes it
                 break
         record.seconds = round(time.monotonic() - started, 3)
@@ -181,13 +181,9 @@ class StageRunner:
         with self._engine(item, reverse) as engine:
             cycle_start = now()
             result: SyncResult = self._stage(engine, "sync", partial(engine.sync, self.ctx))
-            journal = self.ctx.journal
-            if not result.problems:
-                journal.put(engine.name, "synced_at", cycle_start.isoformat())
-                journal.put(engine.name, "lag_seconds", result.lag_seconds or 0.0)
-                if journal.get(engine.name, "dual_run_since") is None:
-                    journal.put(engine.name, "dual_run_since", cycle_start.isoformat())
-            journal.put(engine.name, "last_sync", {"at": cycle_start.isoformat(), **_summary(result)})
+            SyncState(self.ctx.journal, engine.name).cycle_done(cycle_start, _summary(result),
+                                                                clean=not result.problems,
+                                                                lag_seconds=result.lag_seconds or 0.0)
             return result
 
     def preview(self) -> list[Preview]:

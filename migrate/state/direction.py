@@ -45,13 +45,19 @@ def read_direction(journal: Journal) -> Direction:
     return Direction(authority=stored["authority"], since=stored.get("since"), reason=stored.get("reason", ""))
 
 
+def _write(journal: Journal, record: Direction) -> None:
+    journal.put(PLAN_ITEM, _KEY, {"authority": record.authority, "since": record.since, "reason": record.reason})
+
+
 def set_authority(journal: Journal, authority: Authority, reason: str) -> Direction:
     """Record which side is authoritative now (durable before the caller acts on it) and log the change."""
     current = read_direction(journal)
     if current.authority == authority:
+        if not journal.get(PLAN_ITEM, _KEY):  # make the inferred state explicit, silently
+            _write(journal, Direction(authority, current.since, current.reason or reason))
         return current
     record = Direction(authority=authority, since=now().isoformat(), reason=reason)
-    journal.put(PLAN_ITEM, _KEY, {"authority": record.authority, "since": record.since, "reason": reason})
+    _write(journal, record)
     journal.event("direction", f"the {authority} is now authoritative: {reason}", outcome="warn"
                   if authority == "target" else "ok")
     return record
