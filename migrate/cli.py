@@ -17,9 +17,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from migrate import commands, views
+from migrate import commands, interrupt, views
 from migrate.errors import (
-    EXIT_INVALID,
     EXIT_OPERATIONAL,
     GateRefused,
     MigrateError,
@@ -56,6 +55,7 @@ class _RedactingFilter(logging.Filter):
 @app.callback()
 def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False) -> None:
     _debug["on"] = debug
+    interrupt.install()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RedactingFilter())
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler], force=True)
@@ -137,8 +137,9 @@ def sync(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
          ) -> None:
     """One incremental catch-up cycle (or keep going with --watch), reporting lag."""
     on_cycle = None if as_json else (lambda n, results: views.show_sync_cycle(err, n, results))
+    on_skip = None if as_json else (lambda n, why: views.show_sync_skipped(err, n, why))
     _execute("sync", as_json, lambda p: commands.sync(plan, watch=watch, max_cycles=cycles, items=items,
-                                                      progress=p, on_cycle=on_cycle),
+                                                      progress=p, on_cycle=on_cycle, on_skip=on_skip),
              lambda c, r: None, lambda r: r.exit_code)
 
 
@@ -170,12 +171,14 @@ def cutover(plan: PlanArg, as_json: JsonOpt = False,
             if not sys.stdin.isatty():
                 raise UsageError("cutover needs confirmation: no terminal to ask on, so pass --yes",
                                    hint="`migrate cutover --check PLAN` evaluates the gates without acting")
-            gates = commands.gates(plan, approved_by)
-            views.show_gates(err, gates)
-            if not all(g.passed for g in gates):
-                return commands.cutover(plan, approved_by=approved_by, check_only=True)
-            if not typer.confirm("All gates pass. Run the cutover steps now?", err=True):
-                raise typer.Exit(EXIT_INVALID)
+            preview = commands.cutover_preview(plan, approved_by)
+            if preview.status != "done":
+                with progress.paused():
+                    views.show_cutover_preview(err, preview)
+                    if not all(g.passed for g in preview.gates) and preview.status != "running":
+                        return commands.cutover(plan, approved_by=approved_by, check_only=True)
+                    if not _confirm("Run these cutover steps now?"):
+                        return commands.not_confirmed("cutover")
         return commands.cutover(plan, approved_by=approved_by, check_only=check, progress=progress)
 
     _execute("cutover", as_json, work, views.show_cutover)
@@ -189,17 +192,29 @@ def rollback(plan: PlanArg, as_json: JsonOpt = False,
                                                    help="Without reverse_sync: switch back although the target "
                                                         "holds changes the source lacks (they are lost).")] = False,
              yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
-    """Go back to the source: the target's changes come home first, then the rollback steps."""
+    """Go back to the source: the target's changes come home first, then the rollback steps. Asks on a
+    terminal; else --yes."""
 
     def work(progress: ConsoleProgress) -> Any:
         if not yes:
             if not sys.stdin.isatty():
                 raise UsageError("rollback needs confirmation: no terminal to ask on, so pass --yes")
-            if not typer.confirm("Roll back to the source now?", err=True):
-                return commands.CutoverResult("declined", message="rollback not confirmed: nothing ran")
+            steps = commands.rollback_steps(plan)
+            with progress.paused():
+                views.show_step_list(err, "Rollback steps to run", steps)
+                if not _confirm("Roll back now?"):
+                    return commands.not_confirmed("rollback")
         return commands.rollback(plan, force=force, discard_target_changes=discard, progress=progress)
 
     _execute("rollback", as_json, work, views.show_cutover)
+
+
+def _confirm(question: str) -> bool:
+    """Ask yes/no on the terminal (default no); end of input counts as no."""
+    try:
+        return typer.confirm(question, default=False, err=True)
+    except typer.Abort:
+        return False
 
 
 @app.command()

@@ -17,6 +17,7 @@ from migrate.errors import (
     EXIT_DIFFERENCES,
     EXIT_OK,
     EXIT_OPERATIONAL,
+    EndpointError,
     GateRefused,
     LockHeld,
     MigrateError,
@@ -49,6 +50,8 @@ from migrate.state.direction import read_direction
 from migrate.state.journal import Journal
 from migrate.state.lock import LockInfo, PlanLock, break_lock, current_lock
 from migrate.state.sync_state import SyncState
+
+WATCH_BACKOFF_CAP = 300.0  # seconds: the longest wait between sync --watch cycles after transient faults
 
 # --- the context every verb works in -------------------------------------------------------------------
 
@@ -269,36 +272,54 @@ class SyncOutcome:
 
 def sync(plan_path: Path, watch: bool = False, max_cycles: int | None = None, items: list[str] | None = None,
          progress: Progress | None = None, on_cycle: Callable[[int, list[SyncResult]], None] | None = None,
-         ) -> SyncOutcome:
+         on_skip: Callable[[int, str], None] | None = None) -> SyncOutcome:
     """One incremental cycle; with `watch`, one every `dual_run.interval` until interrupted (or max_cycles).
 
     The direction follows the journal: source → target while the source is authoritative, target → source
     (reverse replication) after a completed cutover, and refused (exit 1) while a cutover interrupted after
     its switch, or a rollback, is unfinished. The lock is held per cycle, not for the whole watch, so a
     cutover can take the plan between cycles (a cycle that finds the plan locked is skipped); a watch that
-    started forward carries on in reverse once the cutover completes.
+    started forward carries on in reverse once the cutover completes. With `watch`, a cycle
+    that meets a transient fault (an endpoint refusing connections) is skipped and the next one backs off;
+    faults that need a person (credentials, a missing table, a refused direction) stop the watch.
+    `on_skip(cycle, why)` hears of each skip.
     """
     with session(plan_path, "sync", lock=False, progress=progress) as ctx:
         runner = StageRunner(ctx, items)
         component = ctx.loaded.plan.component
-        cycle, results, direction = 0, [], "forward"
+        interval = ctx.loaded.plan.dual_run.interval
+        cycle, results, failures, direction = 0, [], 0, "forward"
         while True:
             cycle += 1
             started = time.monotonic()
+            wait = interval
             try:
                 with PlanLock(ctx.journal, component):
                     direction = replication_direction(ctx)
                     results = runner.reverse_sync() if direction == "reverse" else runner.sync()
-            except LockHeld as exc:
-                if not watch:
+                failures = 0
+            except (LockHeld, EndpointError) as exc:
+                if not watch or isinstance(exc, EndpointError) and not exc.transient:
                     raise
                 results = []
-                ctx.journal.event("sync", f"cycle {cycle} skipped: {exc.message}", outcome="skipped")
-            if on_cycle:
+                if isinstance(exc, EndpointError):
+                    failures += 1
+                    wait = watch_backoff(interval, failures)
+                why = f"cycle {cycle} skipped: {exc.message}" + (f"; next try in {wait:.0f}s" if failures else "")
+                ctx.journal.event("sync", why, outcome="skipped")
+                if on_skip:
+                    on_skip(cycle, why)
+            if on_cycle and results:
                 on_cycle(cycle, results)
             if not watch or (max_cycles is not None and cycle >= max_cycles):
                 return SyncOutcome(component, cycle, results, direction)
-            time.sleep(max(0.0, ctx.loaded.plan.dual_run.interval - (time.monotonic() - started)))
+            time.sleep(max(0.0, wait - (time.monotonic() - started)))
+
+
+def watch_backoff(interval: float, failures: int) -> float:
+    """Seconds before the next cycle after `failures` transient faults in a row: doubling from the
+    interval, capped at the larger of 5 minutes and the interval."""
+    return min(interval * 2 ** (failures - 1), max(WATCH_BACKOFF_CAP, interval))
 
 
 # --- status --------------------------------------------------------------------------------------------
@@ -366,6 +387,40 @@ def gates(plan_path: Path, approved_by: str | None = None) -> list[GateResult]:
     """Evaluate the cutover gates without taking the lock or changing anything."""
     with session(plan_path, "gates", lock=False) as ctx:
         return Cutover(ctx, _azure_checks(ctx.loaded)).gates(approved_by)
+
+
+@dataclass
+class CutoverPreview:
+    """What a confirmed cutover would do, for the question asked on a terminal."""
+
+    status: str  # the cutover's journal status: idle | running | done | rolled_back
+    gates: list[GateResult]  # as they stand now; when resuming, as they stood when the attempt began
+    steps: list[str]  # the steps that would run, in order
+    resuming_at: int | None = None
+
+
+def cutover_preview(plan_path: Path, approved_by: str | None = None) -> CutoverPreview:
+    """The gates and the steps a cutover would run, without taking the lock or changing anything."""
+    with session(plan_path, "gates", lock=False) as ctx:
+        state = cutover_state(ctx)
+        names = [s.name for s in cutover_sequence(ctx.loaded.plan)]
+        if state["status"] == "running":  # a resume re-checks no gate: show the first attempt's evidence
+            first = int(state.get("step", 0))
+            return CutoverPreview("running", [GateResult(**g) for g in state.get("gates", [])], names[first:],
+                                  first)
+        if state["status"] == "done":
+            return CutoverPreview("done", [], [])
+        return CutoverPreview(state["status"], Cutover(ctx, _azure_checks(ctx.loaded)).gates(approved_by), names)
+
+
+def rollback_steps(plan_path: Path) -> list[str]:
+    """The names of the plan's rollback steps (for the question asked before a rollback)."""
+    return [s.name for s in load_plan(plan_path).plan.rollback.steps]
+
+
+def not_confirmed(verb: str) -> CutoverResult:
+    """The result of a cutover or rollback the person at the terminal declined: nothing ran."""
+    return CutoverResult("not_confirmed", message=f"{verb} not confirmed: nothing was run")
 
 
 def cutover(plan_path: Path, approved_by: str | None = None, check_only: bool = False,

@@ -56,7 +56,14 @@ class UsageError(MigrateError):
 
 class EndpointError(MigrateError):
     """An endpoint cannot be reached or refuses us (named `ConnectionError` in the style guide;
-    renamed so it does not shadow the builtin)."""
+    renamed so it does not shadow the builtin). `transient`: it may pass by itself (the endpoint refused
+    connections or timed out), unlike bad credentials or a missing table, which need a person."""
+
+    transient = False
+
+    def __init__(self, message: str, hint: str | None = None, *, transient: bool = False) -> None:
+        super().__init__(message, hint)
+        self.transient = transient
 
 
 class LockHeld(MigrateError):

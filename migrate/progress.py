@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -81,6 +83,18 @@ class ConsoleProgress:
     def __exit__(self, *exc: object) -> None:
         if self.live:
             self.bars.stop()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop the live display while a person is asked something, so nothing draws over the question."""
+        running = self.live and self.bars.live.is_started
+        if running:
+            self.bars.stop()
+        try:
+            yield
+        finally:
+            if running:
+                self.bars.start()
 
     def task(self, description: str, total: float | None = None, unit: str = "") -> ProgressTask:
         if not self.enabled:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from migrate.plan.durations import format_duration
 from migrate.stages.cutover import CutoverResult
 from migrate.stages.gates import GateResult
 from migrate.units import human_bytes
+
+if TYPE_CHECKING:
+    from migrate.commands import CutoverPreview
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -105,6 +109,10 @@ def show_sync_cycle(console: Console, cycle: int, results: list[Any]) -> None:
             console.print(f"  [red]problem[/] {problem}", highlight=False)
 
 
+def show_sync_skipped(console: Console, cycle: int, why: str) -> None:
+    console.print(f"[yellow]{escape(why)}[/]", highlight=False)
+
+
 def show_status(console: Console, result: Any) -> None:
     table = _table(f"Status of {result.component}", "item", "kind", "stage", "status", "load progress", "lag",
                    "last verification")
@@ -137,6 +145,23 @@ def show_gates(console: Console, gates: list[GateResult]) -> None:
     console.print(table)
 
 
+def show_step_list(console: Console, title: str, steps: list[str]) -> None:
+    console.print(f"{title}:", highlight=False)
+    for number, name in enumerate(steps, 1):
+        console.print(f"  {number}. {escape(name)}", highlight=False)
+
+
+def show_cutover_preview(console: Console, preview: CutoverPreview) -> None:
+    """What a cutover would do, shown before the question (the live display is stopped by then)."""
+    if preview.resuming_at is not None:
+        console.print(f"An interrupted cutover resumes at step {preview.resuming_at + 1}; its gates are not "
+                      "checked again (the first attempt's evidence and approval are kept):", highlight=False)
+    if preview.gates:
+        show_gates(console, preview.gates)
+    if preview.resuming_at is not None or all(g.passed for g in preview.gates):
+        show_step_list(console, "Cutover steps to run", preview.steps)
+
+
 def show_cutover(console: Console, result: CutoverResult) -> None:
     if result.gates:
         show_gates(console, result.gates)
@@ -144,10 +169,12 @@ def show_cutover(console: Console, result: CutoverResult) -> None:
         console.print(f"Resumed an interrupted cutover at step {result.resumed_at + 1}.")
     for s in result.steps:
         colour = "green" if s.status == "done" else "red"
-        console.print(f"  [{colour}]{s.status}[/] {s.name}" + (f": {s.detail}" if s.detail else ""), highlight=False)
+        orphan = f" (after an interrupted run: {s.orphan})" if s.orphan else ""
+        console.print(f"  [{colour}]{s.status}[/] {escape(s.name)}" + (f": {escape(s.detail)}" if s.detail else "")
+                      + orphan, highlight=False)
     for s in result.rollback:
         colour = "green" if s.status == "done" else "red"
-        console.print(f"  rollback [{colour}]{s.status}[/] {s.name}", highlight=False)
+        console.print(f"  rollback [{colour}]{s.status}[/] {escape(s.name)}", highlight=False)
     if result.message:
         console.print(result.message, highlight=False)
 

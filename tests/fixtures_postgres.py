@@ -79,11 +79,19 @@ class PostgresCluster:
             "host all all 127.0.0.1/32 scram-sha-256\n", encoding="utf-8")
         if self._as_postgres:
             shutil.chown(self.data / "pg_hba.conf", "postgres", "postgres")
+        self.resume()
+        return self
+
+    def pause(self) -> None:
+        """Stop the server but keep its data (`resume` starts it again on the same port)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server (on `start`, and again after `pause`)."""
         options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
         options += f" -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} -p {self.port}"
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60",
                   "-o", options, "start")
-        return self
 
     def stop(self) -> None:
         try:

@@ -201,6 +201,7 @@ def test_rollback_resets_dual_running_for_min_dual_run(tmp_path: Path) -> None:
 def test_sync_watch_carries_on_in_reverse_after_the_cutover(tmp_path: Path) -> None:
     import subprocess
     import sys
+    import threading
 
     plan, _ = prepare_estate(tmp_path / "estate", patients=100, letters=10)
     work = plan.parent
@@ -208,6 +209,9 @@ def test_sync_watch_carries_on_in_reverse_after_the_cutover(tmp_path: Path) -> N
     assert cli_process("run", str(plan)).returncode == 0
     watch = subprocess.Popen([sys.executable, "-m", "migrate", "sync", str(plan), "--watch"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(watch.stderr.readline, "")), daemon=True)
+    reader.start()
     try:
         time.sleep(2)
         for _ in range(20):  # takes the lock between cycles
@@ -217,17 +221,20 @@ def test_sync_watch_carries_on_in_reverse_after_the_cutover(tmp_path: Path) -> N
             time.sleep(0.3)
         assert done.returncode == 0, done.stderr
         azure_writes(work, "watched")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if any(r[3] == "watched" for r in rows(work / "onprem" / "ppm.db", "patients")):
+        deadline, seen = time.monotonic() + 90, None
+        while time.monotonic() < deadline:  # the row home, then a whole reverse cycle with nothing left to copy
+            if seen is None and any(r[3] == "watched" for r in rows(work / "onprem" / "ppm.db", "patients")):
+                seen = len(lines)
+            if seen is not None and any("letters (reverse: target → source): 0 created, 0 updated" in line
+                                        for line in lines[seen:]):
                 break
             time.sleep(0.5)
         else:
-            pytest.fail("reverse replication did not bring the Azure-side insert home")
+            pytest.fail(f"reverse replication did not bring the Azure-side insert home: {lines[-5:]}")
     finally:
         watch.send_signal(signal.SIGINT)
-        _, stderr = watch.communicate(timeout=30)
-    assert "(reverse: target → source)" in stderr
+        watch.wait(timeout=30)
+        reader.join(timeout=5)
     assert_identical(work)
 
 

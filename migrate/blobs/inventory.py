@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from migrate import interrupt
 from migrate.blobs.filters import PathFilter
 from migrate.blobs.records import PathRecord
 from migrate.blobs.store import BlobEntry, Listing, Precondition, SourceUnreadable, SourceVanished, StoreFault
@@ -153,6 +154,7 @@ def resolve(changes: ChangeSet, source_md5: Callable[[BlobEntry], bytes],
         return
 
     def decide(suspect: Suspect) -> None:
+        interrupt.check()  # after Ctrl-C, queued files are not hashed
         src, dst, rec = suspect.entry, suspect.target, suspect.record
         try:
             digest = src.md5 or source_md5(src)

@@ -128,4 +128,4 @@ def explain(exc: BaseException, what: str, where: str, per_object: bool = False)
         message = f"{what}: {where}: {type(exc).__name__}: {reason}"
     if per_object and status in (400, 404, 409, 413, 414) and code != "ContainerNotFound":
         return ObjectRejected(message, hint)
-    return EndpointError(message, hint)
+    return EndpointError(message, hint, transient=is_transient(exc))

@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from migrate import interrupt
 from migrate.blobs.filters import PathFilter
 from migrate.blobs.inventory import filtered
 from migrate.blobs.records import PathRecord
@@ -59,6 +60,7 @@ class BlobVerifier:
         bar = self.progress.task(f"verify {self.item}", total=None, unit="B")
 
         def check(pair: tuple[BlobEntry, BlobEntry]) -> Difference | None:
+            interrupt.check()  # after Ctrl-C, queued files are not hashed
             s, t = pair
             try:
                 ours = self._source_md5(s, deep)

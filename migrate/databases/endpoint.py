@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, NoSuchTableError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from migrate import interrupt
 from migrate.databases.values import canonical_field_sql_udf
 from migrate.errors import EndpointError
 from migrate.redact import redact
@@ -114,12 +115,15 @@ class Endpoint:
             engine = create_engine(self.url, connect_args={"timeout": 60, "check_same_thread": False},
                                    poolclass=NullPool)
             event.listen(engine, "connect", _sqlite_on_connect)
+            interrupt.watch_engine(engine)
             return engine
         kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": self.pool_size, "max_overflow": 4}
         if self.dialect == "postgresql":
             kwargs["connect_args"] = {"options": "-c TimeZone=UTC -c DateStyle=ISO", "connect_timeout": 10}
         try:
-            return create_engine(self.url, **kwargs)
+            engine = create_engine(self.url, **kwargs)
+            interrupt.watch_engine(engine)
+            return engine
         except NoSuchModuleError as exc:
             raise EndpointError(f"{self.label}: no SQLAlchemy dialect for {self.url.drivername!r}"
                                 f" (install the driver, e.g. pymssql)") from exc
@@ -134,25 +138,32 @@ class Endpoint:
         engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
                                poolclass=NullPool)
         event.listen(engine, "connect", _sqlite_on_connect)
+        interrupt.watch_engine(engine)
         return engine
 
     @contextmanager
     def errors(self, action: str = "failed") -> Iterator[None]:
-        """Turn any driver or SQLAlchemy error raised inside into a one-line `EndpointError`."""
+        """Turn any driver or SQLAlchemy error raised inside into a one-line `EndpointError`; once Ctrl-C
+        was pressed, into KeyboardInterrupt instead (a cancelled statement is no database error)."""
+        interrupt.check()
         try:
             yield
         except EndpointError:
+            interrupt.check()
             raise
         except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+            interrupt.check()
             raise self.error(exc, action) from exc
         except Exception as exc:
+            interrupt.check()
             if _is_driver_error(exc):
                 raise self.error(exc, action) from exc
             raise
 
     def error(self, exc: BaseException, action: str = "failed") -> EndpointError:
         cause = classify(exc)
-        return EndpointError(f"{self.label} ({self.shown}): {action}: {cause}: {first_line(exc)}")
+        return EndpointError(f"{self.label} ({self.shown}): {action}: {cause}: {first_line(exc)}",
+                             transient=cause == "server unreachable")
 
     def dispose(self) -> None:
         if self._engine is not None:

@@ -19,8 +19,11 @@ the source authoritative again.
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from migrate.errors import Difference, GateRefused, MigrateError, RollbackRefused, StepFailed, VerificationFailed
@@ -29,9 +32,10 @@ from migrate.plan.model import Plan, Step
 from migrate.stages.engine import REVERSE_SUFFIX, StageContext, SyncResult
 from migrate.stages.gates import GateResult, evaluate_gates
 from migrate.stages.runner import StageRunner, engine_for
-from migrate.stages.steps import run_step
+from migrate.stages.steps import StepExited, StepOutcome, run_step, settle_orphan
 from migrate.state.direction import PLAN_ITEM, read_direction, set_authority
 from migrate.state.journal import now
+from migrate.state.steps import StepLog, StepRun
 from migrate.state.sync_state import SyncState
 
 __all__ = ["PLAN_ITEM", "Cutover", "CutoverResult", "cutover_sequence", "cutover_state", "replication_direction"]
@@ -39,6 +43,12 @@ __all__ = ["PLAN_ITEM", "Cutover", "CutoverResult", "cutover_sequence", "cutover
 FINAL_SYNC, FINAL_VERIFY = BUILTIN_STEPS
 MAX_FINAL_SYNC_CYCLES = 10
 MAX_REVERSE_CYCLES = 3  # rollback's final reverse sync: until a cycle moves nothing, at most this many
+_ORPHAN_SAYS = {
+    "gone": "nothing of it was still running",
+    "waited": "waited for its still-running process group to end",
+    "killed": "its process group outlived the step's timeout and was ended (SIGTERM, then SIGKILL)",
+    "other-host": "it ran on another host, so its step timeout was waited out before running it again",
+}
 
 
 def cutover_sequence(plan: Plan) -> list[Step]:
@@ -63,6 +73,9 @@ class StepRecord:
     status: str  # done | failed | skipped
     seconds: float = 0.0
     detail: str = ""
+    exit_status: int | None = None  # a script step's exit status (None: built-in, or it never exited)
+    output: str = ""  # a script step's output: redacted, the last 64 KiB
+    orphan: str | None = None  # on resume, what became of the interrupted run's group: gone | waited | killed
     forced: bool = False  # failed, and the rollback went on past it (--force)
 
 
@@ -137,14 +150,23 @@ class Cutover:
             raise MigrateError("a rollback is under way and has not finished",
                                hint="rerun `migrate rollback PLAN` to finish it before another cutover")
         resuming = state["status"] == "running"
-        gates = [] if resuming and not check_only else self.gates(approved_by)
-        refused = [g for g in gates if not g.passed]
-        journal.event("gates", "; ".join(f"{g.gate}: {'pass' if g.passed else 'FAIL'}" for g in gates) or "resumed",
-                      outcome="refused" if refused else "ok",
-                      data={"gates": [g.__dict__ for g in gates], "approved_by": approved_by})
-        if refused:
-            raise GateRefused("cutover refused: " + "; ".join(f"{g.gate}: {g.evidence}" for g in refused),
-                              [f"{g.gate}: {g.evidence}" for g in refused])
+        if resuming and not check_only:
+            # The gates were checked when the interrupted attempt began; checking them now would judge a
+            # half-switched component. Keep that attempt's evidence and approval instead.
+            gates = [GateResult(**g) for g in state.get("gates", [])]
+            approved_by = state.get("approved_by")
+            journal.event("gates", f"resumed attempt {state.get('attempt')}: gates not re-checked, the first "
+                          "attempt's evidence and approval are kept",
+                          data={"gates": [g.__dict__ for g in gates], "approved_by": approved_by, "resumed": True})
+        else:
+            gates = self.gates(approved_by)
+            refused = [g for g in gates if not g.passed]
+            journal.event("gates", "; ".join(f"{g.gate}: {'pass' if g.passed else 'FAIL'}" for g in gates),
+                          outcome="refused" if refused else "ok",
+                          data={"gates": [g.__dict__ for g in gates], "approved_by": approved_by})
+            if refused:
+                raise GateRefused("cutover refused: " + "; ".join(f"{g.gate}: {g.evidence}" for g in refused),
+                                  [f"{g.gate}: {g.evidence}" for g in refused])
         if check_only:
             return CutoverResult("checked", gates=gates, message="every gate passes")
 
@@ -156,21 +178,26 @@ class Cutover:
         attempt = int(state.get("attempt", 0)) + (0 if resuming else 1)
         if not resuming:  # recorded before the first step, so "running" is never mistaken for an old journal's
             set_authority(journal, "source", "cutover started")
+        evidence = [g.__dict__ for g in gates]
         self._mark_items("running")
         for index in range(first, len(sequence)):
             step = sequence[index]
             if index >= switch:  # durable before the switch starts: from here on the target may take writes
                 set_authority(journal, "target", f"cutover step {index + 1} ({step.name}) began")
             self._save(status="running", step=index, attempt=attempt, started_at=started_at,
-                       approved_by=approved_by)
+                       approved_by=approved_by, gates=evidence)
             journal.event("cutover-step", f"start {index + 1}/{len(sequence)}: {step.name}")
             try:
-                record = self._run_step(step)
+                record = self._run_step(step, index, attempt)
             except MigrateError as exc:
-                result.steps.append(StepRecord(step.name, "failed", detail=str(exc)))
+                failed = StepRecord(step.name, "failed", detail=str(exc))
+                if isinstance(exc, StepExited):
+                    failed.seconds, failed.output = exc.outcome.seconds, exc.outcome.output
+                    failed.exit_status = None if exc.outcome.timed_out else exc.outcome.returncode
+                result.steps.append(failed)
                 journal.event("cutover-step", f"failed: {step.name}: {exc}", outcome="failed")
                 self._save(status="running", step=index, attempt=attempt, started_at=started_at,
-                           approved_by=approved_by, failed_step=step.name)
+                           approved_by=approved_by, gates=evidence, failed_step=step.name)
                 self._mark_items("failed")
                 try:
                     rolled = self.rollback()  # target changes home first when the switch had begun
@@ -185,26 +212,92 @@ class Cutover:
             journal.event("cutover-step", f"done: {step.name} ({record.detail})")
         set_authority(journal, "target", "cutover complete")
         self._save(status="done", step=len(sequence), attempt=attempt, started_at=started_at,
-                   ended_at=now().isoformat(), approved_by=approved_by)
+                   ended_at=now().isoformat(), approved_by=approved_by, gates=evidence)
         self._mark_items("done")
         result.message = "cutover complete: the component now runs on Azure"
         return result
 
-    def _run_step(self, step: Step) -> StepRecord:
+    def _run_step(self, step: Step, index: int, attempt: int) -> StepRecord:
+        """Run one step of the sequence, its start and outcome journaled (`StepLog`); a script step first
+        settles any process group an interrupted runner left behind, so two copies never run at once."""
+        log = StepLog(self.ctx.journal)
+        orphan = self._settle_interrupted(log, "cutover")
+        run = StepRun("cutover", attempt, index, step.name, now().isoformat(), host=socket.gethostname(),
+                      timeout=step.timeout, orphan=orphan)
+        if step.run not in BUILTIN_STEPS:
+            return self._script(log, run, step)
         runner = StageRunner(self.ctx)
         started = now()
-        if step.run == FINAL_SYNC:
-            detail = self._final_sync(runner)
-        elif step.run == FINAL_VERIFY:
-            results = runner.verify()
-            differences = [d for r in results for d in r.differences]
-            if differences:
-                raise VerificationFailed(f"final verify found {len(differences)} difference(s)", differences)
-            detail = f"{sum(r.checked for r in results)} checked, clean"
+        log.started(run)
+        try:
+            if step.run == FINAL_SYNC:
+                detail = self._final_sync(runner)
+            else:
+                results = runner.verify()
+                differences = [d for r in results for d in r.differences]
+                if differences:
+                    raise VerificationFailed(f"final verify found {len(differences)} difference(s)", differences)
+                detail = f"{sum(r.checked for r in results)} checked, clean"
+        except BaseException as exc:
+            self._close(log, run, "failed" if isinstance(exc, MigrateError) else "interrupted", str(exc))
+            raise
+        seconds = round((now() - started).total_seconds(), 3)
+        self._close(log, run, "done", detail)
+        return StepRecord(step.name, "done", seconds, detail, orphan=orphan)
+
+    def _script(self, log: StepLog, run: StepRun, step: Step) -> StepRecord:
+        """Run a script step; its process group is journaled before it is waited on, its output after."""
+
+        def on_start(pgid: int) -> None:
+            run.pgid = pgid
+            log.started(run)
+
+        try:
+            outcome = run_step(self.ctx.loaded, step, run.phase, on_start=on_start)
+        except StepExited as exc:
+            self._close(log, run, "timed_out" if exc.outcome.timed_out else "failed", exc.outcome.output,
+                        exc.outcome)
+            raise
+        except BaseException:  # Ctrl-C: run_step has ended the group; the rerun starts the step afresh
+            if run.pgid is not None:
+                self._close(log, run, "interrupted", "")
+            raise
+        self._close(log, run, "done", outcome.output, outcome)
+        last = outcome.output.strip().splitlines()[-1] if outcome.output.strip() else "exit 0"
+        return StepRecord(step.name, "done", outcome.seconds, last, outcome.returncode, outcome.output, run.orphan)
+
+    @staticmethod
+    def _close(log: StepLog, run: StepRun, status: str, output: str, outcome: StepOutcome | None = None) -> None:
+        run.status, run.ended_at, run.output = status, now().isoformat(), output
+        run.seconds = round((datetime.fromisoformat(run.ended_at) - datetime.fromisoformat(run.started_at))
+                            .total_seconds(), 3)
+        if outcome is not None:
+            run.seconds, run.exit_status = outcome.seconds, None if outcome.timed_out else outcome.returncode
+        log.finished(run)
+
+    def _settle_interrupted(self, log: StepLog, phase: str) -> str | None:
+        """A step of `phase` a killed runner left running: wait for its process group up to what is left of
+        its timeout, else end it (SIGTERM, then SIGKILL). Says which in the journal; returns it."""
+        previous = log.running(phase)
+        if previous is None:
+            return None
+        if previous.pgid is None:  # a built-in step: its work died with the runner
+            what = "gone"
         else:
-            outcome = run_step(self.ctx.loaded, step, "cutover")
-            detail = outcome.output.strip().splitlines()[-1] if outcome.output.strip() else "exit 0"
-        return StepRecord(step.name, "done", round((now() - started).total_seconds(), 3), detail)
+            elapsed = (now() - datetime.fromisoformat(previous.started_at)).total_seconds()
+            remaining = max(0.0, (previous.timeout or 0.0) - elapsed)
+            if previous.host and previous.host != socket.gethostname():
+                # another host's processes cannot be seen from here: wait out the step's timeout instead
+                time.sleep(remaining)
+                what = "other-host"
+            else:
+                what = settle_orphan(previous.pgid, remaining)
+        previous.status, previous.orphan = "interrupted", what
+        self._close(log, previous, "interrupted", previous.output)
+        self.ctx.journal.event(f"{phase}-step", f"interrupted run of {previous.name!r} (process group "
+                               f"{previous.pgid}, host {previous.host}): {_ORPHAN_SAYS[what]}",
+                               data={"step": previous.index, "pgid": previous.pgid, "orphan": what})
+        return what
 
     def _final_sync(self, runner: StageRunner) -> str:
         for cycle in range(1, MAX_FINAL_SYNC_CYCLES + 1):
@@ -218,14 +311,24 @@ class Cutover:
         raise StepFailed(f"final sync still found changes after {MAX_FINAL_SYNC_CYCLES} cycles: are writes frozen?")
 
     def _rollback_steps(self) -> list[StepRecord]:
+        """Run every rollback step (a failing one does not stop the rest), each journaled with its output."""
+        log = StepLog(self.ctx.journal)
+        orphan = self._settle_interrupted(log, "rollback")
+        run_number = log.next_run("rollback")
         records = []
-        for step in self.plan.rollback.steps:
+        for index, step in enumerate(self.plan.rollback.steps):
+            run = StepRun("rollback", run_number, index, step.name, now().isoformat(), host=socket.gethostname(),
+                          timeout=step.timeout, orphan=orphan if index == 0 else None)
             try:
-                outcome = run_step(self.ctx.loaded, step, "rollback")
-                records.append(StepRecord(step.name, "done", outcome.seconds))
+                record = self._script(log, run, step)
+                records.append(record)
                 self.ctx.journal.event("rollback-step", f"done: {step.name}")
             except MigrateError as exc:
-                records.append(StepRecord(step.name, "failed", detail=str(exc)))
+                failed = StepRecord(step.name, "failed", detail=str(exc))
+                if isinstance(exc, StepExited):
+                    failed.seconds, failed.output = exc.outcome.seconds, exc.outcome.output
+                    failed.exit_status = None if exc.outcome.timed_out else exc.outcome.returncode
+                records.append(failed)
                 self.ctx.journal.event("rollback-step", f"failed: {step.name}: {exc}", outcome="failed")
         return records
 
@@ -250,8 +353,9 @@ class Cutover:
             raise StepFailed("rollback did not finish: " + "; ".join(f"{r.name}: {r.detail}" for r in failed)
                              + ("; the target stays authoritative" if target_first else ""),
                              hint="fix the cause and rerun `migrate rollback PLAN` (its steps must be idempotent)")
+        kept = {k: state[k] for k in ("approved_by", "gates", "started_at", "failed_step") if k in state}
         self._save(status="rolled_back", step=0, attempt=state.get("attempt", 0), ended_at=now().isoformat(),
-                   failed_step=state.get("failed_step"))
+                   **kept)  # the attempt's approval and gate evidence stay on record
         set_authority(self.ctx.journal, "source", "rollback complete" + (
             "; target changes discarded" if discard_target_changes else ""))
         for item in self.plan.items:
