@@ -98,7 +98,8 @@ class BlobVerifier:
         result.checked = len(src.entries.keys() | dst.entries.keys())
         result.differences.sort(key=lambda d: (d.key, d.kind))
         result.metrics = {"files": len(src.entries), "bytes": src.bytes, "target_files": len(dst.entries),
-                          "deep": deep, "source_bytes_read": hashed[0], "target_bytes_read": hashed[1],
+                          "target_bytes": dst.bytes, "deep": deep, "source_bytes_read": hashed[0],
+                          "target_bytes_read": hashed[1],
                           "source_problems": src.problems[:100]}
         return result
 

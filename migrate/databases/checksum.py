@@ -52,6 +52,7 @@ class CompareStats:
     leaves: int = 0
     rows_compared: int = 0
     source_rows: int = 0
+    target_rows: int = 0
 
 
 class KeyRangeChecksum:
@@ -102,6 +103,7 @@ class KeyRangeChecksum:
             self.stats.ranges += 1
             if src.count == tgt.count and src.sums == tgt.sums:
                 self.stats.source_rows += src.count
+                self.stats.target_rows += tgt.count
                 return
         self.stats.ranges += len(ranges)
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -111,6 +113,7 @@ class KeyRangeChecksum:
         for rng, src, tgt in zip(ranges, src_sums, tgt_sums, strict=True):
             if top:
                 self.stats.source_rows += src.count
+                self.stats.target_rows += tgt.count
             if src.count != tgt.count or src.sums != tgt.sums:
                 yield from self._descend(rng, src, tgt)
 

@@ -273,7 +273,8 @@ class DatabaseEngine(ItemEngine):
                 found = [self._difference(d) for d in checker.compare(self._ranges(ctx, pair))]
                 result.differences.extend(found)
                 result.checked += checker.stats.source_rows
-                tables[pair.label] = {"rows": checker.stats.source_rows, "differences": len(found),
+                tables[pair.label] = {"rows": checker.stats.source_rows, "target_rows": checker.stats.target_rows,
+                                      "differences": len(found),
                                       "ranges": checker.stats.ranges, "bisected": checker.stats.bisected}
                 task.advance(1)
         finally:

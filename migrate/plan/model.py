@@ -128,6 +128,8 @@ class VirtualMachine(Strict):
 class ChangeRef(Strict):
     id: str | None = None
     owner: str | None = None
+    signoff: list[str] = Field(default_factory=list)  # roles that sign the report, one line each
+    mask_identifiers: bool = False  # reports replace keys and file names by stable short hashes
 
 
 class DualRun(Strict):
@@ -174,6 +176,7 @@ class Plan(Strict):
     component: Name
     description: str = ""
     change: ChangeRef | None = None
+    depends_on: list[Name] = Field(default_factory=list)  # components that must be cut over first
     state: str | None = None
     connections: dict[str, Connection]
     databases: list[DatabaseItem] = Field(default_factory=list)

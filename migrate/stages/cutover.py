@@ -42,6 +42,7 @@ __all__ = ["PLAN_ITEM", "Cutover", "CutoverResult", "cutover_sequence", "cutover
 
 FINAL_SYNC, FINAL_VERIFY = BUILTIN_STEPS
 MAX_FINAL_SYNC_CYCLES = 10
+APPROVAL_KEYS = ("approved_by", "approved_at", "approved_plan")  # who approved, when, and which plan hash
 MAX_REVERSE_CYCLES = 3  # rollback's final reverse sync: until a cycle moves nothing, at most this many
 _ORPHAN_SAYS = {
     "gone": "nothing of it was still running",
@@ -155,11 +156,14 @@ class Cutover:
             # half-switched component. Keep that attempt's evidence and approval instead.
             gates = [GateResult(**g) for g in state.get("gates", [])]
             approved_by = state.get("approved_by")
+            approval = {k: state[k] for k in APPROVAL_KEYS if k in state}
             journal.event("gates", f"resumed attempt {state.get('attempt')}: gates not re-checked, the first "
                           "attempt's evidence and approval are kept",
                           data={"gates": [g.__dict__ for g in gates], "approved_by": approved_by, "resumed": True})
         else:
             gates = self.gates(approved_by)
+            approval = {"approved_by": approved_by, "approved_at": now().isoformat(),
+                        "approved_plan": self.ctx.loaded.fingerprint}  # the plan hash the approval is for
             refused = [g for g in gates if not g.passed]
             journal.event("gates", "; ".join(f"{g.gate}: {'pass' if g.passed else 'FAIL'}" for g in gates),
                           outcome="refused" if refused else "ok",
@@ -185,7 +189,7 @@ class Cutover:
             if index >= switch:  # durable before the switch starts: from here on the target may take writes
                 set_authority(journal, "target", f"cutover step {index + 1} ({step.name}) began")
             self._save(status="running", step=index, attempt=attempt, started_at=started_at,
-                       approved_by=approved_by, gates=evidence)
+                       gates=evidence, **approval)
             journal.event("cutover-step", f"start {index + 1}/{len(sequence)}: {step.name}")
             try:
                 record = self._run_step(step, index, attempt)
@@ -197,7 +201,7 @@ class Cutover:
                 result.steps.append(failed)
                 journal.event("cutover-step", f"failed: {step.name}: {exc}", outcome="failed")
                 self._save(status="running", step=index, attempt=attempt, started_at=started_at,
-                           approved_by=approved_by, gates=evidence, failed_step=step.name)
+                           gates=evidence, failed_step=step.name, **approval)
                 self._mark_items("failed")
                 try:
                     rolled = self.rollback()  # target changes home first when the switch had begun
@@ -212,7 +216,7 @@ class Cutover:
             journal.event("cutover-step", f"done: {step.name} ({record.detail})")
         set_authority(journal, "target", "cutover complete")
         self._save(status="done", step=len(sequence), attempt=attempt, started_at=started_at,
-                   ended_at=now().isoformat(), approved_by=approved_by, gates=evidence)
+                   ended_at=now().isoformat(), gates=evidence, **approval)
         self._mark_items("done")
         result.message = "cutover complete: the component now runs on Azure"
         return result
@@ -353,7 +357,7 @@ class Cutover:
             raise StepFailed("rollback did not finish: " + "; ".join(f"{r.name}: {r.detail}" for r in failed)
                              + ("; the target stays authoritative" if target_first else ""),
                              hint="fix the cause and rerun `migrate rollback PLAN` (its steps must be idempotent)")
-        kept = {k: state[k] for k in ("approved_by", "gates", "started_at", "failed_step") if k in state}
+        kept = {k: state[k] for k in (*APPROVAL_KEYS, "gates", "started_at", "failed_step") if k in state}
         self._save(status="rolled_back", step=0, attempt=state.get("attempt", 0), ended_at=now().isoformat(),
                    **kept)  # the attempt's approval and gate evidence stay on record
         set_authority(self.ctx.journal, "source", "rollback complete" + (

@@ -12,6 +12,7 @@ from pathlib import Path
 from migrate.plan.durations import format_duration
 from migrate.plan.loader import LoadedPlan
 from migrate.redact import redact
+from migrate.stages.dependencies import dependency_states
 from migrate.state.journal import Journal, now
 from migrate.state.sync_state import SyncState
 
@@ -92,6 +93,13 @@ def evaluate_gates(loaded: LoadedPlan, journal: Journal, *, approved_by: str | N
 
     if gates.window:
         results.append(_window(gates.window))
+
+    if loaded.plan.depends_on:
+        states = dependency_states(loaded)
+        waiting = [f"{name}: {'no plan of that component in ' + str(loaded.base_dir) if state is None else state}"
+                   for name, state in states.items() if state != "done"]
+        results.append(GateResult("depends_on", not waiting, "not cut over yet: " + "; ".join(waiting) if waiting
+                                  else "cut over: " + ", ".join(states)))
 
     if gates.approval:
         results.append(GateResult("approval", bool(approved_by),

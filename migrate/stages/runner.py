@@ -94,8 +94,9 @@ class StageRunner:
         ok = not getattr(result, "problems", None) and getattr(result, "ok", True)
         journal.set_stage(engine.name, engine.kind, stage, "done" if ok else "failed", run_id=self.ctx.run_id,
                           detail=detail, fingerprint=self.ctx.loaded.fingerprint if stage == "load" else None)
-        journal.event(stage, _describe(stage, result), item=engine.name, outcome="ok" if ok else "failed",
-                      data=detail)
+        differs = bool(getattr(result, "differences", None))  # a verification that found differences
+        journal.event(stage, _describe(stage, result), item=engine.name,
+                      outcome="failed" if not ok else "differences" if differs else "ok", data=detail)
         return result
 
     # -- verbs --

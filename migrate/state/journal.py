@@ -383,6 +383,15 @@ class Journal:
                                   checked=row["checked"], differences=row["differences"],
                                   detail=json.loads(row["detail"]) if row["detail"] else {})
 
+    def verifications(self, item: str) -> list[VerificationRecord]:
+        """Every verification of `item`, oldest first (the board's history of what was found and fixed)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(verifications_t).where(verifications_t.c.item == item)
+                                .order_by(verifications_t.c.id)).mappings().all()
+        return [VerificationRecord(item=r["item"], at=as_utc(r["at"]), clean=bool(r["clean"]), checked=r["checked"],
+                                   differences=r["differences"], detail=json.loads(r["detail"]) if r["detail"] else {})
+                for r in rows]
+
     @contextmanager
     def connect(self) -> Iterator[Any]:
         with self.engine.begin() as conn:
