@@ -154,8 +154,11 @@ def verify(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
 
 @app.command()
 def status(plan: PlanArg, as_json: JsonOpt = False) -> None:
-    """Stage, progress, lag and last verification per item."""
-    _execute("status", as_json, lambda p: commands.status(plan), views.show_status)
+    """Stage, progress, lag and last verification per item; for a folder, one row per plan (the estate)."""
+    if plan.is_dir():
+        _execute("status", as_json, lambda p: commands.estate(plan), views.show_estate)
+    else:
+        _execute("status", as_json, lambda p: commands.status(plan), views.show_status)
 
 
 @app.command()
@@ -221,14 +224,22 @@ def _confirm(question: str) -> bool:
 def report(plan: PlanArg, as_json: JsonOpt = False,
            fmt: Annotated[str, typer.Option("--format", help="md, html, json or junit.")] = "md",
            out: Annotated[Path | None, typer.Option(help="Where to write it (default: reports/ beside the plan).")]
-           = None) -> None:
-    """Write a change-board (md/html) or CI (json/junit) report from the journal."""
+           = None,
+           mask: Annotated[bool | None, typer.Option("--mask-identifiers/--no-mask-identifiers",
+                                                     help="Replace keys and file names by stable short hashes "
+                                                          "(default: the plan's change.mask_identifiers).")] = None,
+           events: Annotated[str, typer.Option(help="summary (clean sync cycles folded) or all.")] = "summary",
+           ) -> None:
+    """Write a change-board (md/html) or CI (json/junit) report from the journal; for a folder of plans, the
+    estate report (md, html or json)."""
     from migrate.reports.render import FORMATS
 
     def work(progress: ConsoleProgress) -> Any:
         if fmt not in FORMATS:
             raise UsageError(f"--format takes one of {', '.join(FORMATS)}, not {fmt!r}")
-        return commands.report(plan, fmt, out)
+        if events not in ("summary", "all"):
+            raise UsageError(f"--events takes summary or all, not {events!r}")
+        return commands.report(plan, fmt, out, mask=mask, events_all=events == "all")
 
     _execute("report", as_json, work,
              lambda c, r: c.print(f"wrote {r.path} ({'clean' if r.clean else 'NOT clean'})", highlight=False))
@@ -243,9 +254,10 @@ def unlock(plan: PlanArg, as_json: JsonOpt = False,
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of the plan format (for editors and CI)."""
-    sys.stdout.write(json.dumps(commands.plan_schema(), indent=2) + "\n")
+def schema(report: Annotated[bool, typer.Option("--report", help="The JSON report's schema instead.")] = False,
+           ) -> None:
+    """Print the JSON Schema of the plan format (for editors and CI), or with --report of the JSON report."""
+    sys.stdout.write(json.dumps(commands.report_schema() if report else commands.plan_schema(), indent=2) + "\n")
 
 
 @app.command()

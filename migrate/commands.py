@@ -23,10 +23,12 @@ from migrate.errors import (
     MigrateError,
     PlanError,
     PlanProblem,
+    UsageError,
     VerificationFailed,
 )
 from migrate.plan.loader import LoadedPlan, load_plan, plan_files
 from migrate.plan.model import Plan
+from migrate.reports.estate import EstateResult
 from migrate.stages.cutover import (
     PLAN_ITEM,
     Cutover,
@@ -466,19 +468,57 @@ class ReportResult:
     clean: bool
 
 
-def report(plan_path: Path, fmt: str, out: Path | None = None) -> ReportResult:
-    """Write a change-board (md/html) or CI (json/junit) report built from the journal."""
+def report(plan_path: Path, fmt: str, out: Path | None = None, *, mask: bool | None = None,
+           events_all: bool = False) -> ReportResult:
+    """Write a change-board (md/html) or CI (json/junit) report built from the journal; a folder of plans
+    gives the estate report. `mask` (default: the plan's `change.mask_identifiers`) hashes keys and file
+    names; `events_all` keeps every event instead of folding clean sync cycles."""
     from migrate.reports.build import build_report
+    from migrate.reports.estate import ESTATE_RENDERERS
     from migrate.reports.render import render, suffix_for
 
+    if plan_path.is_dir():
+        if fmt not in ESTATE_RENDERERS:
+            raise UsageError(f"an estate report is md, html or json, not {fmt!r}")
+        found = estate(plan_path)
+        target = out or plan_path / "reports" / f"estate{suffix_for(fmt)}"
+        _write_atomically(target, ESTATE_RENDERERS[fmt](found))
+        return ReportResult(target, fmt, found.clean)
     with session(plan_path, "report", lock=False) as ctx:
-        data = build_report(ctx, _azure_checks(ctx.loaded))
+        data = build_report(ctx, _azure_checks(ctx.loaded), all_events=events_all, mask=mask)
         target = out or ctx.loaded.base_dir / "reports" / f"{ctx.loaded.plan.component}{suffix_for(fmt)}"
-        text = render(data, fmt)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".part")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(target)
-        ctx.journal.event("report", f"wrote {fmt} report to {target}")
+        _write_atomically(target, render(data, fmt, events_all))
+        ctx.journal.event("report", f"wrote {fmt} report to {target}" + (" (masked)" if data.masked else ""))
         return ReportResult(target, fmt, data.clean)
 
+
+def _write_atomically(target: Path, text: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+
+
+def estate(folder: Path) -> EstateResult:
+    """One row per plan in `folder` (stage, lag, last verification, gates, cutover), most in need of attention
+    first; a plan that does not load is a row saying why."""
+    from migrate.reports.build import build_report
+    from migrate.reports.estate import component_row, invalid_row, sort_rows
+    from migrate.state.journal import now
+
+    rows = []
+    for path in plan_files([folder]):
+        try:
+            with session(path, "status", lock=False) as ctx:
+                data = build_report(ctx, _azure_checks(ctx.loaded))
+                rows.append(component_row(path.name, data, list(ctx.loaded.plan.depends_on)))
+        except MigrateError as exc:
+            rows.append(invalid_row(path.name, exc.message))
+    return EstateResult(str(folder), sort_rows(rows), now())
+
+
+def report_schema() -> dict[str, Any]:
+    """JSON Schema of the JSON report (`migrate report --format json`)."""
+    from migrate.reports.schema import report_json_schema
+
+    return report_json_schema()

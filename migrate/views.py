@@ -138,6 +138,17 @@ def show_status(console: Console, result: Any) -> None:
     _warnings(console, result.warnings)
 
 
+def show_estate(console: Console, result: Any) -> None:
+    """One row per component, most in need of attention first."""
+    table = _table(f"Estate: {result.folder}", "component", "state", "lag", "last verification", "gates",
+                   "cutover", "plan")
+    for row in result.components:
+        colour = "green" if row.phase in ("READY FOR CUTOVER", "CUT OVER", "DUAL-RUNNING") else "red"
+        table.add_row(escape(row.component), f"[{colour}]{escape(row.headline)}[/]", row.lag,
+                      escape(row.last_verification), escape(row.gates), row.cutover, escape(row.plan))
+    console.print(table)
+
+
 def show_gates(console: Console, gates: list[GateResult]) -> None:
     table = _table("Cutover gates", "gate", "result", "evidence")
     for g in gates:

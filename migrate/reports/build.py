@@ -67,6 +67,7 @@ class Count:
     unit: str  # rows | files | bytes
     source: int | None
     target: int | None
+    differences: int = 0  # what the last verification found in this part
 
 
 @dataclass
@@ -145,7 +146,7 @@ def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, s
             last_sync=SyncState(journal, item.name).last_sync,
         ))
         history += verification_history(item.name, runs)
-        counts += _counts(item.name, last.detail if last else {})
+        counts += _counts(item.name, last.detail if last else {}, last.differences if last else 0)
     change = plan.change
     state = cutover_state(ctx)
     events = journal.events()
@@ -215,14 +216,15 @@ def lag_text(seconds: float | None) -> str:
     return "unknown" if seconds is None else format_duration(seconds)
 
 
-def _counts(item: str, detail: dict[str, Any]) -> list[Count]:
+def _counts(item: str, detail: dict[str, Any], differences: int) -> list[Count]:
     """Rows per table (source vs target) or files and bytes per blob set, as the last verification counted."""
     tables = detail.get("tables")
     if isinstance(tables, dict):
-        return [Count(item, label, "rows", t.get("rows"), t.get("target_rows")) for label, t in tables.items()]
+        return [Count(item, label, "rows", t.get("rows"), t.get("target_rows"), int(t.get("differences", 0)))
+                for label, t in tables.items()]
     if "files" in detail:
-        return [Count(item, item, "files", detail.get("files"), detail.get("target_files")),
-                Count(item, item, "bytes", detail.get("bytes"), detail.get("target_bytes"))]
+        return [Count(item, item, "files", detail.get("files"), detail.get("target_files"), differences),
+                Count(item, item, "bytes", detail.get("bytes"), detail.get("target_bytes"), differences)]
     return []
 
 
