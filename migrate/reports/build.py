@@ -186,8 +186,9 @@ def headline(data: ReportData) -> tuple[str, str]:
     status = data.cutover.get("status", "idle")
     if status == "done":
         worst = max((i.reverse_lag_seconds for i in data.items if i.reverse_lag_seconds is not None), default=None)
-        return "CUT OVER", (f"CUT OVER at {data.cutover.get('ended_at', '?')}: the component runs on Azure "
-                            f"(reverse lag {lag_text(worst)})")
+        reverse = ("reverse replication not run yet: `migrate sync` copies Azure-side changes home" if worst is None
+                   else f"reverse lag {lag_text(worst)}")
+        return "CUT OVER", f"CUT OVER at {_at(data.cutover.get('ended_at'))}: the component runs on Azure ({reverse})"
     if status == "running":
         return "CUTOVER RUNNING", (f"CUTOVER RUNNING or interrupted at step {int(data.cutover.get('step', 0)) + 1}"
                                    f" of {len(data.cutover_steps)}: rerun `migrate cutover` or roll back")
@@ -197,9 +198,10 @@ def headline(data: ReportData) -> tuple[str, str]:
     if any(i.stage in ("new", "preflight", "schema") or (i.stage == "load" and i.status != "done")
            for i in data.items):
         return "LOADING", "LOADING: " + ", ".join(f"{i.name} {i.stage} ({i.status})" for i in data.items)
-    if status == "rolled_back" and failing:
-        return "ROLLED BACK", (f"ROLLED BACK at {data.cutover.get('ended_at', '?')}: the component runs on the "
-                               f"source; not ready again: {', '.join(failing)}")
+    if status == "rolled_back":
+        return "ROLLED BACK", (f"ROLLED BACK at {_at(data.cutover.get('ended_at'))}: the component runs on the "
+                               "source; " + (f"not ready again: failing {', '.join(failing)}" if failing
+                                             else "every gate passes again"))
     worst = max((i.lag_seconds for i in data.items if i.lag_seconds is not None), default=None)
     if not failing and all(i.verified_clean for i in data.items):
         return "READY FOR CUTOVER", (f"READY FOR CUTOVER: every item verified clean and every gate passes "
@@ -207,6 +209,10 @@ def headline(data: ReportData) -> tuple[str, str]:
     if set(failing) <= _WAITING_GATES and all(i.verified_clean for i in data.items):
         return "DUAL-RUNNING", f"DUAL-RUNNING (lag {lag_text(worst)}): waiting for {', '.join(failing)}"
     return "NOT READY", "NOT READY: failing " + (", ".join(failing) if failing else "verification")
+
+
+def _at(iso: str | None) -> str:
+    return f"{datetime.fromisoformat(iso):%Y-%m-%d %H:%M:%S} UTC" if iso else "?"
 
 
 _WAITING_GATES = {"max_lag", "min_dual_run", "postpone_file", "window", "approval", "depends_on"}

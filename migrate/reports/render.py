@@ -46,8 +46,8 @@ def _verdict(data: ReportData) -> str:
 def _summary(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
     """The one-page summary's tables: items, counts, gates."""
     items = [[i.name, i.kind, i.source, i.target, f"{i.stage} ({i.status})",
-              lag_text(i.lag_seconds) if i.reverse_lag_seconds is None
-              else f"reverse {lag_text(i.reverse_lag_seconds)}",
+              f"reverse {lag_text(i.reverse_lag_seconds)}" if i.reverse_lag_seconds is not None
+              else "reverse: not run yet" if data.phase == "CUT OVER" else lag_text(i.lag_seconds),
               ("clean" if i.verified_clean else f"{i.verification['differences']} difference(s)")
               + f", {i.verification['checked']} checked at {i.verification['at']:%Y-%m-%d %H:%M:%S} UTC"
               if i.verification else "never verified"] for i in data.items]
@@ -227,11 +227,13 @@ def to_html(data: ReportData, events_all: bool = False) -> str:
         parts += _html_table(*section)
     parts.append("<h2>Sign-off</h2>" + "".join(f"<p>{e(line)}</p>" for line in _signoff_lines(data)))
     parts.append("</section><h2>Charts</h2>")
-    parts.append(line_chart("Lag over time (seconds behind)", "s", data.lag_series)
-                 or "<p><i>no sync cycles yet: no lag to draw</i></p>")
-    parts.append(line_chart("Throughput over time (rows or files a second)", "/s", data.throughput_series)
-                 or "<p><i>nothing moved yet</i></p>")
-    parts.append(timeline_bars("Stage timeline", _bars(data)) or "<p><i>no stage finished yet</i></p>")
+    parts.append("<h3>Lag over time (seconds behind, per sync cycle)</h3>"
+                 + (line_chart("Lag over time", "s", data.lag_series) or "<p><i>no sync cycles yet</i></p>"))
+    parts.append("<h3>Throughput over time (rows or files a second, per load and sync)</h3>"
+                 + (line_chart("Throughput over time", "/s", data.throughput_series)
+                    or "<p><i>nothing moved yet</i></p>"))
+    parts.append("<h3>Stage timeline</h3>"
+                 + (timeline_bars("Stage timeline", _bars(data)) or "<p><i>no stage finished yet</i></p>"))
     for section in _details(data, events_all):
         parts += _html_table(*section)
     parts.append("</body></html>")

@@ -30,8 +30,8 @@ def line_chart(title: str, unit: str, series: dict[str, list[tuple[datetime, flo
         colour = _COLOURS[n % len(_COLOURS)]
         coords = " ".join(xy(at, v) for at, v in values)
         parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{coords}'/>")
-        if len(values) == 1:
-            x, y = xy(*values[0]).split(",")
+        for at, value in values[-60:]:  # the newest points marked, so a lone cycle is seen too
+            x, y = xy(at, value).split(",")
             parts.append(f"<circle cx='{x}' cy='{y}' r='3' fill='{colour}'/>")
         parts.append(f"<text x='{_W - _PAD + 4}' y='{_PAD + 14 * n}' font-size='11' fill='{colour}'>"
                      f"{html.escape(name)}</text>")
