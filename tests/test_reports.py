@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -76,3 +77,21 @@ def test_report_default_path_and_json_envelope(journaled_plan: Path) -> None:
 def test_unknown_format_is_a_clear_error(journaled_plan: Path) -> None:
     code, _, stderr = cli("report", str(journaled_plan), "--format", "pdf")
     assert code == 2 and "--format takes one of md, html, json, junit" in stderr
+
+
+def test_headline_names_the_phase(journaled_plan: Path) -> None:
+    def headline() -> str:
+        out = journaled_plan.parent / "h.json"
+        assert cli("report", str(journaled_plan), "--format", "json", "--out", str(out))[0] == 0
+        return json.loads(out.read_text())["headline"]
+
+    assert headline() == "NOT READY: failing verified"
+    journal = Journal(f"sqlite:///{journaled_plan.parent / '.migrate' / 'report-test.db'}", command="verify")
+    journal.record_verification("record", True, 1000, 0)
+    for item in ("letters", "record"):  # clean, but the last clean sync cycle is two hours old
+        SyncState(journal, item).caught_up(now() - timedelta(hours=2), 0.0)
+    assert headline().startswith("DUAL-RUNNING (lag 2h")
+    assert headline().endswith("waiting for max_lag")
+    journal.set_stage("record", "database", "load", "running")  # loading again
+    assert headline().startswith("LOADING: record load (running), letters load (done)")
+    journal.close()
