@@ -25,7 +25,11 @@ def test_demo_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     assert "all verified, cutover complete" in done.stderr
     report = work / "reports" / "ppm-demo.md"
     assert f"report: {report}" in done.stderr
-    assert "READY" in report.read_text() and "NOT READY" not in report.read_text()
+    text = report.read_text()
+    assert "**CUT OVER at " in text and "NOT READY" not in text
+    for section in ("Write-freeze window:** ", "## Cutover and rollback steps", "## Counts: source vs target",
+                    "## Verification history", "## Not migrated / not verified", "- CAB chair: name"):
+        assert section in text, section
     assert (work / "active-site").read_text().strip() == "azure"
     assert_identical(work)
     status = cli_process("status", str(work / "plan.yaml"), "--json")

@@ -10,6 +10,8 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from helpers import build_tree, cli
+from migrate.plan.model import Plan
+from migrate.reports.limits import stated_limits
 from migrate.state.journal import Journal, now
 from migrate.state.sync_state import SyncState
 
@@ -95,3 +97,29 @@ def test_headline_names_the_phase(journaled_plan: Path) -> None:
     journal.set_stage("record", "database", "load", "running")  # loading again
     assert headline().startswith("LOADING: record load (running), letters load (done)")
     journal.close()
+
+
+def test_plan_default_masks_and_the_flag_overrides_it(journaled_plan: Path) -> None:
+    plan = journaled_plan
+    plan.write_text(plan.read_text().replace("owner: EPR team}", "owner: EPR team, mask_identifiers: true}"))
+    out = plan.parent / "m.md"
+    assert cli("report", str(plan), "--format", "md", "--out", str(out))[0] == 0
+    text = out.read_text()
+    assert "MASKED" in text and "patients:id=7" not in text and "patients:#" in text
+    assert "- Sign-off: name ____" in text  # no signoff roles named: one plain line
+    assert cli("report", str(plan), "--format", "md", "--out", str(out), "--no-mask-identifiers")[0] == 0
+    assert "patients:id=7" in out.read_text() and "MASKED" not in out.read_text()
+
+
+def test_not_migrated_list_states_the_plan_s_limits() -> None:
+    plan = Plan.model_validate({
+        "version": 1, "component": "limits",
+        "connections": {"a": {"url": "mssql+pymssql://reader@onprem/epr"}, "b": {"url": "sqlite:///b.db"},
+                        "c": {"path": "c"}, "d": {"path": "d"}},
+        "databases": [{"name": "db", "source": "a", "target": "b", "incremental": {"column": "updated_at"},
+                       "delete": False}],
+        "blobs": [{"name": "files", "source": "c", "target": "d", "include": ["**/*.pdf"]}]})
+    found = {(x.item, x.what) for x in stated_limits(plan, None)}
+    assert found == {("db", "sync of every table (watermark updated_at)"), ("db", "deletes on the source"),
+                     ("db", "SQL Server path (a)"), ("files", "files outside the include/exclude filters"),
+                     ("files", "deletes on the source")}
