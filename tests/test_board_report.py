@@ -58,8 +58,11 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     assert commands.cutover(plan, approved_by="Dr A. Example (CAB)").status == "done"
     files = [p.relative_to(estate / "onprem" / "letters").as_posix()
              for p in (estate / "onprem" / "letters").rglob("*") if p.is_file()]
-    return {"plan": plan, "keys": keys, "files": files, "ready": ready,
-            "done": _reports(plan, work / "done"), "masked": _reports(plan, work / "masked", "--mask-identifiers")}
+    done = _reports(plan, work / "done")
+    masked = _reports(plan, work / "masked", "--mask-identifiers")
+    assert commands.rollback(plan).status == "rolled_back"
+    return {"plan": plan, "keys": keys, "files": files, "ready": ready, "done": done, "masked": masked,
+            "rolled": _reports(plan, work / "rolled")}
 
 
 def test_headline_is_true_before_and_after_the_cutover(board: dict) -> None:
@@ -68,6 +71,18 @@ def test_headline_is_true_before_and_after_the_cutover(board: dict) -> None:
     assert "**CUT OVER at " in done["md"] and "the component runs on Azure" in done["md"]
     assert "READY FOR CUTOVER" not in done["md"]
     assert json.loads(done["json"])["phase"] == "CUT OVER"
+
+
+def test_rolled_back_report_shows_the_rollback_steps_and_keeps_the_approval(board: dict) -> None:
+    body = json.loads(board["rolled"]["json"])
+    assert body["phase"] == "ROLLED BACK" and body["headline"].startswith("ROLLED BACK at ")
+    back = [r for r in body["step_runs"] if r["phase"] == "rollback"]
+    assert [(r["name"], r["status"], r["exit_status"], r["output_excerpt"]) for r in back] == [
+        ("point application back on premises", "done", 0, "back on premises")]
+    assert body["approval"]["approved_by"] == "Dr A. Example (CAB)"
+    assert "| rollback | 1 | 1 | point application back on premises |" in board["rolled"]["md"]
+    suite = ET.fromstring(board["rolled"]["junit"])
+    assert "rollback 1.1 point application back on premises" in {c.get("name") for c in suite.iter("testcase")}
 
 
 def test_demo_report_has_every_board_section(board: dict) -> None:

@@ -275,6 +275,10 @@ def _identifiers(ctx: StageContext, history: list[dict[str, Any]]) -> set[str]:
             found.update(d.get("key", "") for d in record.detail.get("differences", []))
         if not hasattr(item, "tables"):
             found.update(ctx.journal.chunks(item.name, "load"))
+    for event in ctx.journal.events():  # e.g. target changes a rollback discarded
+        listed = (event["data"] or {}).get("differences")
+        if isinstance(listed, list):
+            found.update(d.get("key", "") for d in listed if isinstance(d, dict))
     return found
 
 
