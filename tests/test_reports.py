@@ -12,6 +12,7 @@ import pytest
 from helpers import build_tree, cli
 from migrate.plan.model import Plan
 from migrate.reports.limits import stated_limits
+from migrate.reports.mask import Masker
 from migrate.state.journal import Journal, now
 from migrate.state.sync_state import SyncState
 
@@ -123,3 +124,18 @@ def test_not_migrated_list_states_the_plan_s_limits() -> None:
     assert found == {("db", "sync of every table (watermark updated_at)"), ("db", "deletes on the source"),
                      ("db", "SQL Server path (a)"), ("files", "files outside the include/exclude filters"),
                      ("files", "deletes on the source")}
+
+
+def test_masker_hashes_full_paths_and_bare_file_names_stably() -> None:
+    paths = ["2026/AMU/scan #12 100% + notes; final.pdf", "2026/Ward 4/patient-0042/letter-00042.pdf"]
+    data = {"a": "conflict at 2026/AMU/scan #12 100% + notes; final.pdf: changed on both sides",
+            "b": ["re-scanned letter-00042.pdf"], "c": "patients:id=7 differs"}
+    known = [*paths, "patients:id=7", "never-mentioned.pdf"]
+    masker = Masker.for_value("ppm", known, data)
+    masked = masker.apply(data)
+    assert "final.pdf" not in masked["a"] and "#" in masked["a"] and masked["a"].endswith(": changed on both sides")
+    assert masked["b"][0].startswith("re-scanned #") and masked["b"][0].endswith(".pdf")
+    assert masked["c"].startswith("patients:#") and "id=7" not in masked["c"]
+    assert "never-mentioned.pdf" not in masker.replacements  # only what can occur is compiled
+    assert Masker.for_value("ppm", known, data).apply(data) == masked  # stable
+    assert Masker.for_value("other", known, data).apply(data)["a"] != masked["a"]  # keyed by component

@@ -175,7 +175,7 @@ def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, s
     )
     data.phase, data.headline = headline(data)
     if mask if mask is not None else bool(change and change.mask_identifiers):
-        masker = Masker(plan.component, _identifiers(ctx, history))
+        masker = Masker.for_value(plan.component, _identifiers(ctx, history), data)
         data = masker.apply(data)
         data.masked = True
     return data

@@ -47,6 +47,19 @@ class Masker:
         ordered = sorted(parts, key=len, reverse=True)
         self._pattern = re.compile("|".join(re.escape(p) for p in ordered)) if ordered else None
 
+    @classmethod
+    def for_value(cls, component: str, identifiers: Iterable[str], value: Any) -> Masker:
+        """A masker for the identifiers that can occur in `value`: a journal may know millions of file
+        names, so only those whose last word appears among the value's words are compiled into the pattern."""
+        words: set[str] = set()
+
+        def collect(text: str) -> str:
+            words.update(_WORDS.split(text))
+            return text
+
+        _walk(value, collect)
+        return cls(component, [i for i in identifiers if _last_word(i) in words])
+
     def text(self, value: str) -> str:
         if self._pattern is None:
             return value
@@ -54,6 +67,13 @@ class Masker:
 
     def apply(self, value: T) -> T:
         return _walk(value, self.text)
+
+
+_WORDS = re.compile(r"[\s/|<>\"'(),;:=#]+")
+
+
+def _last_word(identifier: str) -> str:
+    return next((w for w in reversed(_WORDS.split(identifier)) if w), identifier)
 
 
 def _walk(value: Any, text: Callable[[str], str]) -> Any:
