@@ -50,6 +50,7 @@ bench: install services rclone
 	$(PY) bench/bench_blobs.py
 	$(PY) bench/bench_db_load.py
 	$(PY) bench/bench_db_verify.py
+	$(PY) bench/bench_report.py
 
 clean:
 	rm -rf demo-work .pytest_cache .ruff_cache .mypy_cache
