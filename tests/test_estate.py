@@ -73,7 +73,8 @@ def test_status_and_report_over_a_folder_of_three_plans_in_different_stages(esta
     documents = rows[1]
     assert documents["cutover"] == "idle" and documents["depends_on"] == ["records"]
     assert documents["last_verification"].endswith("clean") and documents["gates"].endswith("pass")
-    assert rows[2]["cutover"] == "done" and rows[0]["last_verification"] == "never"
+    assert rows[2]["cutover"] == "done" and rows[2]["lag"] == "reverse: not run yet"
+    assert rows[0]["last_verification"] == "never" and rows[0]["gates"] == "0/3 pass; failing: loaded, verified, max_lag"
 
     code, _, stderr = cli("report", str(estate), "--format", "html")
     assert code == 0, stderr

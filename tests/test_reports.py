@@ -80,6 +80,8 @@ def test_report_default_path_and_json_envelope(journaled_plan: Path) -> None:
 def test_unknown_format_is_a_clear_error(journaled_plan: Path) -> None:
     code, _, stderr = cli("report", str(journaled_plan), "--format", "pdf")
     assert code == 2 and "--format takes one of md, html, json, junit" in stderr
+    code, _, stderr = cli("report", str(journaled_plan), "--events", "some")
+    assert code == 2 and "--events takes summary or all, not 'some'" in stderr
 
 
 def test_headline_names_the_phase(journaled_plan: Path) -> None:

@@ -205,7 +205,7 @@ def headline(data: ReportData) -> tuple[str, str]:
     worst = max((i.lag_seconds for i in data.items if i.lag_seconds is not None), default=None)
     if not failing and all(i.verified_clean for i in data.items):
         return "READY FOR CUTOVER", (f"READY FOR CUTOVER: every item verified clean and every gate passes "
-                                     f"(dual-running, lag {lag_text(worst)})")
+                                     f"(lag {lag_text(worst)})")
     if set(failing) <= _WAITING_GATES and all(i.verified_clean for i in data.items):
         return "DUAL-RUNNING", f"DUAL-RUNNING (lag {lag_text(worst)}): waiting for {', '.join(failing)}"
     return "NOT READY", "NOT READY: failing " + (", ".join(failing) if failing else "verification")

@@ -52,7 +52,8 @@ def component_row(plan: str, data: ReportData, depends_on: list[str]) -> Compone
     failing = [g.gate for g in data.gates if not g.passed]
     return ComponentRow(
         component=data.component, plan=plan, phase=data.phase, headline=data.headline,
-        lag=("reverse " if any(i.reverse_lag_seconds is not None for i in data.items) else "")
+        lag="reverse: not run yet" if data.phase == "CUT OVER" and not known else
+        ("reverse " if any(i.reverse_lag_seconds is not None for i in data.items) else "")
         + (lag_text(max(known)) if known else "unknown"),
         last_verification="never" if last is None else
         f"{last['at']:%Y-%m-%d %H:%M} UTC, " + (f"{dirty} item(s) with differences" if dirty else "clean"),
