@@ -74,7 +74,8 @@ def test_status_and_report_over_a_folder_of_three_plans_in_different_stages(esta
     assert documents["cutover"] == "idle" and documents["depends_on"] == ["records"]
     assert documents["last_verification"].endswith("clean") and documents["gates"].endswith("pass")
     assert rows[2]["cutover"] == "done" and rows[2]["lag"] == "reverse: not run yet"
-    assert rows[0]["last_verification"] == "never" and rows[0]["gates"] == "0/3 pass; failing: loaded, verified, max_lag"
+    assert rows[0]["last_verification"] == "never"
+    assert rows[0]["gates"] == "0/3 pass; failing: loaded, verified, max_lag"
 
     code, _, stderr = cli("report", str(estate), "--format", "html")
     assert code == 0, stderr
@@ -100,3 +101,11 @@ def test_an_invalid_plan_in_the_folder_is_a_row_saying_why(estate: Path) -> None
     rows = _status(estate)
     assert rows[0]["phase"] == "INVALID" and rows[0]["plan"] == "broken.yaml"
     assert "not_a_key" in rows[0]["headline"]
+
+
+def test_a_plan_cannot_depend_on_itself(estate: Path) -> None:
+    plan = estate / "documents.yaml"
+    plan.write_text(plan.read_text().replace("depends_on: [records]", "depends_on: [records, documents]"))
+    code, _, stderr = cli("validate", str(plan))
+    assert code == 2 and "documents.yaml:3:" in stderr
+    assert "depends_on[1]: a component cannot depend on itself" in stderr

@@ -219,6 +219,9 @@ class _PlanChecker:
                     self.add((*loc, "target"), "source and target are the same connection")
                 elif _same_endpoint(plan, item.source, item.target):
                     self.add((*loc, "target"), "source and target point at the same place")
+        for index, component in enumerate(plan.depends_on):
+            if component == plan.component:
+                self.add(("depends_on", index), "a component cannot depend on itself")
         for section, steps in (("cutover", plan.cutover.steps), ("rollback", plan.rollback.steps)):
             for index, step in enumerate(steps):
                 if step.run.startswith(BUILTIN_PREFIX):
