@@ -175,7 +175,7 @@ def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, s
     )
     data.phase, data.headline = headline(data)
     if mask if mask is not None else bool(change and change.mask_identifiers):
-        masker = Masker.for_value(plan.component, _identifiers(ctx, history), data)
+        masker = Masker.for_value(plan.component, _identifiers(ctx), data)
         data = masker.apply(data)
         data.masked = True
     return data
@@ -266,10 +266,10 @@ def _freeze_window(plan: Plan, runs: list[StepEvidence], state: dict[str, Any]) 
             "end": switched.ended_at, "seconds": round(seconds.total_seconds(), 3)}
 
 
-def _identifiers(ctx: StageContext, history: list[dict[str, Any]]) -> set[str]:
-    """Every key and file name the report could show: difference keys of every verification, and every path
-    a blob item's journal knows."""
-    found = {key for run in history for key in run["keys"]}
+def _identifiers(ctx: StageContext) -> set[str]:
+    """Every key and file name the report could show: difference keys of every verification (and of events),
+    and every path a blob item's journal knows."""
+    found: set[str] = set()
     for item in ctx.loaded.plan.items:
         for record in ctx.journal.verifications(item.name):
             found.update(d.get("key", "") for d in record.detail.get("differences", []))
