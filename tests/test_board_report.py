@@ -198,6 +198,18 @@ def test_event_log_stays_bounded_over_weeks_of_watch(board: dict, tmp_path: Path
     assert code == 0 and full.read_text().count("| sync: 0 created |") == 20_160 - 202
 
 
+def test_report_says_when_the_plan_was_edited_after_approval(board: dict, tmp_path: Path) -> None:
+    plan = board["plan"]
+    original = plan.read_text()
+    try:
+        plan.write_text(original + "# edited after the approval\n")
+        out = tmp_path / "edited.md"
+        assert cli("report", str(plan), "--format", "md", "--out", str(out))[0] == 0
+        assert "(NOT the current plan: it was edited since)" in out.read_text()
+    finally:
+        plan.write_text(original)
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium is not installed "
                     "(apt-get install chromium); the HTML is still checked structurally above")
 def test_html_renders_in_headless_chromium(board: dict, tmp_path: Path) -> None:
