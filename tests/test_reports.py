@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
 from pathlib import Path
@@ -10,7 +11,9 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from helpers import build_tree, cli
+from migrate import commands
 from migrate.plan.model import Plan
+from migrate.reports.build import build_report, headline
 from migrate.reports.limits import stated_limits
 from migrate.reports.mask import Masker
 from migrate.state.journal import Journal, now
@@ -141,3 +144,12 @@ def test_masker_hashes_full_paths_and_bare_file_names_stably() -> None:
     assert "never-mentioned.pdf" not in masker.replacements  # only what can occur is compiled
     assert Masker.for_value("ppm", known, data).apply(data) == masked  # stable
     assert Masker.for_value("other", known, data).apply(data)["a"] != masked["a"]  # keyed by component
+
+
+def test_headline_during_a_cutover_or_rollback(journaled_plan: Path) -> None:
+    with commands.session(journaled_plan, "report", lock=False) as ctx:
+        data = build_report(ctx, None)
+    running = dataclasses.replace(data, cutover={"status": "running", "step": 1})
+    assert headline(running) == ("CUTOVER RUNNING", f"CUTOVER RUNNING or interrupted at step 2 of "
+                                 f"{len(data.cutover_steps)}: rerun `migrate cutover` or roll back")
+    assert headline(dataclasses.replace(data, cutover={"status": "rolling_back"}))[0] == "ROLLING BACK"
