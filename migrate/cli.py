@@ -27,6 +27,7 @@ from migrate.errors import (
     UsageError,
     VerificationFailed,
 )
+from migrate.plan.durations import parse_duration
 from migrate.progress import ConsoleProgress
 from migrate.redact import redact
 from migrate.results import envelope
@@ -43,6 +44,27 @@ _debug = {"on": False}
 PlanArg = Annotated[Path, typer.Argument(help="The plan file (YAML).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine output (JSON envelope) on stdout.")]
 ItemOpt = Annotated[list[str] | None, typer.Option("--item", help="Only this item (repeatable).")]
+LockTimeoutOpt = Annotated[str | None, typer.Option(
+    "--lock-timeout", metavar="DURATION",
+    help="Wait up to this long (30s, 5m) for the plan's lock when another run holds it, instead of failing.")]
+
+
+def _lock_wait(timeout: str | None) -> commands.LockWait:
+    """The --lock-timeout wait, saying on stderr who holds the lock (first try, then every 10 s)."""
+    if timeout is None:
+        return commands.LockWait()
+    try:
+        seconds = parse_duration(timeout)
+    except ValueError as exc:
+        raise UsageError(f"--lock-timeout: {exc}") from None
+    said = {"at": -10.0}
+
+    def on_wait(holder: Any, waited: float) -> None:
+        if waited - said["at"] >= 10:
+            said["at"] = waited
+            views.show_lock_wait(err, holder, waited, seconds)
+
+    return commands.LockWait(seconds, on_wait)
 
 
 class _RedactingFilter(logging.Filter):
@@ -124,31 +146,34 @@ def plan(plan: PlanArg, as_json: JsonOpt = False,
 @app.command()
 def run(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
         until: Annotated[str, typer.Option(help="Stop after this stage: preflight, schema, load or verify.")]
-        = "verify") -> None:
+        = "verify", lock_timeout: LockTimeoutOpt = None) -> None:
     """preflight → schema → load → verify; resumes whatever an earlier run left unfinished."""
-    _execute("run", as_json, lambda p: commands.run(plan, until=until, items=items, progress=p), views.show_run,
+    _execute("run", as_json, lambda p: commands.run(plan, until=until, items=items, progress=p,
+                                                    lock_wait=_lock_wait(lock_timeout)), views.show_run,
              lambda r: r.exit_code)
 
 
 @app.command()
 def sync(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
          watch: Annotated[bool, typer.Option(help="Keep dual-running every dual_run.interval.")] = False,
-         cycles: Annotated[int | None, typer.Option(help="With --watch: stop after this many cycles.")] = None
-         ) -> None:
+         cycles: Annotated[int | None, typer.Option(help="With --watch: stop after this many cycles.")] = None,
+         lock_timeout: LockTimeoutOpt = None) -> None:
     """One incremental catch-up cycle (or keep going with --watch), reporting lag."""
     on_cycle = None if as_json else (lambda n, results: views.show_sync_cycle(err, n, results))
     on_skip = None if as_json else (lambda n, why: views.show_sync_skipped(err, n, why))
     _execute("sync", as_json, lambda p: commands.sync(plan, watch=watch, max_cycles=cycles, items=items,
-                                                      progress=p, on_cycle=on_cycle, on_skip=on_skip),
+                                                      progress=p, on_cycle=on_cycle, on_skip=on_skip,
+                                                      lock_wait=_lock_wait(lock_timeout)),
              lambda c, r: None, lambda r: r.exit_code)
 
 
 @app.command()
 def verify(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
            deep: Annotated[bool, typer.Option(help="Re-read target bytes instead of trusting stored hashes.")]
-           = False) -> None:
+           = False, lock_timeout: LockTimeoutOpt = None) -> None:
     """Full verification; lists every difference (exit 3 when any)."""
-    _execute("verify", as_json, lambda p: commands.verify(plan, deep=deep, items=items, progress=p),
+    _execute("verify", as_json, lambda p: commands.verify(plan, deep=deep, items=items, progress=p,
+                                                          lock_wait=_lock_wait(lock_timeout)),
              views.show_verify, lambda r: r.exit_code)
 
 
@@ -166,7 +191,7 @@ def cutover(plan: PlanArg, as_json: JsonOpt = False,
             check: Annotated[bool, typer.Option("--check", help="Evaluate the gates only.")] = False,
             yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
             approved_by: Annotated[str | None, typer.Option(help="Who approved this change (approval gate).")]
-            = None) -> None:
+            = None, lock_timeout: LockTimeoutOpt = None) -> None:
     """Evaluate every gate; if all pass, run the cutover steps. Refuses with reasons (exit 3)."""
 
     def work(progress: ConsoleProgress) -> Any:
@@ -182,7 +207,8 @@ def cutover(plan: PlanArg, as_json: JsonOpt = False,
                         return commands.cutover(plan, approved_by=approved_by, check_only=True)
                     if not _confirm("Run these cutover steps now?"):
                         return commands.not_confirmed("cutover")
-        return commands.cutover(plan, approved_by=approved_by, check_only=check, progress=progress)
+        return commands.cutover(plan, approved_by=approved_by, check_only=check, progress=progress,
+                                lock_wait=_lock_wait(lock_timeout))
 
     _execute("cutover", as_json, work, views.show_cutover)
 
@@ -194,7 +220,8 @@ def rollback(plan: PlanArg, as_json: JsonOpt = False,
              discard: Annotated[bool, typer.Option("--discard-target-changes",
                                                    help="Without reverse_sync: switch back although the target "
                                                         "holds changes the source lacks (they are lost).")] = False,
-             yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False) -> None:
+             yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+             lock_timeout: LockTimeoutOpt = None) -> None:
     """Go back to the source: the target's changes come home first, then the rollback steps. Asks on a
     terminal; else --yes."""
 
@@ -207,7 +234,8 @@ def rollback(plan: PlanArg, as_json: JsonOpt = False,
                 views.show_step_list(err, "Rollback steps to run", steps)
                 if not _confirm("Roll back now?"):
                     return commands.not_confirmed("rollback")
-        return commands.rollback(plan, force=force, discard_target_changes=discard, progress=progress)
+        return commands.rollback(plan, force=force, discard_target_changes=discard, progress=progress,
+                                 lock_wait=_lock_wait(lock_timeout))
 
     _execute("rollback", as_json, work, views.show_cutover)
 

@@ -58,14 +58,26 @@ WATCH_BACKOFF_CAP = 300.0  # seconds: the longest wait between sync --watch cycl
 # --- the context every verb works in -------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LockWait:
+    """How a locking verb meets a plan lock another runner holds: wait up to `timeout` seconds for it (None:
+    refuse at once); `on_wait(holder, waited)` hears of each try that found it held."""
+
+    timeout: float | None = None
+    on_wait: Callable[[LockInfo | None, float], None] | None = None
+
+    def lock(self, journal: Journal, component: str) -> PlanLock:
+        return PlanLock(journal, component, timeout=self.timeout, on_wait=self.on_wait)
+
+
 @contextmanager
-def session(plan_path: Path | str, command: str, *, lock: bool = True,
-            progress: Progress | None = None) -> Iterator[StageContext]:
+def session(plan_path: Path | str, command: str, *, lock: bool = True, progress: Progress | None = None,
+            lock_wait: LockWait = LockWait()) -> Iterator[StageContext]:
     """Load the plan, open its journal, hold its lock, and record the run with its outcome."""
     loaded = load_plan(plan_path)
     journal = Journal(loaded.state_url, command=command)
     try:
-        with PlanLock(journal, loaded.plan.component) if lock else nullcontext():
+        with lock_wait.lock(journal, loaded.plan.component) if lock else nullcontext():
             run_id = journal.begin_run(loaded.fingerprint)
             outcome = "failed"
             try:
@@ -204,9 +216,9 @@ class RunResult:
 
 
 def run(plan_path: Path, until: str = "verify", items: list[str] | None = None,
-        progress: Progress | None = None) -> RunResult:
+        progress: Progress | None = None, lock_wait: LockWait = LockWait()) -> RunResult:
     """preflight → schema → load → verify; resumes whatever an earlier run left unfinished."""
-    with session(plan_path, "run", progress=progress) as ctx:
+    with session(plan_path, "run", progress=progress, lock_wait=lock_wait) as ctx:
         warnings = _fingerprint_warnings(ctx.loaded, ctx.journal)
         checks = _azure_checks(ctx.loaded)
         if checks is not None:
@@ -254,9 +266,9 @@ class VerifyOutcome:
 
 
 def verify(plan_path: Path, deep: bool = False, items: list[str] | None = None,
-           progress: Progress | None = None) -> VerifyOutcome:
+           progress: Progress | None = None, lock_wait: LockWait = LockWait()) -> VerifyOutcome:
     """Full verification of every item; lists every difference (exit 3 when any)."""
-    with session(plan_path, "verify", progress=progress) as ctx:
+    with session(plan_path, "verify", progress=progress, lock_wait=lock_wait) as ctx:
         return VerifyOutcome(ctx.loaded.plan.component, StageRunner(ctx, items).verify(deep=deep))
 
 
@@ -274,7 +286,7 @@ class SyncOutcome:
 
 def sync(plan_path: Path, watch: bool = False, max_cycles: int | None = None, items: list[str] | None = None,
          progress: Progress | None = None, on_cycle: Callable[[int, list[SyncResult]], None] | None = None,
-         on_skip: Callable[[int, str], None] | None = None) -> SyncOutcome:
+         on_skip: Callable[[int, str], None] | None = None, lock_wait: LockWait = LockWait()) -> SyncOutcome:
     """One incremental cycle; with `watch`, one every `dual_run.interval` until interrupted (or max_cycles).
 
     The direction follows the journal: source → target while the source is authoritative, target → source
@@ -296,7 +308,7 @@ def sync(plan_path: Path, watch: bool = False, max_cycles: int | None = None, it
             started = time.monotonic()
             wait = interval
             try:
-                with PlanLock(ctx.journal, component):
+                with lock_wait.lock(ctx.journal, component):
                     direction = replication_direction(ctx)
                     results = runner.reverse_sync() if direction == "reverse" else runner.sync()
                 failures = 0
@@ -426,18 +438,18 @@ def not_confirmed(verb: str) -> CutoverResult:
 
 
 def cutover(plan_path: Path, approved_by: str | None = None, check_only: bool = False,
-            progress: Progress | None = None) -> CutoverResult:
+            progress: Progress | None = None, lock_wait: LockWait = LockWait()) -> CutoverResult:
     """Evaluate every gate; if all pass (and not `check_only`), run the cutover steps."""
-    with session(plan_path, "cutover", lock=not check_only, progress=progress) as ctx:
+    with session(plan_path, "cutover", lock=not check_only, progress=progress, lock_wait=lock_wait) as ctx:
         return Cutover(ctx, _azure_checks(ctx.loaded)).run(approved_by=approved_by, check_only=check_only)
 
 
 def rollback(plan_path: Path, force: bool = False, discard_target_changes: bool = False,
-             progress: Progress | None = None) -> CutoverResult:
+             progress: Progress | None = None, lock_wait: LockWait = LockWait()) -> CutoverResult:
     """Go back to the source: the target's changes come home first (final reverse sync where the plan has
     `reverse_sync`, else refused while the target has changes unless `discard_target_changes`), then the
     rollback steps. `force` switches back although the reverse sync failed."""
-    with session(plan_path, "rollback", progress=progress) as ctx:
+    with session(plan_path, "rollback", progress=progress, lock_wait=lock_wait) as ctx:
         return Cutover(ctx).rollback(force=force, discard_target_changes=discard_target_changes)
 
 

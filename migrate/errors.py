@@ -70,6 +70,10 @@ class LockHeld(MigrateError):
     """Another runner holds the plan's lock."""
 
 
+class LockLost(MigrateError):
+    """This runner's lock was taken over (or its heartbeat failed past expiry): it stops at its next journal write."""
+
+
 class StateError(MigrateError):
     """The state journal is missing, unreadable or inconsistent."""
 

@@ -113,6 +113,12 @@ def show_sync_skipped(console: Console, cycle: int, why: str) -> None:
     console.print(f"[yellow]{escape(why)}[/]", highlight=False)
 
 
+def show_lock_wait(console: Console, holder: Any, waited: float, timeout: float) -> None:
+    who = holder.describe() if holder is not None else "another runner"
+    console.print(f"[yellow]waiting for the plan's lock ({waited:.0f}s of {timeout:g}s): held by {escape(who)}[/]",
+                  highlight=False)
+
+
 def show_status(console: Console, result: Any) -> None:
     table = _table(f"Status of {result.component}", "item", "kind", "stage", "status", "load progress", "lag",
                    "last verification")

@@ -35,11 +35,14 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import (
+    text as sql_text,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from migrate.errors import StateError
+from migrate.errors import LockLost, StateError
 from migrate.redact import redact
 
 FORMAT_VERSION = 1
@@ -189,12 +192,22 @@ class VerificationRecord:
     detail: dict[str, Any]
 
 
+@dataclass
+class Fence:
+    """The lock this journal's writes are fenced by: its name, the holder's token, and why it was lost, if it was."""
+
+    name: str
+    token: str
+    lost: str | None = None
+
+
 class Journal:
     """Durable record of what has been done for one plan."""
 
     def __init__(self, url: str, command: str = "api") -> None:
         self.url = url
         self.command = command
+        self.fence: Fence | None = None  # set by the plan lock while this process holds it
         try:
             self.engine = _make_engine(url)
             metadata.create_all(self.engine)
@@ -218,7 +231,7 @@ class Journal:
 
     def begin_run(self, fingerprint: str) -> int:
         user, host, pid = who()
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             result = conn.execute(
                 insert(runs_t).values(command=self.command, started_at=now(), user=user, host=host, pid=pid,
                                       fingerprint=fingerprint)
@@ -228,14 +241,14 @@ class Journal:
             return int(key[0])
 
     def end_run(self, run_id: int, outcome: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(ended_at=now(), outcome=outcome))
 
     def event(self, kind: str, message: str, *, item: str | None = None, outcome: str = "ok",
               data: dict[str, Any] | None = None) -> None:
         """Append to the event log (never updated, never deleted)."""
         user, host, _ = who()
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(insert(events_t).values(
                 at=now(), user=user, host=host, command=self.command, item=item, kind=kind, outcome=outcome,
                 message=redact(message), data=redact(json.dumps(data, default=str)) if data else None,
@@ -274,7 +287,7 @@ class Journal:
                                   "detail": text}
         if fingerprint is not None:
             values["fingerprint"] = fingerprint
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             changed = conn.execute(update(items_t).where(items_t.c.name == item).values(**values)).rowcount
             if not changed:
                 conn.execute(insert(items_t).values(name=item, **values))
@@ -320,7 +333,7 @@ class Journal:
                    "detail": json.dumps(detail, default=str) if detail else None, "updated_at": at}
                   for chunk, status, units, detail in chunks]
         dialect = self.engine.dialect.name
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             if dialect in ("sqlite", "postgresql"):
                 upsert: Any = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(chunks_t)
                 conn.execute(upsert.on_conflict_do_update(
@@ -338,7 +351,7 @@ class Journal:
         self.mark_chunks(item, stage, [(chunk, status, units, detail)])
 
     def clear_chunks(self, item: str, stage: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(chunks_t.delete().where(and_(chunks_t.c.item == item, chunks_t.c.stage == stage)))
 
     # -- per-item key/value state (watermarks, inventories' summaries, continuation tokens) --
@@ -352,7 +365,7 @@ class Journal:
 
     def put(self, item: str, key: str, value: Any) -> None:
         text = json.dumps(value, default=str)
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             changed = conn.execute(update(kv_t).where(and_(kv_t.c.item == item, kv_t.c.key == key)).values(
                 value=text, updated_at=now())).rowcount
             if not changed:
@@ -360,7 +373,7 @@ class Journal:
 
     def forget_item(self, item: str) -> None:
         """Drop an item's chunks and key/value state (its stage log, events and verifications stay)."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(chunks_t.delete().where(chunks_t.c.item == item))
             conn.execute(kv_t.delete().where(kv_t.c.item == item))
 
@@ -368,7 +381,7 @@ class Journal:
 
     def record_verification(self, item: str, clean: bool, checked: int, differences: int,
                             detail: dict[str, Any] | None = None) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(insert(verifications_t).values(
                 item=item, at=now(), clean=clean, checked=checked, differences=differences,
                 detail=redact(json.dumps(detail, default=str)) if detail else None))
@@ -394,8 +407,36 @@ class Journal:
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
+        """A transaction without the fence (the lock's own bookkeeping and reads)."""
         with self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """A write transaction. While a lock holder owns this journal (`fence`), the transaction first touches the
+        lock row with the holder's token: zero rows means the lock was taken over, and nothing is written. The
+        touch also holds the row (PostgreSQL row lock, SQLite's single writer) until commit, so a take-over
+        cannot slip in between the check and the write."""
+        with self.engine.begin() as conn:
+            if self.fence is not None:
+                if self.fence.lost:
+                    raise LockLost(self.fence.lost)
+                held = conn.execute(update(lock_t).where(and_(lock_t.c.name == self.fence.name,
+                                                              lock_t.c.token == self.fence.token))
+                                    .values(token=self.fence.token)).rowcount
+                if not held:
+                    self.fence.lost = ("another runner took over the plan's lock; this run stopped at its next "
+                                       "journal write and wrote nothing more")
+                    raise LockLost(self.fence.lost)
+            yield conn
+
+    def clock(self) -> datetime:
+        """Now, by the journal database's clock on a shared server (PostgreSQL): lock expiry is judged by one
+        clock, not by each runner's own. A SQLite journal is local, so the local clock is the journal's."""
+        if self.engine.dialect.name != "postgresql":
+            return now()
+        with self.engine.connect() as conn:
+            return as_utc(conn.execute(sql_text("SELECT clock_timestamp()")).scalar_one())
 
 
 def _make_engine(url: str) -> Engine:
