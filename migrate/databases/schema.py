@@ -82,8 +82,16 @@ def split_name(name: str) -> tuple[str | None, str]:
 
 
 def list_tables(endpoint: Endpoint, conn: Connection) -> list[str]:
+    """The tables holding rows: a PostgreSQL partitioned table holds none (its partitions do), so its data
+    moves once, through its partitions."""
     with endpoint.errors("cannot list tables"):
-        return sorted(inspect(conn).get_table_names())
+        names = inspect(conn).get_table_names()
+        if endpoint.dialect == "postgresql":
+            parents = set(conn.execute(text(
+                "SELECT relname FROM pg_class WHERE relkind = 'p' AND relnamespace = "
+                "to_regnamespace(current_schema())::oid")).scalars())
+            names = [n for n in names if n not in parents]
+        return sorted(names)
 
 
 def declared_types(endpoint: Endpoint, conn: Connection, schema: str | None, name: str) -> dict[str, str]:

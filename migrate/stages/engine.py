@@ -153,5 +153,9 @@ class ItemEngine(ABC):
         with the evidence; checked by the `reverse_ready` gate before any cutover step. Writes nothing that
         stays."""
 
+    def advance_sequences(self, ctx: StageContext) -> list[str]:
+        """`migrate:sequences`: set the target's id generators past the moved rows (none by default)."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook: engines without connections need nothing here
         """Release connections."""
