@@ -116,8 +116,21 @@ def test_pagila_like_schema_arrives_whole_and_sequences_advance_at_cutover(
     listed = cli_process("plan", str(plan))
     assert listed.returncode == 0, listed.stderr
     assert "final verify → sequences past the moved ids → switch" in listed.stdout + listed.stderr
+    # the inventory: every source object and its fate
+    said = listed.stdout + listed.stderr
+    for line in ("films: table public.film: moved", "films: view public.film_list: recreated",
+                 "films: materialized view public.rental_by_film: recreated",
+                 "films: partitioned table public.payment: recreated (its rows move through its partitions)",
+                 "films: trigger public.film.last_updated: recreated", "films: enum public.mpaa_rating: recreated",
+                 "films: domain public.year: recreated", "films: function public.film_in_stock: recreated",
+                 "films: sequence public.ticket_seq: recreated"):
+        assert line in said, line
+    assert "not moved" not in said
     ran = cli_process("run", str(plan))
     assert ran.returncode == 0, ran.stderr
+    report = tmp_path / "report.md"
+    assert cli_process("report", str(plan), "--out", str(report)).returncode == 0
+    assert "## Not migrated\n\n_none_\n" in report.read_text()
 
     # every table equal outside the tool; partitioned rows stored once (the parent holds none of its own)
     for table in TABLES:
@@ -219,3 +232,81 @@ def test_sql_server_and_sqlite_sequence_statements() -> None:
         "DELETE FROM sqlite_sequence WHERE name = 'notes'",
         "INSERT INTO sqlite_sequence (name, seq) VALUES ('notes', 7)"]
 
+
+
+SQLITE_SOURCE = """
+CREATE TABLE film (id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT NOT NULL, rating VARCHAR(5),
+  last_update TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
+CREATE VIEW film_titles AS SELECT title FROM film;
+CREATE TRIGGER film_touch AFTER UPDATE ON film BEGIN UPDATE film SET rating = rating WHERE id = NEW.id; END;
+INSERT INTO film (title, rating) VALUES ('A', 'G'), ('B', 'PG'), ('C', 'R');
+DELETE FROM film WHERE id = 3;
+"""
+
+
+ONLY_PG = "(only PostgreSQL -> PostgreSQL recreates it)"
+
+
+def sqlite_plan(folder: Path, extra: str = "") -> Path:
+    path = folder / "plan.yaml"
+    path.write_text(textwrap.dedent("""\
+        version: 1
+        component: films
+        connections:
+          src: {url: "sqlite:///source.db"}
+          dst: {url: "sqlite:///target.db"}
+        databases:
+          - name: films
+            source: src
+            target: dst
+        """) + extra, encoding="utf-8")
+    return path
+
+
+def test_inventory_names_what_is_not_moved_and_the_report_is_not_ready_until_acknowledged(tmp_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "source.db") as conn:
+        conn.executescript(SQLITE_SOURCE)
+    with sqlite3.connect(tmp_path / "target.db") as conn:  # the application's own (empty) AUTOINCREMENT table
+        conn.executescript(SQLITE_SOURCE.split(";")[0] + ";")
+    plan = sqlite_plan(tmp_path)
+    listed = cli_process("plan", str(plan))
+    said = listed.stdout + listed.stderr
+    assert "films: view film_titles: not moved (a view (only PostgreSQL -> PostgreSQL recreates it))" in said
+    assert "films: trigger film_touch: not moved (a trigger (only PostgreSQL -> PostgreSQL recreates it))" in said
+    assert "films: table film: moved" in said
+    assert cli_process("run", str(plan)).returncode == 0
+    assert cli_process("verify", str(plan)).returncode == 0
+
+    def report() -> dict:
+        out = tmp_path / "report.json"
+        done = cli_process("report", str(plan), "--format", "json", "--out", str(out))
+        assert done.returncode == 0, done.stderr
+        return json.loads(out.read_text())
+
+    body = report()
+    assert body["items"][0]["not_migrated"] == [
+        {"object": "trigger:film_touch", "reason": f"a trigger {ONLY_PG}", "acknowledged": "no"},
+        {"object": "view:film_titles", "reason": f"a view {ONLY_PG}", "acknowledged": "no"}]
+    assert body["clean"] is False
+    md = tmp_path / "report.md"
+    assert cli_process("report", str(plan), "--out", str(md)).returncode == 0
+    assert "| films | view:film_titles | a view (only PostgreSQL -> PostgreSQL recreates it) | no |" in md.read_text()
+    # the board acknowledges them in the plan (a name and a glob): the verdict no longer depends on them
+    sqlite_plan(tmp_path, '    not_migrated_ok: ["view:film_titles", "trigger:*"]\n')
+    assert cli_process("run", str(plan)).returncode == 0  # preflight journals the inventory again
+    assert cli_process("verify", str(plan)).returncode == 0
+    body = report()
+    assert [e["acknowledged"] for e in body["items"][0]["not_migrated"]] == ["yes", "yes"]
+    gates_pass = all(g["passed"] for g in body["gates"])
+    assert body["clean"] is gates_pass and body["items"][0]["verification"]["clean"]
+    # SQLite AUTOINCREMENT: after cutover the target hands out ids past the source's (3 was used, then deleted:
+    # without migrate:sequences the target would hand out 3 again)
+    with sqlite3.connect(tmp_path / "target.db") as conn:
+        assert conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'film'").fetchone() == (2,)
+    done = cli_process("cutover", str(plan), "--yes")
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(tmp_path / "target.db") as conn:
+        conn.execute("INSERT INTO film (title, last_update) VALUES ('D', 'now')")
+        assert conn.execute("SELECT max(id) FROM film").fetchone() == (4,)

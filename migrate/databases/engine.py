@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import MetaData, Table, delete, false, func, insert, inspect, select, update
+from sqlalchemy import MetaData, Table, delete, false, func, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateSchema
 
+from migrate.databases import inventory, pgdump
 from migrate.databases import load as loading
-from migrate.databases import pgdump
 from migrate.databases import sequences as seqs
 from migrate.databases import sync as syncing
 from migrate.databases.checksum import KeyRangeChecksum, RowDifference
@@ -68,6 +69,33 @@ class DatabaseEngine(ItemEngine):
         """PostgreSQL -> PostgreSQL: the schema comes from pg_dump (pre-data before the load, post-data
         after it) and the copying sessions run as replication (`session_replication_role = replica`)."""
         return self.source.dialect == self.target.dialect == "postgresql"
+
+    def object_inventory(self, infos: list[TableInfo]) -> list[inventory.Entry]:
+        """Every source object of the moved schemas and its fate (moved, recreated, mapped, not moved)."""
+        with self.source.errors("cannot read"), self.source.engine.connect() as conn:
+            default = str(conn.execute(text("SELECT current_schema()")).scalar_one()) \
+                if self.source.dialect == "postgresql" else None
+            moved = {_qualified(info.label, default) for info in infos}
+            schemas = {name.split(".", 1)[0] for name in moved} if default else set()
+            objects = inventory.source_objects(conn, self.source.dialect, schemas) or \
+                [("table", name) for name in sorted(moved)]
+        extensions = None
+        if self.native_schema:
+            with self.target.errors("cannot connect"), self.target.engine.connect() as conn:
+                extensions = set(conn.execute(text("SELECT name FROM pg_available_extensions")).scalars())
+        entries = inventory.classify(objects, moved, self.native_schema,
+                                     self.source.dialect != self.target.dialect, extensions)
+        if not self.native_schema:
+            target = build_target(infos, self.source.dialect, self.target.dialect)
+            dialect = self.target.engine.dialect
+            for info in infos:
+                for col in target.tables[info.label].columns:
+                    declared = info.column(col.name).declared or ""
+                    mapped = col.type.compile(dialect=dialect)
+                    if mapped.lower() != declared.lower():
+                        entries.append(inventory.Entry("column", f"{_qualified(info.label, default)}.{col.name}",
+                                                       inventory.MAPPED, f"{declared or '?'} -> {mapped}"))
+        return entries
 
     # -- tables --
 
@@ -149,6 +177,10 @@ class DatabaseEngine(ItemEngine):
                 rows += estimate_rows(self.source, conn, info)
         lossy, notes = self._lossy_check(infos)
         warnings = [f"lossy (accepted): {x}" for x in lossy] + notes
+        entries = self.object_inventory(infos)
+        inventory.record(ctx.journal, self.name, entries)
+        warnings += [f"not migrated: {e.ref} ({e.detail})"
+                     for e in inventory.not_moved(entries, self.item.not_migrated_ok)]
         if self.target.exists():
             with self.target.errors("cannot connect"), self.target.engine.connect() as conn:
                 conn.execute(select(1)).all()
@@ -218,12 +250,15 @@ class DatabaseEngine(ItemEngine):
         A target that already has some keeps today's rules (adopt empty, truncate, refuse)."""
         if ctx.journal.get(self.name, PG_SECTION + "pre-data") is not None:
             return []
-        with self.target.errors("schema failed"), self.target.engine.connect() as conn:
+        with self.target.errors("schema failed"), self.target.engine.connect() as conn, \
+                self.source.errors("cannot read"), self.source.engine.connect() as sconn:
             inspector = inspect(conn)
             if any(inspector.has_table(info.name, schema=info.schema) for info in sources):
                 return []
+            extensions = pgdump.extensions_sql(sconn, conn)
         schemas, excluded = self._pg_scope(sources)
-        pgdump.replay(self.target, pgdump.dump(self.source, "pre-data", schemas, excluded), "pre-data")
+        pgdump.replay(self.target, extensions + pgdump.dump(self.source, "pre-data", schemas, excluded),
+                      "pre-data")
         ctx.journal.put(self.name, PG_SECTION + "pre-data", datetime.now(UTC).isoformat())
         ctx.journal.event("schema", f"pg_dump pre-data of {', '.join(sorted(schemas))} replayed on the target",
                           item=self.name)
@@ -496,6 +531,10 @@ class DatabaseEngine(ItemEngine):
                 preview.details.append(f"would create the database {self.target.sqlite_path}")
             done = ctx.journal.chunks(self.name, loading.STAGE)
             owned = set(ctx.journal.get(self.name, OWNED, []))
+            entries = self.object_inventory(infos)
+            preview.inventory = [asdict(e) for e in entries]
+            preview.warnings += [f"not migrated: {e.ref} ({e.detail})"
+                                 for e in inventory.not_moved(entries, self.item.not_migrated_ok)]
             with self.source.errors("cannot read"), source_engine.connect() as sconn:
                 for info, wm in sources:
                     rows = estimate_rows(self.source, sconn, info)
@@ -570,6 +609,11 @@ class DatabaseEngine(ItemEngine):
 def _table(pair: TablePair) -> Table:
     """A bare table object naming the target table (for inspection)."""
     return Table(pair.target.info.name, MetaData(), schema=pair.target.info.schema)
+
+
+def _qualified(label: str, default_schema: str | None) -> str:
+    """A table's name with its schema (PostgreSQL's default schema for a bare name)."""
+    return label if "." in label or default_schema is None else f"{default_schema}.{label}"
 
 
 def _url(connections: dict[str, Any], name: str) -> str:

@@ -141,3 +141,14 @@ def scope(conn: Connection, labels: Iterable[str]) -> tuple[set[str], set[str]]:
         "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.relkind = 'r' AND n.nspname = ANY(:s)"), {"s": sorted(schemas)}).scalars().all()
     return schemas, {str(r) for r in rows} - moved
+
+
+def extensions_sql(source: Connection, target: Connection) -> str:
+    """CREATE EXTENSION for the source's extensions the target can install (pg_dump leaves them out of a
+    per-schema dump); the inventory names those it cannot."""
+    available = set(target.execute(text("SELECT name FROM pg_available_extensions")).scalars())
+    rows = source.execute(text("SELECT x.extname, n.nspname FROM pg_extension x JOIN pg_namespace n "
+                               "ON n.oid = x.extnamespace WHERE x.extname <> 'plpgsql' ORDER BY x.oid")).all()
+    return "".join(f'CREATE SCHEMA IF NOT EXISTS "{_ident(schema)}";\n'
+                   f'CREATE EXTENSION IF NOT EXISTS "{_ident(name)}" WITH SCHEMA "{_ident(schema)}";\n'
+                   for name, schema in rows if name in available)

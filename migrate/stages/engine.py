@@ -78,6 +78,7 @@ class Preview:
     estimate_seconds: float = 0.0
     details: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    inventory: list[dict[str, str]] = field(default_factory=list)  # every source object and its fate
 
     @property
     def changes(self) -> bool:
