@@ -363,3 +363,17 @@ def test_a_run_killed_between_a_replayed_section_and_its_journal_entry_resumes(
     for table in TABLES:
         assert copy_md5(pg_url, f"SELECT * FROM {table}") == copy_md5(pg_url2, f"SELECT * FROM {table}")
     h.close()
+
+
+def test_plan_lists_mapped_columns_with_their_target_type_across_dialects(pg_url: str, tmp_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "source.db") as conn:
+        conn.executescript(SQLITE_SOURCE)
+    plan = sqlite_plan(tmp_path)
+    plan.write_text(plan.read_text().replace("sqlite:///target.db", pg_url), encoding="utf-8")
+    listed = cli_process("plan", str(plan))
+    said = listed.stdout + listed.stderr
+    assert "films: column film.id: mapped (INTEGER -> BIGINT)" in said
+    assert "films: column film.last_update: mapped (TEXT -> TEXT)" not in said  # unchanged: not listed
+    assert "films: view film_titles: not moved (a view across dialects)" in said

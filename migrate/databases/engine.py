@@ -87,7 +87,7 @@ class DatabaseEngine(ItemEngine):
                                      self.source.dialect != self.target.dialect, extensions)
         if not self.native_schema:
             target = build_target(infos, self.source.dialect, self.target.dialect)
-            dialect = self.target.engine.dialect
+            dialect = self.target.url.get_dialect()()  # no engine: `plan` must not create a SQLite target
             for info in infos:
                 for col in target.tables[info.label].columns:
                     declared = info.column(col.name).declared or ""
