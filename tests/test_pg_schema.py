@@ -377,3 +377,16 @@ def test_plan_lists_mapped_columns_with_their_target_type_across_dialects(pg_url
     assert "films: column film.id: mapped (INTEGER -> BIGINT)" in said
     assert "films: column film.last_update: mapped (TEXT -> TEXT)" not in said  # unchanged: not listed
     assert "films: view film_titles: not moved (a view across dialects)" in said
+
+
+def test_a_partitioned_table_and_its_partition_both_named_are_refused(pg_url: str, pg_url2: str,
+                                                                      tmp_path: Path) -> None:
+    pg(pg_url, PAGILA_LIKE)
+    plan = write_plan(tmp_path, pg_url, pg_url2)
+    plan.write_text(plan.read_text().replace('tables: ["*"]', 'tables: [film, payment, payment_p2022_01]'),
+                    encoding="utf-8")
+    ran = cli_process("run", str(plan))
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr
+    assert "payment and its partition payment_p2022_01 are both in tables: their rows would be stored twice" \
+        in ran.stderr
+    assert pg(pg_url2, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == [(0,)]

@@ -31,6 +31,7 @@ from migrate.databases.schema import (
     estimate_rows,
     has_primary_key,
     list_tables,
+    partitions_also_named,
     reflect_table,
 )
 from migrate.databases.tables import TablePair, make_pair
@@ -126,6 +127,12 @@ class DatabaseEngine(ItemEngine):
                 info = reflect_table(self.source, conn, spec.name, key=spec.key, columns=spec.columns)
                 assert info is not None
                 out.append((info, self._watermark(spec, info)))
+            if self.source.dialect == "postgresql":
+                both = partitions_also_named(conn, [info.label for info, _ in out])
+                if both:
+                    raise MigrateError(f"{self.name}: {', '.join(f'{p} and its partition {c}' for p, c in both)} "
+                                       "are both in tables: their rows would be stored twice; name the "
+                                       "partitioned table or its partitions, not both")
         if not out:
             raise MigrateError(f"{self.name}: no tables to move on {self.source.label}")
         order = dependency_order([info for info, _ in out])

@@ -94,6 +94,15 @@ def list_tables(endpoint: Endpoint, conn: Connection) -> list[str]:
         return sorted(names)
 
 
+def partitions_also_named(conn: Connection, labels: list[str]) -> list[tuple[str, str]]:
+    """(partitioned table, partition) pairs that are both among `labels` (PostgreSQL)."""
+    rows = conn.execute(text(
+        "SELECT CAST(i.inhparent AS regclass)::text, CAST(i.inhrelid AS regclass)::text FROM pg_inherits i "
+        "WHERE i.inhparent = ANY(CAST(:t AS regclass[])) AND i.inhrelid = ANY(CAST(:t AS regclass[])) "
+        "ORDER BY 1, 2"), {"t": [".".join(f'"{p}"' for p in label.split(".", 1)) for label in labels]}).all()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
 def declared_types(endpoint: Endpoint, conn: Connection, schema: str | None, name: str) -> dict[str, str]:
     """Each column's type exactly as declared (SQLite's declared text, PostgreSQL's format_type)."""
     if endpoint.dialect == "sqlite":
