@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection
 
 from migrate.databases.endpoint import Endpoint
+from migrate.databases.schema import pg_qualified
 from migrate.errors import EndpointError, MigrateError
 from migrate.redact import redact
 
@@ -91,8 +92,9 @@ def dump(source: Endpoint, section: str, schemas: Iterable[str], excluded: Itera
         check_version(client_major(pg_dump), server_version(conn))
     argv = [pg_dump, "--schema-only", f"--section={section}", "--no-owner", "--no-privileges",
             "--no-publications", "--no-subscriptions", "--quote-all-identifiers"]
-    argv += [f"--schema={_pattern(s)}" for s in sorted(schemas)]
-    argv += [f"--exclude-table={_pattern(t)}" for t in sorted(excluded)]
+    # a quoted name is an exact pattern: case and pattern characters are taken literally
+    argv += [f"--schema={pg_qualified(s)}" for s in sorted(schemas)]
+    argv += [f"--exclude-table={pg_qualified(t)}" for t in sorted(excluded)]
     return _run(source, argv, f"pg_dump --section={section}")
 
 
@@ -120,7 +122,7 @@ def has_indexes(conn: Connection, tables: Iterable[str]) -> bool:
     """Whether any of `tables` (`schema.table` or a bare name on the search path) has an index."""
     return bool(conn.execute(text(
         "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = ANY(CAST(:t AS regclass[])))"),
-        {"t": [".".join(f'"{_ident(p)}"' for p in t.split(".", 1)) for t in tables]}).scalar())
+        {"t": [pg_qualified(t) for t in tables]}).scalar())
 
 
 def _idempotent_schemas(sql: str) -> str:
@@ -131,11 +133,6 @@ def _idempotent_schemas(sql: str) -> str:
 def _ident(name: str) -> str:
     return name.replace('"', '""')
 
-
-def _pattern(name: str) -> str:
-    """A pg_dump pattern matching exactly one name (`schema.table` or `schema`): within double quotes case
-    and pattern characters are taken literally."""
-    return ".".join(f'"{_ident(part)}"' for part in name.split(".", 1))
 
 
 def scope(conn: Connection, labels: Iterable[str]) -> tuple[set[str], set[str]]:

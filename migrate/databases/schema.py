@@ -99,8 +99,13 @@ def partitions_also_named(conn: Connection, labels: list[str]) -> list[tuple[str
     rows = conn.execute(text(
         "SELECT CAST(i.inhparent AS regclass)::text, CAST(i.inhrelid AS regclass)::text FROM pg_inherits i "
         "WHERE i.inhparent = ANY(CAST(:t AS regclass[])) AND i.inhrelid = ANY(CAST(:t AS regclass[])) "
-        "ORDER BY 1, 2"), {"t": [".".join(f'"{p}"' for p in label.split(".", 1)) for label in labels]}).all()
+        "ORDER BY 1, 2"), {"t": [pg_qualified(label) for label in labels]}).all()
     return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def pg_qualified(label: str) -> str:
+    """`schema.table` (or a bare name) as a quoted PostgreSQL identifier; also an exact pg_dump pattern."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in label.split(".", 1))
 
 
 def declared_types(endpoint: Endpoint, conn: Connection, schema: str | None, name: str) -> dict[str, str]:

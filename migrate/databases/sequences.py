@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from migrate.databases.schema import TableInfo
+from migrate.databases.schema import TableInfo, pg_qualified
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,6 @@ class Counter:
         return f"{self.table}.{self.column} ({self.name})" if self.table else f"sequence {self.name}"
 
 
-def _pg_table(info: TableInfo) -> str:
-    return f'"{info.schema}"."{info.name}"' if info.schema else f'"{info.name}"'
-
-
 def _ms_table(info: TableInfo) -> str:
     return f"[{info.schema}].[{info.name}]" if info.schema else f"[{info.name}]"
 
@@ -45,7 +41,7 @@ def column_counters(conn: Connection, dialect: str, info: TableInfo) -> list[Cou
         rows = conn.execute(text(
             "SELECT a.attname, pg_get_serial_sequence(CAST(:t AS text), a.attname) FROM pg_attribute a "
             "WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 AND NOT a.attisdropped"),
-            {"t": _pg_table(info)}).all()
+            {"t": pg_qualified(info.label)}).all()
         return [Counter(info.label, r[0], r[1]) for r in rows if r[1] is not None]
     if dialect == "mssql":
         rows = conn.execute(text("SELECT name FROM sys.identity_columns WHERE object_id = OBJECT_ID(:t)"),
