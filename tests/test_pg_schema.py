@@ -134,9 +134,10 @@ def test_pagila_like_schema_arrives_whole_and_sequences_advance_at_cutover(
     assert ran.returncode == 0, ran.stderr
     # sequences arrive at their start value; migrate:sequences sets them at cutover
     assert pg(pg_url2, "SELECT last_value, is_called FROM language_language_id_seq") == [(1, False)]
-    report = tmp_path / "report.md"
-    assert cli_process("report", str(plan), "--out", str(report)).returncode == 0
-    assert "## Not migrated\n\n_none_\n" in report.read_text()
+    report = tmp_path / "report.json"
+    assert cli_process("report", str(plan), "--format", "json", "--out", str(report)).returncode == 0
+    limits = json.loads(report.read_text())["not_migrated"]
+    assert limits and not [x for x in limits if ":" in x["what"] or x["blocks"]]  # no object left behind
 
     # every table equal outside the tool; partitioned rows stored once (the parent holds none of its own)
     for table in TABLES:
@@ -293,21 +294,27 @@ def test_inventory_names_what_is_not_moved_and_the_report_is_not_ready_until_ack
         return json.loads(out.read_text())
 
     body = report()
-    assert body["items"][0]["not_migrated"] == [
-        {"object": "trigger:film_touch", "reason": f"a trigger {ONLY_PG}", "acknowledged": "no"},
-        {"object": "view:film_titles", "reason": f"a view {ONLY_PG}", "acknowledged": "no"}]
+    objects = [x for x in body["not_migrated"] if ":" in x["what"]]
+    assert objects == [
+        {"item": "films", "what": "trigger:film_touch", "why": f"a trigger {ONLY_PG}", "blocks": True},
+        {"item": "films", "what": "view:film_titles", "why": f"a view {ONLY_PG}", "blocks": True}]
     assert body["clean"] is False
+    assert body["headline"] == ("NOT READY: not migrated and not acknowledged by not_migrated_ok: "
+                                "trigger:film_touch, view:film_titles")
     md = tmp_path / "report.md"
     assert cli_process("report", str(plan), "--out", str(md)).returncode == 0
-    assert "| films | view:film_titles | a view (only PostgreSQL -> PostgreSQL recreates it) | no |" in md.read_text()
+    assert f"| films | view:film_titles | a view {ONLY_PG} |" in md.read_text()
     # the board acknowledges them in the plan (a name and a glob): the verdict no longer depends on them
     sqlite_plan(tmp_path, '    not_migrated_ok: ["view:film_titles", "trigger:*"]\n')
     assert cli_process("run", str(plan)).returncode == 0  # preflight journals the inventory again
     assert cli_process("verify", str(plan)).returncode == 0
     body = report()
-    assert [e["acknowledged"] for e in body["items"][0]["not_migrated"]] == ["yes", "yes"]
+    objects = [x for x in body["not_migrated"] if ":" in x["what"]]
+    assert [(x["what"], x["blocks"]) for x in objects] == [("trigger:film_touch", False), ("view:film_titles", False)]
+    assert objects[1]["why"] == f"a view {ONLY_PG} (acknowledged by not_migrated_ok)"
     gates_pass = all(g["passed"] for g in body["gates"])
     assert body["clean"] is gates_pass and body["items"][0]["verification"]["clean"]
+    assert "not acknowledged" not in body["headline"]
     # SQLite AUTOINCREMENT: after cutover the target hands out ids past the source's (3 was used, then deleted:
     # without migrate:sequences the target would hand out 3 again)
     with sqlite3.connect(tmp_path / "target.db") as conn:
@@ -338,7 +345,7 @@ def test_roles_with_grants_are_listed_not_moved_and_unlisted_tables_stay_out(
     assert pg(pg_url2, "SELECT to_regclass('public.audit') IS NULL") == [(True,)]  # excluded from the dump
     out = tmp_path / "report.json"
     assert cli_process("report", str(plan), "--format", "json", "--out", str(out)).returncode == 0
-    objects = [e["object"] for e in json.loads(out.read_text())["items"][0]["not_migrated"]]
+    objects = [x["what"] for x in json.loads(out.read_text())["not_migrated"] if x["blocks"]]
     assert objects == ["role:ward_reader", "table:public.audit"]
     assert json.loads(out.read_text())["clean"] is False
 
