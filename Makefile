@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install services postgres azurite rclone lint bench clean
+.PHONY: demo test install pgclient services postgres azurite rclone lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed pgclient
+
+# PostgreSQL client binaries (pg_dump, psql): PostgreSQL -> PostgreSQL schema is pg_dump's, replayed by psql.
+pgclient:
+	@if command -v pg_dump >/dev/null 2>&1 && command -v psql >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null; \
+	else echo "PostgreSQL client binaries missing: run 'sudo apt-get install postgresql-client'" >&2; exit 1; fi
 
 demo: install
 	$(VENV)/bin/migrate demo --workdir demo-work

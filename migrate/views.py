@@ -45,6 +45,10 @@ def show_plan(console: Console, result: Any) -> None:
     for p in result.previews:
         for line in p.details:
             console.print(f"  {p.item}: {line}", highlight=False, markup=False)
+        for entry in p.inventory:
+            detail = f" ({entry['detail']})" if entry["detail"] else ""
+            console.print(f"  {p.item}: {entry['kind']} {entry['name']}: {entry['fate']}{detail}",
+                          highlight=False, markup=False)
         for line in p.warnings:
             console.print(f"  [yellow]warning[/] {p.item}: {line}", highlight=False)
     if result.azure:

@@ -156,7 +156,8 @@ def test_junit_has_a_timed_case_per_table_blob_set_gate_and_step(board: dict) ->
     assert all(c.get("time") is not None for c in cases.values())
     for name in ("rows patient-record patients", "rows patient-record encounters", "files letters letters",
                  "bytes letters letters", "gate verified", "gate max_lag",
-                 "cutover 1.1 freeze writes on premises", "cutover 1.4 switch application to Azure"):
+                 "cutover 1.1 freeze writes on premises", "cutover 1.4 sequences past the moved ids",
+                 "cutover 1.5 switch application to Azure"):
         assert name in cases, name
     assert float(cases["cutover 1.3 final verify"].get("time")) > 0
     assert suite.get("failures") == "0" and suite.get("time")

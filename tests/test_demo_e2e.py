@@ -136,10 +136,11 @@ def test_interrupted_cutover_resumes_at_the_interrupted_step(loaded_demo: Path) 
     lost = cli_process("cutover", str(loaded_demo), "--yes")
     assert lost.returncode == -signal.SIGKILL
     status = json.loads(cli_process("status", str(loaded_demo), "--json").stdout)["result"]
-    assert status["cutover"]["status"] == "running" and status["cutover"]["step"] == 3
+    # freeze, final sync, final verify, sequences, switch: the switch is step 4 (from 0)
+    assert status["cutover"]["status"] == "running" and status["cutover"]["step"] == 4
     resumed = cli_process("cutover", str(loaded_demo), "--yes")
     assert resumed.returncode == 0, resumed.stderr
-    assert "Resumed an interrupted cutover at step 4" in resumed.stderr
+    assert "Resumed an interrupted cutover at step 5" in resumed.stderr
     assert (work / "freeze.count").read_text().count("x") == 1  # the freeze did not run twice
     assert (work / "active-site").read_text().strip() == "azure"
 

@@ -127,7 +127,8 @@ def test_resume_after_kill_9_waits_for_the_orphan_step_never_two_copies(tmp_path
     assert state["status"] == "done" and state["approved_by"] == "alice"
     assert {g["gate"] for g in state["gates"]} >= {"loaded", "approval"}
     assert all(g["passed"] for g in state["gates"])
-    assert '"resumed_at": 3' in resumed.stdout and '"gate": "approval"' in resumed.stdout
+    # freeze, final sync, final verify, sequences, switch: the switch (index 4) is where it resumed
+    assert '"resumed_at": 4' in resumed.stdout and '"gate": "approval"' in resumed.stdout
     assert '"output": "switched\\n"' in resumed.stdout and '"orphan": "waited"' in resumed.stdout
 
 

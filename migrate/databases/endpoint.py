@@ -78,6 +78,8 @@ class Endpoint:
             raise EndpointError(f"{role} connection {name!r}: unsupported database {self.dialect!r} "
                                 f"(supported: {', '.join(DIALECTS)})")
         self._engine: Engine | None = None
+        # replicated rows must not fire the target's triggers (nor its FK checks, which load order breaks)
+        self.replica_role = False
 
     @property
     def shown(self) -> str:
@@ -119,7 +121,10 @@ class Endpoint:
             return engine
         kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": self.pool_size, "max_overflow": 4}
         if self.dialect == "postgresql":
-            kwargs["connect_args"] = {"options": "-c TimeZone=UTC -c DateStyle=ISO", "connect_timeout": 10}
+            options = "-c TimeZone=UTC -c DateStyle=ISO"
+            if self.replica_role:
+                options += " -c session_replication_role=replica"
+            kwargs["connect_args"] = {"options": options, "connect_timeout": 10}
         try:
             engine = create_engine(self.url, **kwargs)
             interrupt.watch_engine(engine)

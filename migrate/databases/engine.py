@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import MetaData, Table, delete, false, func, insert, inspect, select, update
+from sqlalchemy import MetaData, Table, delete, false, func, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateSchema
 
+from migrate.databases import inventory, pgdump
 from migrate.databases import load as loading
+from migrate.databases import sequences as seqs
 from migrate.databases import sync as syncing
 from migrate.databases.checksum import KeyRangeChecksum, RowDifference
 from migrate.databases.dialects import ops_for, raw_sql
@@ -28,6 +31,7 @@ from migrate.databases.schema import (
     estimate_rows,
     has_primary_key,
     list_tables,
+    partitions_also_named,
     reflect_table,
 )
 from migrate.databases.tables import TablePair, make_pair
@@ -39,6 +43,7 @@ from migrate.redact import redact
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 
 OWNED = "owned_tables"  # target tables this migration created, adopted empty, or truncated
+PG_SECTION = "pg_dump:"  # + section: when that section of the source's pg_dump was replayed on the target
 
 
 class DatabaseEngine(ItemEngine):
@@ -56,8 +61,42 @@ class DatabaseEngine(ItemEngine):
         source, target = (item.target, item.source) if reverse else (item.source, item.target)
         self.source = Endpoint(source, _url(connections, source), loaded.base_dir, role="source", pool_size=pool)
         self.target = Endpoint(target, _url(connections, target), loaded.base_dir, role="target", pool_size=pool)
+        self.target.replica_role = self.native_schema
         self._sources: list[tuple[TableInfo, Incremental | None]] | None = None
         self._wm_columns: dict[str, str] = {}
+
+    @property
+    def native_schema(self) -> bool:
+        """PostgreSQL -> PostgreSQL: the schema comes from pg_dump (pre-data before the load, post-data
+        after it) and the copying sessions run as replication (`session_replication_role = replica`)."""
+        return self.source.dialect == self.target.dialect == "postgresql"
+
+    def object_inventory(self, infos: list[TableInfo]) -> list[inventory.Entry]:
+        """Every source object of the moved schemas and its fate (moved, recreated, mapped, not moved)."""
+        with self.source.errors("cannot read"), self.source.engine.connect() as conn:
+            default = str(conn.execute(text("SELECT current_schema()")).scalar_one()) \
+                if self.source.dialect == "postgresql" else None
+            moved = {_qualified(info.label, default) for info in infos}
+            schemas = {name.split(".", 1)[0] for name in moved} if default else set()
+            objects = inventory.source_objects(conn, self.source.dialect, schemas) or \
+                [("table", name) for name in sorted(moved)]
+        extensions = None
+        if self.native_schema:
+            with self.target.errors("cannot connect"), self.target.engine.connect() as conn:
+                extensions = set(conn.execute(text("SELECT name FROM pg_available_extensions")).scalars())
+        entries = inventory.classify(objects, moved, self.native_schema,
+                                     self.source.dialect != self.target.dialect, extensions)
+        if not self.native_schema:
+            target = build_target(infos, self.source.dialect, self.target.dialect)
+            dialect = self.target.url.get_dialect()()  # no engine: `plan` must not create a SQLite target
+            for info in infos:
+                for col in target.tables[info.label].columns:
+                    declared = info.column(col.name).declared or ""
+                    mapped = col.type.compile(dialect=dialect)
+                    if mapped.lower() != declared.lower():
+                        entries.append(inventory.Entry("column", f"{_qualified(info.label, default)}.{col.name}",
+                                                       inventory.MAPPED, f"{declared or '?'} -> {mapped}"))
+        return entries
 
     # -- tables --
 
@@ -88,6 +127,12 @@ class DatabaseEngine(ItemEngine):
                 info = reflect_table(self.source, conn, spec.name, key=spec.key, columns=spec.columns)
                 assert info is not None
                 out.append((info, self._watermark(spec, info)))
+            if self.source.dialect == "postgresql":
+                both = partitions_also_named(conn, [info.label for info, _ in out])
+                if both:
+                    raise MigrateError(f"{self.name}: {', '.join(f'{p} and its partition {c}' for p, c in both)} "
+                                       "are both in tables: their rows would be stored twice; name the "
+                                       "partitioned table or its partitions, not both")
         if not out:
             raise MigrateError(f"{self.name}: no tables to move on {self.source.label}")
         order = dependency_order([info for info, _ in out])
@@ -139,6 +184,10 @@ class DatabaseEngine(ItemEngine):
                 rows += estimate_rows(self.source, conn, info)
         lossy, notes = self._lossy_check(infos)
         warnings = [f"lossy (accepted): {x}" for x in lossy] + notes
+        entries = self.object_inventory(infos)
+        inventory.record(ctx.journal, self.name, entries)
+        warnings += [f"not migrated: {e.ref} ({e.detail})"
+                     for e in inventory.not_moved(entries, self.item.not_migrated_ok)]
         if self.target.exists():
             with self.target.errors("cannot connect"), self.target.engine.connect() as conn:
                 conn.execute(select(1)).all()
@@ -159,6 +208,10 @@ class DatabaseEngine(ItemEngine):
         target_schema = build_target(sources, self.source.dialect, self.target.dialect)
         owned = set(ctx.journal.get(self.name, OWNED, []))
         created, adopted, truncated = [], [], []
+        if self.native_schema:
+            created = self._replay_pre_data(ctx, sources)
+            owned.update(created)
+            ctx.journal.put(self.name, OWNED, sorted(owned))
         with self.target.errors("schema failed"), self.target.engine.connect() as conn:
             inspector = inspect(conn)
             if self.target.dialect != "sqlite":
@@ -194,6 +247,47 @@ class DatabaseEngine(ItemEngine):
         return StageResult(self.name, "schema", summary=", ".join(parts) + " tables",
                            metrics={"created": created, "adopted": adopted, "truncated": truncated},
                            warnings=target_schema.notes)
+
+    def _pg_scope(self, infos: list[TableInfo]) -> tuple[set[str], set[str]]:
+        with self.source.errors("cannot read"), self.source.engine.connect() as conn:
+            return pgdump.scope(conn, [info.label for info in infos])
+
+    def _replay_pre_data(self, ctx: StageContext, sources: list[TableInfo]) -> list[str]:
+        """pg_dump's pre-data on a target that has none of the moved tables yet; return the tables it made.
+        A target that already has some keeps today's rules (adopt empty, truncate, refuse)."""
+        if ctx.journal.get(self.name, PG_SECTION + "pre-data") is not None:
+            return []
+        with self.target.errors("schema failed"), self.target.engine.connect() as conn, \
+                self.source.errors("cannot read"), self.source.engine.connect() as sconn:
+            inspector = inspect(conn)
+            if any(inspector.has_table(info.name, schema=info.schema) for info in sources):
+                return []
+            extensions = pgdump.extensions_sql(sconn, conn)
+        schemas, excluded = self._pg_scope(sources)
+        pgdump.replay(self.target, extensions + pgdump.dump(self.source, "pre-data", schemas, excluded),
+                      "pre-data")
+        ctx.journal.put(self.name, PG_SECTION + "pre-data", datetime.now(UTC).isoformat())
+        ctx.journal.event("schema", f"pg_dump pre-data of {', '.join(sorted(schemas))} replayed on the target",
+                          item=self.name)
+        return [info.label for info in sources]
+
+    def _post_load_native(self, ctx: StageContext, pairs: list[TablePair]) -> list[str]:
+        """pg_dump's post-data (keys, indexes, foreign keys, triggers) once, then refresh materialized views."""
+        schemas, excluded = self._pg_scope([p.source.info for p in pairs])
+        done = []
+        if ctx.journal.get(self.name, PG_SECTION + "post-data") is None:
+            with self.target.errors("cannot read"), self.target.engine.connect() as conn:
+                # pre-data makes no index: one on a moved table means a run killed after the post-data
+                # committed and before it was journaled
+                replayed = pgdump.has_indexes(conn, [p.target.info.label for p in pairs])
+            if not replayed:
+                pgdump.replay(self.target, pgdump.dump(self.source, "post-data", schemas, excluded), "post-data")
+            ctx.journal.put(self.name, PG_SECTION + "post-data", datetime.now(UTC).isoformat())
+            done.append(f"pg_dump post-data of {', '.join(sorted(schemas))}")
+        with self.target.errors("cannot refresh materialized views"), self.target.engine.connect() as conn:
+            done += [f"refreshed {name}" for name in pgdump.refresh_materialized_views(conn, schemas)]
+            conn.commit()
+        return done
 
     def load(self, ctx: StageContext) -> StageResult:
         started = time.monotonic()
@@ -239,11 +333,15 @@ class DatabaseEngine(ItemEngine):
         finally:
             task.close()
         post = []
-        with self.target.errors("cannot create indexes"), self.target.engine.connect() as conn:
-            target_schema = build_target([p.source.info for p in pairs], self.source.dialect, self.target.dialect)
-            for pair in pairs:
-                post += create_post_load(conn, target_schema.tables[pair.label], self.target.dialect)
-                conn.commit()
+        if self.native_schema:
+            post = self._post_load_native(ctx, pairs)
+        else:
+            with self.target.errors("cannot create indexes"), self.target.engine.connect() as conn:
+                target_schema = build_target([p.source.info for p in pairs], self.source.dialect,
+                                             self.target.dialect)
+                for pair in pairs:
+                    post += create_post_load(conn, target_schema.tables[pair.label], self.target.dialect)
+                    conn.commit()
         seconds = time.monotonic() - started
         total = already + moved
         return StageResult(self.name, "load", summary=f"{moved} rows in {len(work)} chunks ({total} in all)",
@@ -251,6 +349,45 @@ class DatabaseEngine(ItemEngine):
                                     "seconds": round(seconds, 3),
                                     "rows_per_second": round(moved / seconds) if seconds else 0,
                                     "post_load": post})
+
+    def advance_sequences(self, ctx: StageContext) -> list[str]:
+        """`migrate:sequences`: every target sequence/identity at least the source's value and the highest
+        id on either side (never lowered); return what was set."""
+        pairs = self._pairs()
+        done: list[str] = []
+        handled: set[str] = set()  # sequences already set through a moved column
+        src_d, tgt_d = self.source.dialect, self.target.dialect
+        with self.source.errors("cannot read sequences"), self.source.engine.connect() as sconn, \
+                self.target.errors("cannot set sequences"), self.target.engine.connect() as tconn:
+            for pair in pairs:
+                on_source = {c.column: c for c in seqs.column_counters(sconn, src_d, pair.source.info)}
+                for counter in seqs.column_counters(tconn, tgt_d, pair.target.info):
+                    assert counter.column is not None
+                    own = seqs.current_value(tconn, tgt_d, counter)
+                    found = [own, pair.source.max_of(sconn, counter.column), pair.target.max_of(tconn, counter.column)]
+                    if counter.column in on_source:
+                        found.append(seqs.current_value(sconn, src_d, on_source[counter.column]))
+                    done += self._advance(tconn, counter, own, found)
+                    handled.add(counter.name)
+            if src_d == tgt_d and src_d in ("postgresql", "mssql"):
+                schemas = sorted({(info.schema or ("public" if src_d == "postgresql" else "dbo"))
+                                  for info in [p.source.info for p in pairs]})
+                on_target = {c.name for c in seqs.schema_sequences(tconn, tgt_d, schemas)}
+                for counter in seqs.schema_sequences(sconn, src_d, schemas):
+                    if counter.name in on_target and counter.name not in handled:
+                        own = seqs.current_value(tconn, tgt_d, counter)
+                        done += self._advance(tconn, counter, own, [
+                            own, seqs.current_value(sconn, src_d, counter), seqs.owner_max(tconn, counter)])
+            tconn.commit()
+        ctx.journal.event("sequences", f"{len(done)} sequence(s) advanced", item=self.name, data={"set": done})
+        return done
+
+    def _advance(self, tconn: Connection, counter: seqs.Counter, own: int | None, found: list[Any]) -> list[str]:
+        value = max((int(v) for v in found if isinstance(v, int) and not isinstance(v, bool)), default=None)
+        if value is None or value < 1 or value == own:
+            return []
+        seqs.advance(tconn, self.target.dialect, counter, value)
+        return [f"{counter.label} -> {value}"]
 
     def _ranges(self, ctx: StageContext, pair: TablePair) -> list[KeyRange]:
         stored = ctx.journal.get(self.name, f"ranges:{pair.label}")
@@ -406,6 +543,10 @@ class DatabaseEngine(ItemEngine):
                 preview.details.append(f"would create the database {self.target.sqlite_path}")
             done = ctx.journal.chunks(self.name, loading.STAGE)
             owned = set(ctx.journal.get(self.name, OWNED, []))
+            entries = self.object_inventory(infos)
+            preview.inventory = [asdict(e) for e in entries]
+            preview.warnings += [f"not migrated: {e.ref} ({e.detail})"
+                                 for e in inventory.not_moved(entries, self.item.not_migrated_ok)]
             with self.source.errors("cannot read"), source_engine.connect() as sconn:
                 for info, wm in sources:
                     rows = estimate_rows(self.source, sconn, info)
@@ -480,6 +621,11 @@ class DatabaseEngine(ItemEngine):
 def _table(pair: TablePair) -> Table:
     """A bare table object naming the target table (for inspection)."""
     return Table(pair.target.info.name, MetaData(), schema=pair.target.info.schema)
+
+
+def _qualified(label: str, default_schema: str | None) -> str:
+    """A table's name with its schema (PostgreSQL's default schema for a bare name)."""
+    return label if "." in label or default_schema is None else f"{default_schema}.{label}"
 
 
 def _url(connections: dict[str, Any], name: str) -> str:

@@ -82,8 +82,30 @@ def split_name(name: str) -> tuple[str | None, str]:
 
 
 def list_tables(endpoint: Endpoint, conn: Connection) -> list[str]:
+    """The tables holding rows: a PostgreSQL partitioned table holds none (its partitions do), so its data
+    moves once, through its partitions."""
     with endpoint.errors("cannot list tables"):
-        return sorted(inspect(conn).get_table_names())
+        names = inspect(conn).get_table_names()
+        if endpoint.dialect == "postgresql":
+            parents = set(conn.execute(text(
+                "SELECT relname FROM pg_class WHERE relkind = 'p' AND relnamespace = "
+                "to_regnamespace(current_schema())::oid")).scalars())
+            names = [n for n in names if n not in parents]
+        return sorted(names)
+
+
+def partitions_also_named(conn: Connection, labels: list[str]) -> list[tuple[str, str]]:
+    """(partitioned table, partition) pairs that are both among `labels` (PostgreSQL)."""
+    rows = conn.execute(text(
+        "SELECT CAST(i.inhparent AS regclass)::text, CAST(i.inhrelid AS regclass)::text FROM pg_inherits i "
+        "WHERE i.inhparent = ANY(CAST(:t AS regclass[])) AND i.inhrelid = ANY(CAST(:t AS regclass[])) "
+        "ORDER BY 1, 2"), {"t": [pg_qualified(label) for label in labels]}).all()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+def pg_qualified(label: str) -> str:
+    """`schema.table` (or a bare name) as a quoted PostgreSQL identifier; also an exact pg_dump pattern."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in label.split(".", 1))
 
 
 def declared_types(endpoint: Endpoint, conn: Connection, schema: str | None, name: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ from migrate.redact import register_secret
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 PLAN_SUFFIXES = (".yaml", ".yml")
 BUILTIN_PREFIX = "migrate:"
-BUILTIN_STEPS = ("migrate:final-sync", "migrate:final-verify")
+BUILTIN_STEPS = ("migrate:final-sync", "migrate:final-verify", "migrate:sequences")
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,7 @@ class DatabaseItem(Strict):
     accept_lossy: bool = False
     float_tolerance: float = Field(default=1e-9, ge=0)
     delete: bool = True  # mirror source deletes during sync
+    not_migrated_ok: list[str] = Field(default_factory=list)  # `kind:schema.name` or globs the board accepts
 
 
 class BlobItem(Strict):

@@ -106,8 +106,10 @@ class ReportData:
 
     @property
     def clean(self) -> bool:
-        """Every item verified clean and every gate passing: what a board needs to see to sign."""
-        return all(i.verified_clean for i in self.items) and all(g.passed for g in self.gates)
+        """Every item verified clean, every gate passing and no object left behind that the plan does not
+        acknowledge (`not_migrated_ok`): what a board needs to see to sign."""
+        return all(i.verified_clean for i in self.items) and all(g.passed for g in self.gates) \
+            and not any(x.blocks for x in self.not_migrated)
 
 
 def describe_connection(connection: Connection) -> str:
@@ -202,6 +204,11 @@ def headline(data: ReportData) -> tuple[str, str]:
         return "ROLLED BACK", (f"ROLLED BACK at {_at(data.cutover.get('ended_at'))}: the component runs on the "
                                "source; " + (f"not ready again: failing {', '.join(failing)}" if failing
                                              else "every gate passes again"))
+    left_behind = [x.what for x in data.not_migrated if x.blocks]
+    if left_behind:
+        return "NOT READY", ("NOT READY: not migrated and not acknowledged by not_migrated_ok: "
+                             + ", ".join(left_behind[:5]) + (f" and {len(left_behind) - 5} more"
+                                                             if len(left_behind) > 5 else ""))
     worst = max((i.lag_seconds for i in data.items if i.lag_seconds is not None), default=None)
     if not failing and all(i.verified_clean for i in data.items):
         return "READY FOR CUTOVER", (f"READY FOR CUTOVER: every item verified clean and every gate passes "

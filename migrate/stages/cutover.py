@@ -1,10 +1,12 @@
 """Cutover and rollback: gates first, then the runbook steps, each journaled; and which way replication runs.
 
-The sequence is the plan's `cutover.steps` with two built-in steps, `migrate:final-sync` (sync until a cycle
-finds nothing to copy) and `migrate:final-verify`. A plan may place them itself; when it names neither,
-they run right after the first step if the plan has two or more (the first step is the freeze, as in
-DESIGN's example), else before the only step. The **switch** is the first plan step after the last built-in
-step: the target is authoritative (`migrate.state.direction`) from the moment it starts.
+The sequence is the plan's `cutover.steps` with three built-in steps, `migrate:final-sync` (sync until a
+cycle finds nothing to copy), `migrate:final-verify` and `migrate:sequences` (target sequences/identities
+past the moved ids). A plan may place them itself; when it names none, they run right after the first step
+if the plan has two or more (the first step is the freeze, as in DESIGN's example), else before the only
+step; `migrate:sequences`, when not named, follows the last built-in step the plan names. The **switch** is
+the first plan step after the last built-in step: the target is authoritative (`migrate.state.direction`)
+from the moment it starts.
 
 Journal state (`_plan` / `cutover`): idle → running(step N) → done | rolling_back → rolled_back. A step that
 fails before the switch runs the rollback steps and leaves the component on the source; one that fails at or
@@ -40,7 +42,7 @@ from migrate.state.sync_state import SyncState
 
 __all__ = ["PLAN_ITEM", "Cutover", "CutoverResult", "cutover_sequence", "cutover_state", "replication_direction"]
 
-FINAL_SYNC, FINAL_VERIFY = BUILTIN_STEPS
+FINAL_SYNC, FINAL_VERIFY, SEQUENCES = BUILTIN_STEPS
 MAX_FINAL_SYNC_CYCLES = 10
 APPROVAL_KEYS = ("approved_by", "approved_at", "approved_plan")  # who approved, when, and which plan hash
 MAX_REVERSE_CYCLES = 3  # rollback's final reverse sync: until a cycle moves nothing, at most this many
@@ -58,6 +60,9 @@ def cutover_sequence(plan: Plan) -> list[Step]:
         at = 1 if len(steps) >= 2 else 0
         steps[at:at] = [Step(name="final sync to zero lag", run=FINAL_SYNC),
                         Step(name="final verify", run=FINAL_VERIFY)]
+    if not any(s.run == SEQUENCES for s in steps):
+        last = max(i for i, s in enumerate(steps) if s.run in BUILTIN_STEPS)
+        steps.insert(last + 1, Step(name="sequences past the moved ids", run=SEQUENCES))
     return steps
 
 
@@ -236,6 +241,9 @@ class Cutover:
         try:
             if step.run == FINAL_SYNC:
                 detail = self._final_sync(runner)
+            elif step.run == SEQUENCES:
+                advanced = runner.sequences()
+                detail = f"{len(advanced)} sequence(s) advanced" + (f": {'; '.join(advanced)}" if advanced else "")
             else:
                 results = runner.verify()
                 differences = [d for r in results for d in r.differences]

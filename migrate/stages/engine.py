@@ -78,6 +78,7 @@ class Preview:
     estimate_seconds: float = 0.0
     details: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    inventory: list[dict[str, str]] = field(default_factory=list)  # every source object and its fate
 
     @property
     def changes(self) -> bool:
@@ -152,6 +153,10 @@ class ItemEngine(ABC):
         """Whether reverse replication would work (the source takes writes, the target supplies changes),
         with the evidence; checked by the `reverse_ready` gate before any cutover step. Writes nothing that
         stays."""
+
+    def advance_sequences(self, ctx: StageContext) -> list[str]:
+        """`migrate:sequences`: set the target's id generators past the moved rows (none by default)."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook: engines without connections need nothing here
         """Release connections."""

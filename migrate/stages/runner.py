@@ -172,6 +172,14 @@ class StageRunner:
                                     "`migrate rollback PLAN` goes back to the source")
         return [self.sync_item(item, reverse=False) for item in self.items]
 
+    def sequences(self) -> list[str]:
+        """`migrate:sequences` for every item: target sequences/identities at least the source's values."""
+        done = []
+        for item in self.items:
+            with self._engine(item) as engine:
+                done += engine.advance_sequences(self.ctx)
+        return done
+
     def reverse_sync(self) -> list[SyncResult]:
         """One reverse cycle (target → source) for every item: the target's inserts, updates and deletes
         (new and modified blobs) reach the source, the target winning. Journaled as `<item>.reverse`."""
