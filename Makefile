@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-install: $(VENV)/.installed pgclient
+install: $(VENV)/.installed
 
 # PostgreSQL client binaries (pg_dump, psql): PostgreSQL -> PostgreSQL schema is pg_dump's, replayed by psql.
 pgclient:
@@ -39,7 +39,7 @@ node_modules/.bin/azurite-blob: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-services: postgres azurite
+services: postgres pgclient azurite
 
 test: install services
 	$(VENV)/bin/pytest -q

@@ -49,6 +49,11 @@ LockTimeoutOpt = Annotated[str | None, typer.Option(
     help="Wait up to this long (30s, 5m) for the plan's lock when another run holds it, instead of failing.")]
 
 
+MassDeleteOpt = Annotated[bool, typer.Option(
+    "--allow-mass-delete", help="Let a cycle delete more than half of a table or blob set (over 100 keys), or "
+                                "everything from an empty source. Refused without it.")]
+
+
 def _lock_wait(timeout: str | None) -> commands.LockWait:
     """The --lock-timeout wait, saying on stderr who holds the lock (first try, then every 10 s)."""
     if timeout is None:
@@ -146,10 +151,11 @@ def plan(plan: PlanArg, as_json: JsonOpt = False,
 @app.command()
 def run(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
         until: Annotated[str, typer.Option(help="Stop after this stage: preflight, schema, load or verify.")]
-        = "verify", lock_timeout: LockTimeoutOpt = None) -> None:
+        = "verify", lock_timeout: LockTimeoutOpt = None, allow_mass_delete: MassDeleteOpt = False) -> None:
     """preflight → schema → load → verify; resumes whatever an earlier run left unfinished."""
     _execute("run", as_json, lambda p: commands.run(plan, until=until, items=items, progress=p,
-                                                    lock_wait=_lock_wait(lock_timeout)), views.show_run,
+                                                    lock_wait=_lock_wait(lock_timeout),
+                                                    allow_mass_delete=allow_mass_delete), views.show_run,
              lambda r: r.exit_code)
 
 
@@ -157,13 +163,14 @@ def run(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
 def sync(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
          watch: Annotated[bool, typer.Option(help="Keep dual-running every dual_run.interval.")] = False,
          cycles: Annotated[int | None, typer.Option(help="With --watch: stop after this many cycles.")] = None,
-         lock_timeout: LockTimeoutOpt = None) -> None:
+         lock_timeout: LockTimeoutOpt = None, allow_mass_delete: MassDeleteOpt = False) -> None:
     """One incremental catch-up cycle (or keep going with --watch), reporting lag."""
     on_cycle = None if as_json else (lambda n, results: views.show_sync_cycle(err, n, results))
     on_skip = None if as_json else (lambda n, why: views.show_sync_skipped(err, n, why))
     _execute("sync", as_json, lambda p: commands.sync(plan, watch=watch, max_cycles=cycles, items=items,
                                                       progress=p, on_cycle=on_cycle, on_skip=on_skip,
-                                                      lock_wait=_lock_wait(lock_timeout)),
+                                                      lock_wait=_lock_wait(lock_timeout),
+                                                      allow_mass_delete=allow_mass_delete),
              lambda c, r: None, lambda r: r.exit_code)
 
 
@@ -221,7 +228,7 @@ def rollback(plan: PlanArg, as_json: JsonOpt = False,
                                                    help="Without reverse_sync: switch back although the target "
                                                         "holds changes the source lacks (they are lost).")] = False,
              yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
-             lock_timeout: LockTimeoutOpt = None) -> None:
+             lock_timeout: LockTimeoutOpt = None, allow_mass_delete: MassDeleteOpt = False) -> None:
     """Go back to the source: the target's changes come home first, then the rollback steps. Asks on a
     terminal; else --yes."""
 
@@ -235,7 +242,7 @@ def rollback(plan: PlanArg, as_json: JsonOpt = False,
                 if not _confirm("Roll back now?"):
                     return commands.not_confirmed("rollback")
         return commands.rollback(plan, force=force, discard_target_changes=discard, progress=progress,
-                                 lock_wait=_lock_wait(lock_timeout))
+                                 lock_wait=_lock_wait(lock_timeout), allow_mass_delete=allow_mass_delete)
 
     _execute("rollback", as_json, work, views.show_cutover)
 

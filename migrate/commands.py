@@ -72,7 +72,7 @@ class LockWait:
 
 @contextmanager
 def session(plan_path: Path | str, command: str, *, lock: bool = True, progress: Progress | None = None,
-            lock_wait: LockWait = LockWait()) -> Iterator[StageContext]:
+            lock_wait: LockWait = LockWait(), allow_mass_delete: bool = False) -> Iterator[StageContext]:
     """Load the plan, open its journal, hold its lock, and record the run with its outcome."""
     loaded = load_plan(plan_path)
     journal = Journal(loaded.state_url, command=command)
@@ -82,7 +82,7 @@ def session(plan_path: Path | str, command: str, *, lock: bool = True, progress:
             outcome = "failed"
             try:
                 yield StageContext(loaded=loaded, journal=journal, progress=progress or NullProgress(),
-                                   run_id=run_id)
+                                   run_id=run_id, allow_mass_delete=allow_mass_delete)
                 outcome = "ok"
             except (VerificationFailed, GateRefused):
                 outcome = "refused" if command == "cutover" else "differences"
@@ -216,9 +216,11 @@ class RunResult:
 
 
 def run(plan_path: Path, until: str = "verify", items: list[str] | None = None,
-        progress: Progress | None = None, lock_wait: LockWait = LockWait()) -> RunResult:
+        progress: Progress | None = None, lock_wait: LockWait = LockWait(),
+        allow_mass_delete: bool = False) -> RunResult:
     """preflight → schema → load → verify; resumes whatever an earlier run left unfinished."""
-    with session(plan_path, "run", progress=progress, lock_wait=lock_wait) as ctx:
+    with session(plan_path, "run", progress=progress, lock_wait=lock_wait,
+                 allow_mass_delete=allow_mass_delete) as ctx:
         warnings = _fingerprint_warnings(ctx.loaded, ctx.journal)
         checks = _azure_checks(ctx.loaded)
         if checks is not None:
@@ -286,7 +288,8 @@ class SyncOutcome:
 
 def sync(plan_path: Path, watch: bool = False, max_cycles: int | None = None, items: list[str] | None = None,
          progress: Progress | None = None, on_cycle: Callable[[int, list[SyncResult]], None] | None = None,
-         on_skip: Callable[[int, str], None] | None = None, lock_wait: LockWait = LockWait()) -> SyncOutcome:
+         on_skip: Callable[[int, str], None] | None = None, lock_wait: LockWait = LockWait(),
+         allow_mass_delete: bool = False) -> SyncOutcome:
     """One incremental cycle; with `watch`, one every `dual_run.interval` until interrupted (or max_cycles).
 
     The direction follows the journal: source → target while the source is authoritative, target → source
@@ -298,7 +301,7 @@ def sync(plan_path: Path, watch: bool = False, max_cycles: int | None = None, it
     faults that need a person (credentials, a missing table, a refused direction) stop the watch.
     `on_skip(cycle, why)` hears of each skip.
     """
-    with session(plan_path, "sync", lock=False, progress=progress) as ctx:
+    with session(plan_path, "sync", lock=False, progress=progress, allow_mass_delete=allow_mass_delete) as ctx:
         runner = StageRunner(ctx, items)
         component = ctx.loaded.plan.component
         interval = ctx.loaded.plan.dual_run.interval
@@ -445,11 +448,13 @@ def cutover(plan_path: Path, approved_by: str | None = None, check_only: bool = 
 
 
 def rollback(plan_path: Path, force: bool = False, discard_target_changes: bool = False,
-             progress: Progress | None = None, lock_wait: LockWait = LockWait()) -> CutoverResult:
+             progress: Progress | None = None, lock_wait: LockWait = LockWait(),
+             allow_mass_delete: bool = False) -> CutoverResult:
     """Go back to the source: the target's changes come home first (final reverse sync where the plan has
     `reverse_sync`, else refused while the target has changes unless `discard_target_changes`), then the
     rollback steps. `force` switches back although the reverse sync failed."""
-    with session(plan_path, "rollback", progress=progress, lock_wait=lock_wait) as ctx:
+    with session(plan_path, "rollback", progress=progress, lock_wait=lock_wait,
+                 allow_mass_delete=allow_mass_delete) as ctx:
         return Cutover(ctx).rollback(force=force, discard_target_changes=discard_target_changes)
 
 

@@ -70,6 +70,10 @@ class LockHeld(MigrateError):
     """Another runner holds the plan's lock."""
 
 
+class MassDeleteRefused(MigrateError):
+    """A sync cycle would delete most of a table or blob set (or all of it from an empty source)."""
+
+
 class LockLost(MigrateError):
     """This runner's lock was taken over (or its heartbeat failed past expiry): it stops at its next journal write."""
 

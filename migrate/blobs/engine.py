@@ -18,6 +18,7 @@ from migrate.plan.loader import LoadedPlan
 from migrate.plan.model import BlobItem
 from migrate.redact import redact
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
+from migrate.stages.guards import PlannedDeletes, check_deletes
 from migrate.units import human_bytes
 
 __all__ = ["BlobEngine", "open_store"]
@@ -240,6 +241,13 @@ class BlobEngine(ItemEngine):
             changes.problems.append(f"the source lists no file at all: refusing to delete {len(changes.deletes)} "
                                     "files on the target (an unmounted share looks empty; delete by hand if meant)")
             changes.deletes = []
+        if changes.deletes and source.problems:
+            changes.problems.append(f"the source listing had problems: deleting none of {len(changes.deletes)} "
+                                    "files on the target this cycle (a file that could not be listed is not gone)")
+            changes.deletes = []
+        if changes.deletes:
+            check_deletes([PlannedDeletes(f"blob set {self.name}", len(changes.deletes), len(target.entries))],
+                          ctx.allow_mass_delete)
         resolve(changes, lambda e: self.source.hash(e.path), lambda e: self.target.hash(e.path),
                 self.item.concurrency)
         copier = BlobCopier(self.source, self.target, book, concurrency=self.item.concurrency,

@@ -41,6 +41,7 @@ from migrate.plan.loader import LoadedPlan
 from migrate.plan.model import DatabaseItem, Incremental, TableSpec
 from migrate.redact import redact
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
+from migrate.stages.guards import check_deletes
 
 OWNED = "owned_tables"  # target tables this migration created, adopted empty, or truncated
 PG_SECTION = "pg_dump:"  # + section: when that section of the source's pg_dump was replayed on the target
@@ -458,6 +459,8 @@ class DatabaseEngine(ItemEngine):
                 if self.item.delete:
                     deletes.append((pair, [d.target_key for d in diffs if d.kind == "missing_on_source"]))
                 task.advance(1)
+            check_deletes([syncing.planned_deletes(pair, keys) for pair, keys in deletes if keys],
+                          ctx.allow_mass_delete)
             for pair, keys in reversed(deletes):  # children first
                 result.deleted += syncing.delete_rows(pair, keys)
             lag_seconds = {label: future.result() for label, future in lag_of.items()}

@@ -15,13 +15,14 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, literal, select
 
 from migrate.databases.checksum import KeyRangeChecksum, RowDifference
 from migrate.databases.dialects import raw_sql
 from migrate.databases.keyranges import Key, KeyRange, decode_key, encode_key
 from migrate.databases.tables import TablePair
 from migrate.databases.values import as_datetime, canonical_text, same_value
+from migrate.stages.guards import PlannedDeletes
 from migrate.state.journal import Journal
 
 BATCH = 1000
@@ -163,6 +164,16 @@ def copy_rows(pair: TablePair, source_keys: Sequence[Key]) -> None:
         if rows:
             with tgt.endpoint.errors("upsert failed"), tgt.endpoint.engine.begin() as conn:
                 tgt.ops.upsert_rows(conn, tgt.clause, pair.columns, pair.key, rows)
+
+
+def planned_deletes(pair: TablePair, target_keys: Sequence[Key]) -> PlannedDeletes:
+    """What deleting these keys would take from the target table, for the mass-delete guard (two counts)."""
+    src, tgt = pair.source, pair.target
+    with src.endpoint.errors("count failed"), src.endpoint.engine.connect() as conn:
+        source_empty = conn.execute(select(literal(1)).select_from(src.clause).limit(1)).first() is None
+    with tgt.endpoint.errors("count failed"), tgt.endpoint.engine.connect() as conn:
+        held = conn.execute(select(func.count()).select_from(tgt.clause)).scalar_one()
+    return PlannedDeletes(f"table {pair.label}", len(target_keys), int(held), source_empty)
 
 
 def delete_rows(pair: TablePair, target_keys: Sequence[Key]) -> int:

@@ -50,6 +50,7 @@ class StageContext:
     journal: Journal
     progress: Progress = field(default_factory=NullProgress)
     run_id: int | None = None
+    allow_mass_delete: bool = False  # --allow-mass-delete: let a cycle delete past the guard (stages/guards.py)
 
 
 @dataclass

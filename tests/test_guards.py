@@ -1,0 +1,85 @@
+"""The mass-delete guard and listings with problems: an emptied or broken source never empties the target.
+Both sides are compared outside the tool (sha256 of rows and of bytes)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from helpers import cli_process, table_rows, tree_hashes
+from migrate.demo.flow import prepare_estate
+
+
+@pytest.fixture
+def estate(tmp_path: Path) -> Path:
+    plan, _ = prepare_estate(tmp_path / "estate", patients=300, letters=300)
+    ran = cli_process("run", str(plan))
+    assert ran.returncode == 0, ran.stderr
+    return plan
+
+
+def source_sql(plan: Path, sql: str) -> None:
+    with sqlite3.connect(plan.parent / "onprem" / "ppm.db") as conn:
+        conn.execute(sql)
+
+
+def target_db(plan: Path) -> Path:
+    return plan.parent / "azure" / "ppm.db"
+
+
+def test_an_emptied_source_table_is_refused_and_the_target_keeps_its_rows(estate: Path) -> None:
+    before = table_rows(target_db(estate))
+    assert len(before["observations"]) > 1000
+    source_sql(estate, "DELETE FROM observations")  # SQLite's TRUNCATE
+    refused = cli_process("sync", str(estate))
+    assert refused.returncode == 1, refused.stderr
+    assert "mass delete refused, nothing was deleted" in refused.stderr
+    assert "table observations: the source is empty" in refused.stderr and "--allow-mass-delete" in refused.stderr
+    assert table_rows(target_db(estate)) == before  # not one row deleted
+    allowed = cli_process("sync", str(estate), "--allow-mass-delete")
+    assert allowed.returncode == 0, allowed.stderr
+    assert table_rows(target_db(estate))["observations"] == []
+
+
+def test_a_cycle_deleting_over_half_and_over_100_rows_is_refused(estate: Path) -> None:
+    total = len(table_rows(target_db(estate))["observations"])
+    source_sql(estate, "DELETE FROM observations WHERE rowid % 10 < 4")  # 40%: an ordinary cycle
+    ordinary = cli_process("sync", str(estate), "--json")
+    assert ordinary.returncode == 0, ordinary.stderr
+    left = table_rows(target_db(estate))["observations"]
+    assert 0.55 * total < len(left) < 0.65 * total
+    source_sql(estate, "DELETE FROM observations WHERE rowid % 10 < 8")  # two thirds of what is left
+    refused = cli_process("sync", str(estate))
+    assert refused.returncode == 1 and "table observations:" in refused.stderr and "would be deleted" in refused.stderr
+    assert table_rows(target_db(estate))["observations"] == left
+
+
+def test_blob_deletes_past_the_guard_are_refused(estate: Path) -> None:
+    letters = estate.parent / "onprem" / "letters"
+    files = sorted(p for p in letters.rglob("*") if p.is_file())
+    for path in files[:120]:  # 40%
+        path.unlink()
+    assert cli_process("sync", str(estate)).returncode == 0
+    kept = tree_hashes(estate.parent / "azure" / "letters")
+    assert len(kept) == len(files) - 120
+    for path in files[120:240]:  # 120 of the 180 left
+        path.unlink()
+    refused = cli_process("sync", str(estate))
+    assert refused.returncode == 1 and "blob set letters: 120 of 180 would be deleted" in refused.stderr
+    assert tree_hashes(estate.parent / "azure" / "letters") == kept
+    assert cli_process("sync", str(estate), "--allow-mass-delete").returncode == 0
+    assert tree_hashes(estate.parent / "azure" / "letters") == tree_hashes(letters)
+
+
+def test_a_source_listing_with_problems_deletes_nothing(estate: Path) -> None:
+    letters = estate.parent / "onprem" / "letters"
+    victim = sorted(p for p in letters.rglob("*") if p.is_file())[0]
+    victim.unlink()
+    victim.symlink_to(letters / "gone-away.pdf")  # unreadable where a file was: not a deleted file
+    kept = tree_hashes(estate.parent / "azure" / "letters")
+    synced = cli_process("sync", str(estate))
+    assert synced.returncode == 1
+    assert "broken symbolic link" in synced.stderr and "deleting none of 1 files" in synced.stderr
+    assert tree_hashes(estate.parent / "azure" / "letters") == kept
