@@ -83,3 +83,20 @@ def test_a_source_listing_with_problems_deletes_nothing(estate: Path) -> None:
     assert synced.returncode == 1
     assert "broken symbolic link" in synced.stderr and "deleting none of 1 files" in synced.stderr
     assert tree_hashes(estate.parent / "azure" / "letters") == kept
+
+
+def test_the_lag_bound_counts_from_the_start_of_the_load_not_its_end(estate: Path) -> None:
+    """A change made while a long load ran may not be on the target: the lag gate must count the load's time."""
+    from migrate.plan.loader import load_plan
+    from migrate.stages.gates import item_lag
+    from migrate.state.journal import Journal
+    from migrate.state.sync_state import SyncState
+
+    journal = Journal(load_plan(estate).state_url)
+    for item in ("patient-record", "letters"):
+        log = [e for e in journal.stage_log(item) if e["stage"] == "load"]
+        began = min(e["at"] for e in log if e["status"] == "running")
+        ended = max(e["at"] for e in log if e["status"] == "done")
+        synced_at = SyncState(journal, item).synced_at
+        assert synced_at is not None and synced_at <= began  # the baseline is taken before the load reads
+        assert item_lag(journal, item) >= (ended - began).total_seconds()

@@ -127,12 +127,13 @@ class StageRunner:
                     continue
                 record.verification = self.verify_item(engine)
                 continue
+            baseline = SyncState(journal, engine.name).load_starting(now()) if stage == "load" else None
             result = self._stage(engine, stage, partial(getattr(engine, stage), self.ctx))
             record.stages.append(result)
-            if stage == "load":
-                SyncState(journal, engine.name).caught_up(now(), 0.0)
             if not result.ok or result.problems:  # never verify over a partial load; a rerun resumes it
                 break
+            if baseline is not None:  # the lag bound counts from the load's start, not its end
+                SyncState(journal, engine.name).caught_up(baseline, 0.0)
         record.seconds = round(time.monotonic() - started, 3)
         return record
 

@@ -15,6 +15,7 @@ _SYNCED_AT = "synced_at"  # start of the last clean cycle (or the load's baselin
 _LAG = "lag_seconds"  # lag measured by that cycle
 _DUAL_RUN_SINCE = "dual_run_since"  # start of the first clean cycle after the load (reset by a rollback)
 _LAST_SYNC = "last_sync"  # summary of the last cycle, clean or not
+_LOAD_BASELINE = "load_baseline"  # when the first attempt of the load began (before its watermark/listing)
 
 
 class SyncState:
@@ -35,6 +36,15 @@ class SyncState:
             if self.dual_run_since is None:
                 self.journal.put(self.item, _DUAL_RUN_SINCE, started.isoformat())
         self.journal.put(self.item, _LAST_SYNC, {"at": started.isoformat(), **summary})
+
+    def load_starting(self, at: datetime) -> datetime:
+        """Record when the load first began (kept across resumed attempts) and return it: the load copies what
+        the source held from then on, so once it is done, nothing older than this is missing."""
+        value = self.journal.get(self.item, _LOAD_BASELINE)
+        if value:
+            return datetime.fromisoformat(value)
+        self.journal.put(self.item, _LOAD_BASELINE, at.isoformat())
+        return at
 
     def restart_dual_run(self) -> None:
         self.journal.put(self.item, _DUAL_RUN_SINCE, None)
