@@ -117,6 +117,9 @@ class AzureBlobStore(BlobStore):
         self.prefix = prefix
         self.display = redact(container.url.split("?", 1)[0]) + (f"/{prefix}" if prefix else "")
 
+    def identity(self) -> str:
+        return f"blob container {self.container.account_name}/{self.container.container_name}/{self.prefix}"
+
     @classmethod
     def from_connection(cls, conn: Connection, *, prefix: str = "", concurrency: int = 16,
                         block_size: int = 8 * 1024 * 1024) -> AzureBlobStore:

@@ -84,6 +84,9 @@ class BlobEngine(ItemEngine):
     def preflight(self, ctx: StageContext) -> StageResult:
         """Read-only: the source exists and lists, the target is reachable (or can be created), space."""
         self._require_source()
+        if self.source.identity() == self.target.identity():
+            raise EndpointError(f"{self.name}: source and target are the same place ({self.source.identity()}); "
+                                "nothing was written", hint="point the target connection at the Azure container")
         listing = filtered(self.source.listing(), self.keep)
         there = self.target.probe()
         facts = [f"source: {len(listing.entries)} files, {human_bytes(listing.bytes)}",

@@ -120,6 +120,12 @@ class LocalFolderStore(BlobStore):
 
     # -- read side --
 
+    def identity(self) -> str:
+        if self.root.exists():
+            found = self.root.stat()
+            return f"one folder: device {found.st_dev}, inode {found.st_ino}"
+        return f"folder {self.root.resolve()}"
+
     def probe(self) -> StoreState:
         if self.root.is_dir():
             return StoreState(True, f"folder {self.display} exists")

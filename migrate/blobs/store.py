@@ -155,6 +155,10 @@ class BlobStore(ABC):
     def probe(self) -> StoreState:
         """Read-only: does the root (folder, container) exist and can we reach it."""
 
+    def identity(self) -> str:
+        """Where the store is, whatever the spelling (preflight refuses a source and target alike)."""
+        return self.display
+
     @abstractmethod
     def ensure(self) -> bool:
         """Create the root when missing; True when it was created."""

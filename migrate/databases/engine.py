@@ -21,6 +21,7 @@ from migrate.databases import sync as syncing
 from migrate.databases.checksum import KeyRangeChecksum, RowDifference
 from migrate.databases.dialects import ops_for, raw_sql
 from migrate.databases.endpoint import Endpoint
+from migrate.databases.identity import database_identity
 from migrate.databases.keyranges import KeyRange, decode_key, decode_ranges, split
 from migrate.databases.schema import (
     TableInfo,
@@ -193,6 +194,10 @@ class DatabaseEngine(ItemEngine):
             with self.target.errors("cannot connect"), self.target.engine.connect() as conn:
                 conn.execute(select(1)).all()
             where = "target reachable"
+            same = database_identity(self.source)
+            if same is not None and same == database_identity(self.target):
+                raise EndpointError(f"{self.name}: source and target are the same database ({same}); nothing "
+                                    "was written", hint="point the target connection at the Azure database")
         else:
             path = self.target.sqlite_path
             assert path is not None

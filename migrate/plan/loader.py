@@ -21,7 +21,8 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from migrate.errors import PlanError, PlanProblem
 from migrate.plan.model import Plan, Step
-from migrate.redact import register_secret
+from migrate.plan.places import place
+from migrate.redact import redact, register_secret
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 PLAN_SUFFIXES = (".yaml", ".yml")
@@ -217,8 +218,9 @@ class _PlanChecker:
                                  f"not usable by {section}")
                 if item.source == item.target:
                     self.add((*loc, "target"), "source and target are the same connection")
-                elif _same_endpoint(plan, item.source, item.target):
-                    self.add((*loc, "target"), "source and target point at the same place")
+                elif (where := _same_place(plan, base_dir, item.source, item.target)) is not None:
+                    self.add((*loc, "target"), f"source and target are the same place ({where}), spelled "
+                             "differently: the load would overwrite the source")
         for index, component in enumerate(plan.depends_on):
             if component == plan.component:
                 self.add(("depends_on", index), "a component cannot depend on itself")
@@ -246,13 +248,13 @@ def _exists_near(base_dir: Path, relative: str) -> bool:
     return path.exists() if path.is_absolute() else any((r / path).exists() for r in (base_dir, base_dir.parent))
 
 
-def _same_endpoint(plan: Plan, a: str, b: str) -> bool:
+def _same_place(plan: Plan, base_dir: Path, a: str, b: str) -> str | None:
+    """The place both connections point at, when they do (see `migrate.plan.places`)."""
     ca, cb = plan.connections.get(a), plan.connections.get(b)
     if ca is None or cb is None:
-        return False
-    da = ca.model_dump(exclude={"azure"})
-    db = cb.model_dump(exclude={"azure"})
-    return da == db
+        return None
+    pa = place(ca, base_dir)
+    return redact(pa) if pa is not None and pa == place(cb, base_dir) else None
 
 
 def _unknown_key_message(loc: tuple) -> str:
