@@ -100,3 +100,18 @@ def test_the_lag_bound_counts_from_the_start_of_the_load_not_its_end(estate: Pat
         synced_at = SyncState(journal, item).synced_at
         assert synced_at is not None and synced_at <= began  # the baseline is taken before the load reads
         assert item_lag(journal, item) >= (ended - began).total_seconds()
+
+
+@pytest.mark.postgres
+def test_truncate_on_a_postgres_source_leaves_the_target_whole(tmp_path: Path, pg_url: str, pg_url2: str) -> None:
+    from test_db_postgres import fill, pg, plan
+    from test_direction import dsn_of, table_md5
+
+    fill(pg_url)
+    path = plan(tmp_path, pg_url, pg_url2)
+    assert cli_process("run", str(path)).returncode == 0
+    before = {t: table_md5(dsn_of(pg_url2), t) for t in ("patients", "encounters")}
+    pg(pg_url, "TRUNCATE patients, encounters, observations")
+    refused = cli_process("sync", str(path))
+    assert refused.returncode == 1 and "mass delete refused, nothing was deleted" in refused.stderr
+    assert {t: table_md5(dsn_of(pg_url2), t) for t in before} == before  # outside the tool: untouched

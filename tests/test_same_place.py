@@ -76,7 +76,7 @@ def test_preflight_refuses_a_hard_link_to_the_source_and_the_source_keeps_its_ro
     assert patients(tmp_path / "a.db") == before and len(before) == 50  # nothing truncated
 
 
-def test_preflight_refuses_the_same_folder_by_identity(tmp_path: Path) -> None:
+def test_validate_refuses_a_folder_and_a_symlink_to_it(tmp_path: Path) -> None:
     (tmp_path / "letters").mkdir()
     (tmp_path / "letters" / "a.pdf").write_bytes(b"%PDF-1.4 synthetic")
     os.symlink(tmp_path / "letters", tmp_path / "alias", target_is_directory=True)

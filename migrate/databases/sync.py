@@ -82,7 +82,7 @@ def upsert_changed(pair: TablePair, journal: Journal, item: str) -> tuple[int, i
     old = read_watermark(journal, item, pair)
     since = _since(pair, old)
     # no ORDER BY: through a cursor it would walk the whole key index instead of scanning for the watermark
-    query = select(*pair.source_columns())
+    query = select(*pair.sync_columns(src))
     if since is not None:
         if src.dialect == "sqlite" and kind.kind == "timestamp":  # stored as text in any of several formats
             query = query.where(raw_sql(src.norm(column)) >= canonical_text(kind, since))
@@ -118,7 +118,7 @@ def _apply_batch(pair: TablePair, rows: Sequence[tuple[Any, ...]]) -> tuple[int,
     target_keys = [pair.key_on(tgt, k, src) for k in keys]
     current: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     with tgt.endpoint.errors("sync read failed"), tgt.endpoint.engine.connect() as conn:
-        query = select(*[tgt.col(n) for n in pair.columns]).where(
+        query = select(*pair.sync_columns(tgt)).where(
             tgt.ops.key_in([tgt.col(k) for k in pair.key], target_keys))  # type: ignore[arg-type]
         for found in conn.execute(query):
             current[_canonical_key(pair, tuple(found[i] for i in key_pos))] = tuple(found)
@@ -157,7 +157,7 @@ def copy_rows(pair: TablePair, source_keys: Sequence[Key]) -> None:
     src, tgt = pair.source, pair.target
     for start in range(0, len(source_keys), BATCH):
         part = list(source_keys[start:start + BATCH])
-        query = select(*pair.source_columns()).where(
+        query = select(*pair.sync_columns(src)).where(
             src.ops.key_in([src.col(k) for k in pair.key], part))
         with src.endpoint.errors("sync read failed"), src.endpoint.engine.connect() as conn:
             rows = [pair.convert_row(r) for r in conn.execute(query)]

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Text, cast, func, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import ColumnElement, TableClause
+from sqlalchemy.sql import ColumnElement, TableClause, sqltypes
 
 from migrate.databases.dialects import DialectOps, ops_for
 from migrate.databases.endpoint import Endpoint
@@ -68,6 +68,7 @@ class TablePair:
     key_to_target: list[Converter | None]
     key_to_source: list[Converter | None]
     as_text: frozenset[str] = frozenset()  # columns with no target type: read from the source as its text
+    json_text: frozenset[str] = frozenset()  # JSON on both sides of one dialect: travels as its own text
 
     @property
     def cross(self) -> bool:
@@ -77,6 +78,12 @@ class TablePair:
         """The moved columns as the source is read: a column without a target type comes as the source's own
         text of it (so the stored text equals what the source's checksum hashes)."""
         return [cast(self.source.col(n), Text) if n in self.as_text else self.source.col(n) for n in self.columns]
+
+    def sync_columns(self, side: Side) -> list[ColumnElement[Any]]:
+        """The moved columns as a sync cycle reads `side` to compare and write rows: as `source_columns()`, and
+        JSON as its own text (a driver cannot write back the dicts and lists it reads)."""
+        texts = self.json_text | (self.as_text if side is self.source else frozenset())
+        return [cast(side.col(n), Text) if n in texts else side.col(n) for n in self.columns]
 
     def convert_row(self, row: Sequence[Any]) -> tuple[Any, ...]:
         if not self.cross:
@@ -128,5 +135,8 @@ def make_pair(source_ep: Endpoint, target_ep: Endpoint, source: TableInfo, targe
     key_to_target = [converter(src_kinds[k], source_ep.dialect, target_ep.dialect, tgt_kinds[k]) for k in key]
     key_to_source = [converter(tgt_kinds[k], target_ep.dialect, source_ep.dialect, src_kinds[k]) for k in key]
     as_text = frozenset(n for n in names if cross and stored_as_text(source.column(n).type, source_ep.dialect))
+    # a driver hands JSON back as dicts and lists, which it cannot write again (and a list would be taken for an
+    # array): JSON moves as the source's exact text, which json and jsonb columns both take
+    json_text = frozenset(n for n in names if not cross and isinstance(source.column(n).type, sqltypes.JSON))
     return TablePair(source.label, src_side, tgt_side, key, names, watermark, tolerance, to_target,
-                     key_to_target, key_to_source, as_text)
+                     key_to_target, key_to_source, as_text, json_text)
