@@ -109,7 +109,7 @@ def test_semantic_and_type_errors(tmp_path: Path, change: tuple[str, str], expec
 
 def test_same_endpoint_under_two_names_is_refused(tmp_path: Path) -> None:
     found = problems(plan_tree(tmp_path, GOOD.replace("azure-letters", "letters")))
-    assert any("source and target point at the same place" in p for p in found)
+    assert any("source and target are the same place" in p for p in found)
 
 
 def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
