@@ -61,3 +61,13 @@ def assert_identical(workdir: Path) -> None:
     """An oracle independent of migrate: every row and every byte equal on both sides."""
     assert table_rows(workdir / "onprem" / "ppm.db") == table_rows(workdir / "azure" / "ppm.db")
     assert tree_hashes(workdir / "onprem" / "letters") == tree_hashes(workdir / "azure" / "letters")
+
+
+def loaded_estate(folder: Path, patients: int, letters: int) -> Path:
+    """The synthetic demo estate in `folder`, loaded and verified by `migrate run`; returns its plan."""
+    from migrate.demo.flow import prepare_estate
+
+    plan, _ = prepare_estate(folder, patients=patients, letters=letters)
+    ran = cli_process("run", str(plan))
+    assert ran.returncode == 0, ran.stderr
+    return plan

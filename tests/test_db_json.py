@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from helpers import cli_process
 from test_db_postgres import pg, plan
 from test_direction import dsn_of, table_md5
+
+from helpers import cli_process
 
 SCHEMA = """
 CREATE TABLE forms (id bigint PRIMARY KEY, answers jsonb, layout json, tags text[],

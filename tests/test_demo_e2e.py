@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_identical, cli_process
+from helpers import assert_identical, cli_process, loaded_estate
 from migrate.demo.flow import prepare_estate
 
 
@@ -83,10 +83,7 @@ def test_second_concurrent_run_exits_1_naming_the_owner(tmp_path: Path) -> None:
 
 @pytest.fixture
 def loaded_demo(tmp_path: Path) -> Path:
-    plan, _ = prepare_estate(tmp_path / "estate", patients=200, letters=40)
-    ran = cli_process("run", str(plan))
-    assert ran.returncode == 0, ran.stderr
-    return plan
+    return loaded_estate(tmp_path / "estate", patients=200, letters=40)
 
 
 def test_cutover_refuses_with_reasons_then_runs_once(loaded_demo: Path) -> None:

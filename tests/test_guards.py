@@ -8,16 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli_process, table_rows, tree_hashes
-from migrate.demo.flow import prepare_estate
+from helpers import cli_process, loaded_estate, table_rows, tree_hashes
 
 
 @pytest.fixture
 def estate(tmp_path: Path) -> Path:
-    plan, _ = prepare_estate(tmp_path / "estate", patients=300, letters=300)
-    ran = cli_process("run", str(plan))
-    assert ran.returncode == 0, ran.stderr
-    return plan
+    return loaded_estate(tmp_path / "estate", patients=300, letters=300)
 
 
 def source_sql(plan: Path, sql: str) -> None:

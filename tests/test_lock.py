@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert
 
-from helpers import cli_process
-from migrate.demo.flow import prepare_estate
+from helpers import cli_process, loaded_estate
 from migrate.errors import LockHeld
 from migrate.plan.loader import load_plan
 from migrate.state.journal import Journal, lock_t, now
@@ -157,10 +156,7 @@ def test_expiry_is_judged_by_the_journal_database_clock(pg_url: str, monkeypatch
 
 @pytest.fixture
 def demo_plan(tmp_path: Path) -> Path:
-    plan, _ = prepare_estate(tmp_path / "estate", patients=50, letters=5)
-    ran = cli_process("run", str(plan))
-    assert ran.returncode == 0, ran.stderr
-    return plan
+    return loaded_estate(tmp_path / "estate", patients=50, letters=5)
 
 
 def test_lock_timeout_waits_for_the_holder_then_runs(demo_plan: Path) -> None:

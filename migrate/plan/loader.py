@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
@@ -138,6 +139,22 @@ def _key_path(loc: tuple) -> str:
     return out
 
 
+def _encoded_for(template: str, ref: re.Match[str], value: str) -> str:
+    """`value` as it must be written where `ref` sits: percent-encoded in a URL's user:password part and in its
+    query (a password with `@`, `#` or `/` would otherwise change what the URL means, and leak as a host name),
+    verbatim anywhere else. The encoded form is a secret too."""
+    before, after = template[:ref.start()], template[ref.end():]
+    if "://" not in before:
+        return value
+    authority_before = before.split("://", 1)[1]
+    in_userinfo = not re.search(r"[/?#@]", authority_before) and "@" in re.split(r"[/?#]", after, maxsplit=1)[0]
+    if not (in_userinfo or "?" in authority_before):
+        return value
+    encoded = quote(value, safe="")
+    register_secret(encoded)
+    return encoded
+
+
 class _PlanChecker:
     """Collects every problem of one plan file, each located to its line and column."""
 
@@ -150,7 +167,7 @@ class _PlanChecker:
 
     def add(self, loc: tuple, message: str, at_key: bool = False) -> None:
         line, col = self.locate(loc, at_key)
-        self.problems.append(PlanProblem(self.shown, line, col, _key_path(loc), message))
+        self.problems.append(PlanProblem(self.shown, line, col, _key_path(loc), redact(message)))
 
     def locate(self, loc: tuple, at_key: bool = False) -> tuple[int, int]:
         """1-based line and column of the node at `loc`, or of its nearest existing parent."""
@@ -173,7 +190,7 @@ class _PlanChecker:
         if isinstance(node, CommentedSeq):
             return [self.interpolate(v, (*loc, i)) for i, v in enumerate(node)]
         if isinstance(node, str) and "${" in node:
-            return _ENV_REF.sub(lambda m: self._env_value(m.group(1), loc), node)
+            return _ENV_REF.sub(lambda m: _encoded_for(node, m, self._env_value(m.group(1), loc)), node)
         return node
 
     def _env_value(self, name: str, loc: tuple) -> str:
