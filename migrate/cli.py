@@ -79,8 +79,18 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"migrate {version('migrate')}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False) -> None:
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+          _version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                 help="Print the version and exit.")] = False) -> None:
     _debug["on"] = debug
     interrupt.install()
     handler = logging.StreamHandler(sys.stderr)
@@ -258,7 +268,8 @@ def _confirm(question: str) -> bool:
 @app.command()
 def report(plan: PlanArg, as_json: JsonOpt = False,
            fmt: Annotated[str, typer.Option("--format", help="md, html, json or junit.")] = "md",
-           out: Annotated[Path | None, typer.Option(help="Where to write it (default: reports/ beside the plan).")]
+           out: Annotated[Path | None, typer.Option(help="Where to write it; - for standard output (default: "
+                                                         "reports/ beside the plan).")]
            = None,
            mask: Annotated[bool | None, typer.Option("--mask-identifiers/--no-mask-identifiers",
                                                      help="Replace keys and file names by stable short hashes "
@@ -274,10 +285,13 @@ def report(plan: PlanArg, as_json: JsonOpt = False,
             raise UsageError(f"--format takes one of {', '.join(FORMATS)}, not {fmt!r}")
         if events not in ("summary", "all"):
             raise UsageError(f"--events takes summary or all, not {events!r}")
+        if as_json and out is not None and str(out) == "-":
+            raise UsageError("--json and --out - both write to standard output: choose one")
         return commands.report(plan, fmt, out, mask=mask, events_all=events == "all")
 
     _execute("report", as_json, work,
-             lambda c, r: c.print(f"wrote {r.path} ({'clean' if r.clean else 'NOT clean'})", highlight=False))
+             lambda c, r: c.print(f"wrote {'the report to standard output' if str(r.path) == '-' else r.path} "
+                                  f"({'clean' if r.clean else 'NOT clean'})", highlight=False, markup=False))
 
 
 @app.command()

@@ -5,6 +5,7 @@ Everything here is callable from Python: `commands.run(Path("plans/ppm.yaml"))`.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -499,14 +500,23 @@ def report(plan_path: Path, fmt: str, out: Path | None = None, *, mask: bool | N
             raise UsageError(f"an estate report is md, html or json, not {fmt!r}")
         found = estate(plan_path)
         target = out or plan_path / "reports" / f"estate{suffix_for(fmt)}"
-        _write_atomically(target, ESTATE_RENDERERS[fmt](found))
+        _emit(target, ESTATE_RENDERERS[fmt](found))
         return ReportResult(target, fmt, found.clean)
     with session(plan_path, "report", lock=False) as ctx:
         data = build_report(ctx, _azure_checks(ctx.loaded), all_events=events_all, mask=mask)
         target = out or ctx.loaded.base_dir / "reports" / f"{ctx.loaded.plan.component}{suffix_for(fmt)}"
-        _write_atomically(target, render(data, fmt, events_all))
+        _emit(target, render(data, fmt, events_all))
         ctx.journal.event("report", f"wrote {fmt} report to {target}" + (" (masked)" if data.masked else ""))
         return ReportResult(target, fmt, data.clean)
+
+
+def _emit(target: Path, text: str) -> None:
+    """Write the report: `-` is standard output, anything else a file written atomically."""
+    if str(target) == "-":
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+    else:
+        _write_atomically(target, text)
 
 
 def _write_atomically(target: Path, text: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from helpers import build_tree, cli, cli_process
+from helpers import build_tree, cli, cli_process, loaded_estate
 
 ENVELOPE_KEYS = {"envelope", "migrate", "command", "ok", "exit_code", "result", "error"}
 
@@ -78,3 +78,17 @@ def test_sync_before_load_says_what_to_do(tmp_path: Path) -> None:
     build_tree(tmp_path, {"plan.yaml": BROKEN})
     code, _, err = cli("sync", str(tmp_path / "plan.yaml"), "--item", "files", env={"DB_PASSWORD": "x"})
     assert code == 1 and "cannot sync before the load has finished" in err and "migrate run PLAN" in err
+
+
+def test_version_and_report_to_standard_output(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    shown = cli_process("--version")
+    assert shown.returncode == 0 and shown.stdout.strip() == f"migrate {version('migrate')}"
+    plan = loaded_estate(tmp_path / "estate", patients=20, letters=3)
+    printed = cli_process("report", str(plan), "--format", "json", "--out", "-", cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    assert json.loads(printed.stdout)["component"] == "ppm-demo"
+    assert not (tmp_path / "-").exists() and "standard output" in printed.stderr
+    both = cli_process("report", str(plan), "--out", "-", "--json", cwd=tmp_path)
+    assert both.returncode == 2 and "choose one" in json.loads(both.stdout)["error"]

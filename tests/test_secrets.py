@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
+from test_db_postgres import fill, pg
 
 from helpers import cli_process
-from test_db_postgres import fill, pg
 
 SECRET = "Tr1cky@Pass#word/?x"
 
