@@ -42,6 +42,12 @@ def cli_process(*args: str, cwd: Path | None = None, env: dict[str, str] | None 
                           env={**os.environ, **(env or {})}, timeout=timeout, check=False)
 
 
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    """Start `python -m migrate ARGS` in the background (to be killed mid-work)."""
+    return subprocess.Popen([sys.executable, "-m", "migrate", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, text=True)
+
+
 # --- the demo estate, compared outside the tool ---
 
 TABLES = ("patients", "encounters", "observations")

@@ -117,7 +117,7 @@ def test_chunking_sql_expands_composite_keys_and_uses_offset_fetch() -> None:
 def test_text_keys_compare_in_code_point_order_across_dialects() -> None:
     ops = MssqlOps(modern_mssql())
     clause = table("wards", column("code"), schema="dbo")
-    order = KeyOrder(ops, clause, ["code"], text_columns=["code"], binary_order=True)
+    order = KeyOrder(ops, clause, ["code"], text_columns=["code"])
     assert "(dbo.wards.code COLLATE Latin1_General_100_BIN2) > :param_1" in compiled(select(clause.c.code).where(
         order.where(KeyRange(("A",), None))))
 

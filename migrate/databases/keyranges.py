@@ -39,16 +39,18 @@ class KeyRange:
 class KeyOrder:
     """The key columns of one side's table, as used in predicates and ORDER BY.
 
-    When the two sides are different dialects, text keys are compared in code-point order (collation
-    `C` on PostgreSQL) so both sides put every key into the same range.
+    Text keys are compared in one byte order on both sides, always (collation `C` on PostgreSQL, `BINARY` on
+    SQLite, a `_BIN2` collation on SQL Server), so both sides put every key into the same range whatever the
+    columns' own collations (an ICU locale on one side, `C` on the other, or one glibc version against
+    another). Python compares str by code point, which is the same order as UTF-8 bytes.
     """
 
     def __init__(self, ops: DialectOps, clause: TableClause, key: Sequence[str],
-                 text_columns: Sequence[str] = (), binary_order: bool = False) -> None:
+                 text_columns: Sequence[str] = ()) -> None:
         self.ops = ops
         self.clause = clause
         self.key = list(key)
-        collation = ops.text_key_collation() if binary_order else None
+        collation = ops.text_key_collation()
         self.columns: list[ColumnElement[Any]] = []
         for name in self.key:
             col: ColumnElement[Any] = clause.c[name]

@@ -128,9 +128,9 @@ def make_pair(source_ep: Endpoint, target_ep: Endpoint, source: TableInfo, targe
     tgt_ops = ops_for(target_ep.dialect, target_ep.engine.dialect)
     clause_t = target.clause()
     src_side = Side(source_ep, src_ops, source, names, src_kinds,
-                    KeyOrder(src_ops, source.clause(), key, text_keys, cross))
+                    KeyOrder(src_ops, source.clause(), key, text_keys))
     tgt_side = Side(target_ep, tgt_ops, target, names, tgt_kinds,
-                    KeyOrder(tgt_ops, clause_t, key, text_keys, cross))
+                    KeyOrder(tgt_ops, clause_t, key, text_keys))
     to_target = [converter(src_kinds[n], source_ep.dialect, target_ep.dialect, tgt_kinds[n]) for n in names]
     key_to_target = [converter(src_kinds[k], source_ep.dialect, target_ep.dialect, tgt_kinds[k]) for k in key]
     key_to_source = [converter(tgt_kinds[k], target_ep.dialect, source_ep.dialect, src_kinds[k]) for k in key]

@@ -78,8 +78,8 @@ class DialectOps:
         return [f"SUM({col} % {KEY_MOD})", f"SUM(({col} % 65521) * ({col} % 65519))"]
 
     def text_key_collation(self) -> str | None:
-        """Collation that orders text keys by code point (used when the two sides' dialects differ)."""
-        return None
+        """Collation that orders text keys by code point / UTF-8 bytes (key ranges on both sides)."""
+        return "BINARY"  # SQLite's: memcmp of the UTF-8 text, whatever the column declares (NOCASE, RTRIM)
 
     # -- key predicates --
 
