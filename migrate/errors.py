@@ -36,7 +36,7 @@ class PlanProblem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}:"
+        where = f"{self.file}:{self.line}:{self.column}:" if self.line else f"{self.file}:"
         return f"{where} {self.key_path}: {self.message}" if self.key_path else f"{where} {self.message}"
 
 

@@ -27,7 +27,7 @@ def _table(title: str, *columns: str) -> Table:
 def show_validate(console: Console, result: Any) -> None:
     for f in result.files:
         if f.ok:
-            console.print(f"[green]ok[/]   {f.file} ({f.component})", highlight=False)
+            console.print(f"[green]ok[/]   {escape(str(f.file))} ({escape(f.component)})", highlight=False)
         for problem in f.problems:
             console.print(problem, highlight=False, markup=False)
     bad = sum(len(f.problems) for f in result.files)
@@ -50,7 +50,7 @@ def show_plan(console: Console, result: Any) -> None:
             console.print(f"  {p.item}: {entry['kind']} {entry['name']}: {entry['fate']}{detail}",
                           highlight=False, markup=False)
         for line in p.warnings:
-            console.print(f"  [yellow]warning[/] {p.item}: {line}", highlight=False)
+            console.print(f"  [yellow]warning[/] {escape(p.item)}: {escape(line)}", highlight=False)
     if result.azure:
         show_azure(console, result.azure)
     console.print("Cutover steps: " + " → ".join(result.cutover_steps), highlight=False)
@@ -82,7 +82,7 @@ def show_run(console: Console, result: Any) -> None:
             if s.summary:
                 console.print(f"  {i.item} {s.stage}: {s.summary}", highlight=False, markup=False)
         for problem in i.problems:
-            console.print(f"  [red]problem[/] {i.item}: {problem}", highlight=False)
+            console.print(f"  [red]problem[/] {escape(i.item)}: {escape(problem)}", highlight=False)
         if i.verification is not None:
             _differences(console, i.verification.differences)
     _warnings(console, result.warnings)
@@ -90,8 +90,8 @@ def show_run(console: Console, result: Any) -> None:
 
 def _differences(console: Console, differences: list[Any], limit: int = 50) -> None:
     for d in differences[:limit]:
-        console.print(f"  [red]{d.kind}[/] {d.item}: {d.key}" + (f" ({d.detail})" if d.detail else ""),
-                      highlight=False)
+        detail = f" ({escape(d.detail)})" if d.detail else ""
+        console.print(f"  [red]{d.kind}[/] {escape(d.item)}: {escape(d.key)}{detail}", highlight=False)
     if len(differences) > limit:
         console.print(f"  ... and {len(differences) - limit} more (use --json for all)")
 
@@ -110,7 +110,7 @@ def show_sync_cycle(console: Console, cycle: int, results: list[Any]) -> None:
         console.print(f"cycle {cycle} {name}: {r.created} created, {r.updated} updated, {r.deleted} deleted, "
                       f"lag {lag}", highlight=False)
         for problem in r.problems:
-            console.print(f"  [red]problem[/] {problem}", highlight=False)
+            console.print(f"  [red]problem[/] {escape(problem)}", highlight=False)
 
 
 def show_sync_skipped(console: Console, cycle: int, why: str) -> None:
@@ -144,7 +144,7 @@ def show_status(console: Console, result: Any) -> None:
                      if result.authoritative == "target" and result.cutover.get("status") == "done" else ""),
                   highlight=False)
     if result.lock:
-        console.print(f"Locked by {result.lock.describe()}", highlight=False)
+        console.print(f"Locked by {result.lock.describe()}", highlight=False, markup=False)
     _warnings(console, result.warnings)
 
 
@@ -162,7 +162,7 @@ def show_estate(console: Console, result: Any) -> None:
 def show_gates(console: Console, gates: list[GateResult]) -> None:
     table = _table("Cutover gates", "gate", "result", "evidence")
     for g in gates:
-        table.add_row(g.gate, "[green]pass[/]" if g.passed else "[red]FAIL[/]", g.evidence)
+        table.add_row(g.gate, "[green]pass[/]" if g.passed else "[red]FAIL[/]", escape(g.evidence))
     console.print(table)
 
 
@@ -202,4 +202,4 @@ def show_cutover(console: Console, result: CutoverResult) -> None:
 
 def _warnings(console: Console, warnings: list[str]) -> None:
     for w in warnings:
-        console.print(f"[yellow]warning[/] {w}", highlight=False)
+        console.print(f"[yellow]warning[/] {escape(w)}", highlight=False)

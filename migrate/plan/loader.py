@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.events import AliasEvent
 
 from migrate.errors import PlanError, PlanProblem
 from migrate.plan.model import Plan, Step
@@ -109,6 +110,7 @@ def load_plan(path: Path | str, env: dict[str, str] | None = None, require_env: 
     except (OSError, UnicodeDecodeError) as exc:
         raise PlanError([PlanProblem(shown, 0, 0, "", f"cannot read plan: {exc}")]) from None
     try:
+        _refuse_hostile_yaml(text, shown)
         tree = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -130,6 +132,42 @@ def load_plan(path: Path | str, env: dict[str, str] | None = None, require_env: 
         raise PlanError(sorted(checker.problems, key=lambda p: (p.line, p.column)))
     assert plan is not None
     return LoadedPlan(plan=plan, path=path.resolve(), fingerprint=hashlib.sha256(text.encode()).hexdigest())
+
+
+MAX_NESTING = 64  # a plan is a few levels deep; deeper input is hostile (or a mistake) and costly to parse
+
+
+def _refuse_hostile_yaml(text: str, shown: str) -> None:
+    """Refuse, in linear time and before the YAML parser sees it, what would make loading hang or crash:
+    nesting deeper than MAX_NESTING (flow brackets or indentation), and aliases (`*name`: a few lines of
+    nested aliases expand to billions of nodes)."""
+    depth, quote = 0, ""
+    line, col = 1, 0
+    for char in text:
+        col += 1
+        if char == "\n":
+            line, col, quote = line + 1, 0, ""
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#":
+            quote = "\n"  # a comment runs to the end of the line
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise PlanError([PlanProblem(shown, line, col, "", f"nested deeper than {MAX_NESTING} levels")])
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    for number, row in enumerate(text.splitlines(), start=1):
+        indent = len(row) - len(row.lstrip(" "))
+        if indent > 2 * MAX_NESTING:
+            raise PlanError([PlanProblem(shown, number, 1, "", f"nested deeper than {MAX_NESTING} levels")])
+    for event in YAML(typ="rt").parse(text):
+        if isinstance(event, AliasEvent):
+            mark = event.start_mark
+            raise PlanError([PlanProblem(shown, mark.line + 1, mark.column + 1, "",
+                                         "YAML aliases (*name) are not allowed in a plan: write the value out")])
 
 
 def _key_path(loc: tuple) -> str:

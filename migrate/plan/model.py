@@ -31,6 +31,18 @@ class AzureResource(Strict):
     location: str | None = None
 
 
+def _check_url(url: str) -> None:
+    """A database URL SQLAlchemy can read, with a numeric port (said here, not as a crash at connect time)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url).port  # noqa: B018 - parsing the port is part of the check
+    except (ArgumentError, ValueError):
+        raise ValueError("`url` is not a database URL with a numeric port, like "
+                         "postgresql+psycopg://user@host:5432/db") from None
+
+
 class Connection(Strict):
     """A named endpoint: a database URL, a local folder, or an Azure Blob container."""
 
@@ -50,6 +62,8 @@ class Connection(Strict):
             raise ValueError(
                 f"give exactly one of url, path, account_url or connection_string (found: {found})"
             )
+        if self.url and "unset-" not in self.url:  # a stand-in for an unset ${VAR} (validate --skip-env)
+            _check_url(self.url)
         if self.kind == "blob":
             if not self.container:
                 raise ValueError("a blob connection needs `container`")
