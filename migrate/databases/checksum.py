@@ -146,14 +146,14 @@ class KeyRangeChecksum:
         query = text(f"SELECT width_bucket({col}::bigint, CAST(:bounds AS bigint[])) AS bucket, count(*), {sums} "
                      f"FROM {side.ops.qualified(side.clause)} GROUP BY 1")
         found: dict[int, RangeSums] = {}
-        with side.endpoint.errors("checksum failed"), side.endpoint.engine.connect() as conn:
+        with side.endpoint.errors(f"checksum of {self.pair.label} failed"), side.endpoint.engine.connect() as conn:
             for row in conn.execute(query, {"bounds": bounds}):
                 found[int(row[0])] = RangeSums(int(row[1]), tuple(int(v or 0) for v in row[2:]))
         empty = RangeSums(0, tuple(0 for _ in self._sql[id(side)]))
         return [found.get(i, empty) for i in range(len(ranges))]
 
     def _side_sums(self, side: Side, rng: KeyRange) -> RangeSums:
-        with side.endpoint.errors("checksum failed"), side.endpoint.engine.connect() as conn:
+        with side.endpoint.errors(f"checksum of {self.pair.label} failed"), side.endpoint.engine.connect() as conn:
             return self.sums(side, conn, self.pair.range_on(side, rng, self.pair.source))
 
     def _descend(self, rng: KeyRange, src: RangeSums, tgt: RangeSums) -> Iterator[RowDifference]:
@@ -168,7 +168,7 @@ class KeyRangeChecksum:
         bigger = pair.source if src.count >= tgt.count else pair.target
         count = max(src.count, tgt.count)
         step = max(1, math.ceil(count / FANOUT))
-        with bigger.endpoint.errors("checksum failed"), bigger.endpoint.engine.connect() as conn:
+        with bigger.endpoint.errors(f"checksum of {self.pair.label} failed"), bigger.endpoint.engine.connect() as conn:
             bounds = bigger.order.boundaries(conn, step, pair.range_on(bigger, rng, pair.source), FANOUT - 1)
         bounds = [pair.key_on(pair.source, b, bigger) for b in bounds]  # type: ignore[misc]
         subranges = split(bounds, rng)
@@ -191,7 +191,7 @@ class KeyRangeChecksum:
         kind = "missing_on_target" if side is pair.source else "missing_on_source"
         nkey = len(pair.key)
         self.stats.leaves += 1
-        with side.endpoint.errors("checksum failed"), side.endpoint.engine.connect() as conn:
+        with side.endpoint.errors(f"checksum of {self.pair.label} failed"), side.endpoint.engine.connect() as conn:
             for row in self._rows(side, conn, pair.range_on(side, rng, pair.source), list(pair.key)):
                 raw = tuple(row[:nkey])
                 text = self._key_text(tuple(row[nkey:]))
@@ -203,7 +203,8 @@ class KeyRangeChecksum:
         nkey = len(pair.key)
         out: dict[tuple[Any, ...], tuple[Key, tuple]] = {}
         key_pos = [columns.index(k) for k in pair.key]
-        with side.endpoint.errors("compare failed"), side.endpoint.engine.connect() as conn:
+        with side.endpoint.errors(f"compare of {pair.label} keys {rng} failed"), \
+                side.endpoint.engine.connect() as conn:
             for row in self._rows(side, conn, pair.range_on(side, rng, pair.source), columns):
                 values = tuple(row[nkey:])
                 out[tuple(values[i] for i in key_pos)] = (tuple(row[:nkey]), values)

@@ -41,9 +41,9 @@ def plan_ranges(pair: TablePair, journal: Journal, item: str, chunk_rows: int) -
     return ranges
 
 
-def _source_rows(pair: TablePair, query: Any) -> Iterator[tuple[Any, ...]]:
+def _source_rows(pair: TablePair, query: Any, rng: KeyRange) -> Iterator[tuple[Any, ...]]:
     src = pair.source
-    with src.endpoint.errors("read failed"), src.endpoint.engine.connect() as conn:
+    with src.endpoint.errors(f"read of {pair.label} keys {rng} failed"), src.endpoint.engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=STREAM_BATCH).execute(query)
         if pair.cross:
             for row in result:
@@ -62,7 +62,7 @@ def copy_range(pair: TablePair, rng: KeyRange, fresh: bool = False) -> int:
     src, tgt = pair.source, pair.target
     query = select(*pair.source_columns()).where(src.order.where(rng))
     target_range = pair.range_on(tgt, rng, src)
-    with tgt.endpoint.errors("load failed"), tgt.endpoint.engine.connect() as tconn:
+    with tgt.endpoint.errors(f"load of {pair.label} keys {rng} failed"), tgt.endpoint.engine.connect() as tconn:
         tconn.begin()  # explicit: the fast paths write through the driver connection, unseen by SQLAlchemy
         if not fresh:
             tconn.execute(delete(tgt.clause).where(tgt.order.where(target_range)))
@@ -70,17 +70,17 @@ def copy_range(pair: TablePair, rng: KeyRange, fresh: bool = False) -> int:
                 tconn.commit()  # bulk copy uses its own channel; the delete must be visible to it
                 tconn.begin()
         if src.dialect == tgt.dialect == "postgresql":
-            written = _copy_postgres(pair, tconn, query)  # the target has no index yet: any order will do
+            written = _copy_postgres(pair, tconn, query, rng)  # the target has no index yet: any order will do
         else:
             query = query.order_by(*src.order.columns)
-            written = tgt.ops.write_rows(tconn, tgt.clause, pair.columns, _source_rows(pair, query))
+            written = tgt.ops.write_rows(tconn, tgt.clause, pair.columns, _source_rows(pair, query, rng))
         tconn.commit()
     return written
 
 
-def _copy_postgres(pair: TablePair, tconn: Connection, query: Any) -> int:
+def _copy_postgres(pair: TablePair, tconn: Connection, query: Any, rng: KeyRange) -> int:
     src = pair.source
-    with src.endpoint.errors("read failed"), src.endpoint.engine.connect() as sconn:
+    with src.endpoint.errors(f"read of {pair.label} keys {rng} failed"), src.endpoint.engine.connect() as sconn:
         compiled = query.compile(dialect=sconn.dialect)
         written = pair.target.ops.copy_between(  # type: ignore[attr-defined]
             sconn, tconn, str(compiled), compiled.params, pair.target.clause, pair.columns)

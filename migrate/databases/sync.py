@@ -22,6 +22,7 @@ from migrate.databases.dialects import raw_sql
 from migrate.databases.keyranges import Key, KeyRange, decode_key, encode_key
 from migrate.databases.tables import TablePair
 from migrate.databases.values import as_datetime, canonical_text, same_value
+from migrate.errors import EndpointError
 from migrate.stages.guards import PlannedDeletes
 from migrate.state.journal import Journal
 
@@ -92,7 +93,7 @@ def upsert_changed(pair: TablePair, journal: Journal, item: str) -> tuple[int, i
     newest = old
     seen = None
     created = updated = 0
-    with src.endpoint.errors("sync read failed"), src.endpoint.engine.connect() as conn:
+    with src.endpoint.errors(f"sync read of {pair.label} failed"), src.endpoint.engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(query)
         iterator = iter(result)
         while batch := [tuple(r) for r in islice(iterator, BATCH)]:
@@ -117,7 +118,7 @@ def _apply_batch(pair: TablePair, rows: Sequence[tuple[Any, ...]]) -> tuple[int,
     keys = [tuple(row[i] for i in key_pos) for row in rows]
     target_keys = [pair.key_on(tgt, k, src) for k in keys]
     current: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    with tgt.endpoint.errors("sync read failed"), tgt.endpoint.engine.connect() as conn:
+    with tgt.endpoint.errors(f"sync read of {pair.label} failed"), tgt.endpoint.engine.connect() as conn:
         query = select(*pair.sync_columns(tgt)).where(
             tgt.ops.key_in([tgt.col(k) for k in pair.key], target_keys))  # type: ignore[arg-type]
         for found in conn.execute(query):
@@ -135,9 +136,7 @@ def _apply_batch(pair: TablePair, rows: Sequence[tuple[Any, ...]]) -> tuple[int,
         else:
             updated += 1
         todo.append(pair.convert_row(row))
-    if todo:
-        with tgt.endpoint.errors("upsert failed"), tgt.endpoint.engine.begin() as conn:
-            tgt.ops.upsert_rows(conn, tgt.clause, pair.columns, pair.key, todo)
+    upsert(pair, todo)
     return created, updated
 
 
@@ -154,16 +153,35 @@ def find_differences(pair: TablePair, ranges: list[KeyRange], *, key_only: bool,
 
 def copy_rows(pair: TablePair, source_keys: Sequence[Key]) -> None:
     """Upsert the source rows with these keys onto the target."""
-    src, tgt = pair.source, pair.target
+    src = pair.source
     for start in range(0, len(source_keys), BATCH):
         part = list(source_keys[start:start + BATCH])
         query = select(*pair.sync_columns(src)).where(
             src.ops.key_in([src.col(k) for k in pair.key], part))
-        with src.endpoint.errors("sync read failed"), src.endpoint.engine.connect() as conn:
+        with src.endpoint.errors(f"sync read of {pair.label} failed"), src.endpoint.engine.connect() as conn:
             rows = [pair.convert_row(r) for r in conn.execute(query)]
-        if rows:
-            with tgt.endpoint.errors("upsert failed"), tgt.endpoint.engine.begin() as conn:
-                tgt.ops.upsert_rows(conn, tgt.clause, pair.columns, pair.key, rows)
+        upsert(pair, rows)
+
+
+def upsert(pair: TablePair, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Write these rows (target values) to the target in one transaction. When the batch fails for a reason
+    that is not transient, the rows are tried one by one so the error names the key at fault."""
+    tgt = pair.target
+    if not rows:
+        return
+    try:
+        with tgt.endpoint.errors(f"upsert into {pair.label} failed"), tgt.endpoint.engine.begin() as conn:
+            tgt.ops.upsert_rows(conn, tgt.clause, pair.columns, pair.key, rows)
+    except EndpointError as exc:
+        if exc.transient or len(rows) == 1:
+            raise
+        key_pos = [pair.columns.index(k) for k in pair.key]
+        for row in rows:
+            where = ", ".join(f"{k}={row[i]}" for k, i in zip(pair.key, key_pos, strict=True))
+            with tgt.endpoint.errors(f"upsert into {pair.label} failed at key {where}"), \
+                    tgt.endpoint.engine.begin() as conn:
+                tgt.ops.upsert_rows(conn, tgt.clause, pair.columns, pair.key, [row])
+        raise
 
 
 def planned_deletes(pair: TablePair, target_keys: Sequence[Key]) -> PlannedDeletes:
@@ -181,7 +199,7 @@ def delete_rows(pair: TablePair, target_keys: Sequence[Key]) -> int:
     tgt = pair.target
     if not target_keys:
         return 0
-    with tgt.endpoint.errors("delete failed"), tgt.endpoint.engine.begin() as conn:
+    with tgt.endpoint.errors(f"delete from {pair.label} failed"), tgt.endpoint.engine.begin() as conn:
         tgt.ops.delete_keys(conn, tgt.clause, pair.key, list(target_keys))
     return len(target_keys)
 
