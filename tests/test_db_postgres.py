@@ -176,7 +176,7 @@ def test_verify_names_tampered_rows_including_null_to_text(pg_url: str, pg_url2:
     pg(pg_url2, "UPDATE patients SET mrn = gen_random_uuid(), photo = '\\x00' WHERE id = 5")
     pg(pg_url2, "UPDATE patients SET active = NOT active, weight = weight + 0.1 WHERE id = 6")
     pg(pg_url2, "UPDATE encounters SET started_at = started_at + interval '1 microsecond' WHERE id = 77")
-    pg(pg_url2, "UPDATE encounters SET score = score + 1e-12 WHERE id = 78")  # inside float_tolerance: equal
+    pg(pg_url2, "UPDATE encounters SET score = score + 1e-12 WHERE id = 78")  # floats compare exactly
     pg(pg_url2, "DELETE FROM observations WHERE encounter_id = 1200 AND seq = 4")
     pg(pg_url2, "INSERT INTO observations VALUES (1200, 5, 'x', 1, NULL, now(), now())")
     found = {(d.kind, d.key, d.detail) for d in h.engine.verify(h.ctx).differences}
@@ -186,6 +186,7 @@ def test_verify_names_tampered_rows_including_null_to_text(pg_url: str, pg_url2:
         ("different", "patients:id=5", "columns: mrn,photo"),
         ("different", "patients:id=6", "columns: weight,active"),
         ("different", "encounters:id=77", "columns: started_at"),
+        ("different", "encounters:id=78", "columns: score"),
         ("missing_on_target", "observations:encounter_id=1200, seq=4", ""),
         ("missing_on_source", "observations:encounter_id=1200, seq=5", ""),
     }

@@ -121,7 +121,7 @@ class Endpoint:
             return engine
         kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": self.pool_size, "max_overflow": 4}
         if self.dialect == "postgresql":
-            options = "-c TimeZone=UTC -c DateStyle=ISO"
+            options = "-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=1"  # 1+: floats print exactly
             if self.replica_role:
                 options += " -c session_replication_role=replica"
             kwargs["connect_args"] = {"options": options, "connect_timeout": 10}

@@ -63,7 +63,7 @@ class TablePair:
     key: list[str]
     columns: list[str]
     watermark: Incremental | None
-    tolerance: float
+    tolerance: float | None  # None: floats compared exactly
     to_target: list[Converter | None]  # per moved column
     key_to_target: list[Converter | None]
     key_to_source: list[Converter | None]
@@ -101,9 +101,10 @@ class TablePair:
         return KeyRange(self.key_on(side, rng.lo, origin), self.key_on(side, rng.hi, origin))
 
 
-def compare_kinds(source: TableInfo, side: TableInfo | None, names: Sequence[str], tolerance: float
-                  ) -> dict[str, ColumnKind]:
-    """Kinds used for comparison: the source's kind and scale, this side's time-zone awareness."""
+def compare_kinds(source: TableInfo, side: TableInfo | None, names: Sequence[str], tolerance: float | None,
+                  singles: frozenset[str] = frozenset()) -> dict[str, ColumnKind]:
+    """Kinds used for comparison: the source's kind and scale, this side's time-zone awareness; floats exact
+    without a tolerance (`singles`: float4 columns, compared as 32-bit values)."""
     digits = float_digits(tolerance)
     out: dict[str, ColumnKind] = {}
     for name in names:
@@ -111,18 +112,26 @@ def compare_kinds(source: TableInfo, side: TableInfo | None, names: Sequence[str
         own = side.column(name).kind if side is not None and name in side.names else base
         scale = digits if base.kind == "float" else base.scale
         native = base.kind == "decimal" and own.kind == "decimal" and scale is not None and own.scale == scale
-        out[name] = ColumnKind(base.kind, scale, own.tz, native)
+        out[name] = ColumnKind(base.kind, scale, own.tz, native, single=name in singles)
     return out
 
 
+DEFAULT_FLOAT_TOLERANCE = 1e-9
+EXACT_FLOAT_DIALECTS = {"postgresql", "sqlite"}  # both print a float's shortest exact text (see float_text)
+
+
 def make_pair(source_ep: Endpoint, target_ep: Endpoint, source: TableInfo, target: TableInfo,
-              watermark: Incremental | None, tolerance: float) -> TablePair:
+              watermark: Incremental | None, tolerance: float | None) -> TablePair:
     """Both sides of a table, with the converters a row or key needs to cross dialects."""
     names = source.names
     key = list(source.key)
     cross = source_ep.dialect != target_ep.dialect
-    src_kinds = compare_kinds(source, source, names, tolerance)
-    tgt_kinds = compare_kinds(source, target, names, tolerance)
+    if tolerance is None and not {source_ep.dialect, target_ep.dialect} <= EXACT_FLOAT_DIALECTS:
+        tolerance = DEFAULT_FLOAT_TOLERANCE  # SQL Server cannot print a float exactly: compare within 1e-9
+    singles = frozenset(n for n in names if source_ep.dialect == "postgresql"
+                        and isinstance(source.column(n).type, sqltypes.REAL))
+    src_kinds = compare_kinds(source, source, names, tolerance, singles)
+    tgt_kinds = compare_kinds(source, target, names, tolerance, singles)
     text_keys = [k for k in key if src_kinds[k].kind == "text"]
     src_ops = ops_for(source_ep.dialect, source_ep.engine.dialect)
     tgt_ops = ops_for(target_ep.dialect, target_ep.engine.dialect)

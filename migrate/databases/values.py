@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from sqlalchemy import types as sqltypes
@@ -37,18 +38,22 @@ class ColumnKind:
     scale: int | None = None
     tz: bool = False
     native: bool = False  # this side's column already stores exactly `scale` digits (its plain text is canonical)
+    single: bool = False  # a float4 (PostgreSQL real): compared as its 32-bit value
 
     def code(self) -> str:
         """Compact form passed to the SQLite function `mig_norm(code, scale, value)`."""
-        return self.kind
+        return "float4" if self.kind == "float" and self.single else self.kind
 
     def __str__(self) -> str:
         extra = f"({self.scale})" if self.scale is not None else ""
         return f"{self.kind}{extra}{' tz' if self.tz else ''}"
 
 
-def float_digits(tolerance: float) -> int:
-    """Decimals kept when hashing floats: enough to resolve `tolerance` (rows are then compared with it)."""
+def float_digits(tolerance: float | None) -> int | None:
+    """Decimals kept when hashing floats: enough to resolve `tolerance` (rows are then compared with it); None
+    without a tolerance: floats are then compared exactly (`float_text`)."""
+    if tolerance is None:
+        return None
     if tolerance <= 0:
         return 15
     return max(0, min(15, math.ceil(-math.log10(tolerance))))
@@ -114,6 +119,54 @@ def kind_of(type_: sqltypes.TypeEngine[Any], declared: str | None = None) -> Col
 
 
 # -- canonical text (Python side) --
+
+def float_text(value: Any, single: bool = False) -> str:
+    """A float exactly, as PostgreSQL 12+ prints it (`float8out`, or `float4out` with `single`): the fewest
+    digits whose value lies strictly inside the float's rounding interval (PostgreSQL's Ryu does not take a
+    decimal that sits exactly on the boundary, as Python's repr may), in fixed notation for decimal exponents
+    -4 .. 14 (-4 .. 5 for single), else `d.ddde+XX`; NaN, Infinity, -Infinity; -0 and 0 both `0`."""
+    x = float(value)
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    if x == 0:
+        return "0"
+    sign, digit_tuple, exp = _shortest(x, single).as_tuple()
+    digits = "".join(map(str, digit_tuple)).rstrip("0")
+    exp = int(exp) + len(digit_tuple) - len(digits)
+    sci = len(digits) + exp - 1
+    if sci < -4 or sci >= (6 if single else 15):
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        out = f"{mantissa}e{'-' if sci < 0 else '+'}{abs(sci):02d}"
+    elif exp >= 0:
+        out = digits + "0" * exp
+    else:
+        point = len(digits) + exp
+        out = "0." + "0" * -point + digits if point <= 0 else digits[:point] + "." + digits[point:]
+    return ("-" if sign else "") + out
+
+
+def _shortest(x: float, single: bool) -> Decimal:
+    """The correctly rounded decimal of the fewest significant digits strictly inside x's rounding interval
+    (as a float32 with `single`)."""
+    if single:
+        x = struct.unpack("f", struct.pack("f", x))[0]
+        bits = struct.unpack("I", struct.pack("f", abs(x)))[0]
+        down = abs(struct.unpack("f", struct.pack("I", bits - 1))[0]) if bits > 1 else 0.0
+        up = struct.unpack("f", struct.pack("I", bits + 1))[0]
+    else:
+        down, up = math.nextafter(abs(x), 0.0), math.nextafter(abs(x), math.inf)
+    with localcontext(prec=1200):
+        exact = Decimal(abs(x))
+        low = (exact + Decimal(down)) / 2
+        high = exact + (exact - low) if math.isinf(up) else (exact + Decimal(up)) / 2  # the largest finite float
+        for precision in range(1, 18):
+            candidate = Decimal(f"{abs(x):.{precision - 1}e}")
+            if low < candidate < high:
+                return -candidate if x < 0 else candidate
+    return Decimal(repr(x))
+
 
 def _to_decimal(value: Any) -> Decimal:
     if isinstance(value, Decimal):
@@ -188,7 +241,9 @@ def _canonical(kind: ColumnKind, value: Any) -> str:
     if k == "decimal":
         return _fixed(_to_decimal(value), kind.scale)
     if k == "float":
-        return _fixed(_to_decimal(value), kind.scale if kind.scale is not None else 9)
+        if kind.scale is None:  # exact (no float_tolerance in the plan)
+            return float_text(value, kind.single)
+        return _fixed(_to_decimal(value), kind.scale)
     if k == "bool":
         return "1" if as_bool(value) else "0"
     if k == "timestamp":
@@ -217,6 +272,8 @@ def timestamp_text(moment: datetime) -> str:
 
 def canonical_field_sql_udf(code: str, scale: int | None, value: Any) -> str | None:
     """SQLite function `mig_norm(kind, scale, value)`: canonical text of a stored value, or NULL."""
+    if code == "float4":
+        return canonical_text(ColumnKind("float", scale, single=True), value)
     return canonical_text(ColumnKind(code, scale), value)
 
 
@@ -230,13 +287,13 @@ def field_text(kind: ColumnKind, canonical: str | None) -> str:
     return canonical + "|"
 
 
-def same_value(kind: ColumnKind, a: str | None, b: str | None, tolerance: float) -> bool:
-    """Compare two canonical texts; floats within `tolerance` count as equal. NULL equals only NULL."""
+def same_value(kind: ColumnKind, a: str | None, b: str | None, tolerance: float | None) -> bool:
+    """Compare two canonical texts; with a `tolerance`, floats within it count as equal. NULL equals only NULL."""
     if a is None or b is None:
         return a is None and b is None
     if a == b:
         return True
-    if kind.kind == "float":
+    if kind.kind == "float" and tolerance is not None:
         try:
             return abs(float(a) - float(b)) <= tolerance
         except ValueError:

@@ -112,7 +112,7 @@ class DatabaseItem(Strict):
     parallel: int = Field(default=2, ge=1, le=64)
     existing_target: Literal["refuse", "truncate"] = "refuse"
     accept_lossy: bool = False
-    float_tolerance: float = Field(default=1e-9, ge=0)
+    float_tolerance: float | None = Field(default=None, ge=0)  # None: floats compared exactly
     delete: bool = True  # mirror source deletes during sync
     not_migrated_ok: list[str] = Field(default_factory=list)  # `kind:schema.name` or globs the board accepts
 

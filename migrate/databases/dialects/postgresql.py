@@ -33,7 +33,9 @@ class PostgresOps(DialectOps):
                 return f"trim_scale({col}::numeric)::text"
             return f"round({col}::numeric, {int(kind.scale)})::text"
         if k == "float":
-            return f"round({col}::numeric, {int(kind.scale if kind.scale is not None else 9)})::text"
+            if kind.scale is None:  # exact: the shortest text that reads back (float8out/float4out), -0 as 0
+                return f"(CASE WHEN {col} = 0 THEN '0' ELSE {col}::{'float4' if kind.single else 'float8'}::text END)"
+            return f"round({col}::numeric, {int(kind.scale)})::text"
         if k == "bool":
             return f"(CASE WHEN {col} THEN '1' WHEN NOT {col} THEN '0' END)"
         if k == "timestamp":

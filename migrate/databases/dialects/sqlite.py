@@ -26,7 +26,7 @@ class SqliteOps(DialectOps):
         if kind.kind == "int":
             return f"CAST({col} AS TEXT)"
         scale = "NULL" if kind.scale is None else str(int(kind.scale))
-        return f"mig_norm('{kind.kind}', {scale}, {col})"
+        return f"mig_norm('{kind.code()}', {scale}, {col})"
 
     def length_sql(self, expr: str) -> str:
         return f"length(CAST({expr} AS BLOB))"
