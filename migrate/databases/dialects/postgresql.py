@@ -44,8 +44,9 @@ class PostgresOps(DialectOps):
             return f"left({col}::text, -3)" if kind.tz else f"{col}::text"
         if k == "date":
             return f"to_char({col}, 'YYYY-MM-DD')"
-        if k == "time":
-            return f"to_char(timestamp '2000-01-01' + {col}, 'HH24:MI:SS.US')"
+        if k == "time":  # 24:00:00 is its own value, not the next day's midnight
+            return (f"(CASE WHEN {col} = '24:00' THEN '24:00:00.000000' "
+                    f"ELSE to_char(timestamp '2000-01-01' + {col}, 'HH24:MI:SS.US') END)")
         if k == "uuid":
             return f"replace(lower({col}::text), '-', '')"
         if k == "binary":

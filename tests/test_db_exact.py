@@ -1,4 +1,4 @@
-"""Floats compare exactly by default: the shortest text that reads back, the same on PostgreSQL (float8out /
+"""Values compare exactly: floats by the shortest text that reads back, the same on PostgreSQL (float8out /
 float4out) and in Python (SQLite's side and row comparisons); -0 equals 0; NaN and Infinity are values."""
 
 from __future__ import annotations
@@ -82,3 +82,14 @@ def test_sqlite_floats_arrive_exactly_on_postgresql(tmp_path: Path, pg_url: str)
     assert all(a == b or (a == 0 and b == 0) for a, b in zip(stored, values, strict=True))
     pg(pg_url, "UPDATE readings SET d = d * (1 + 1e-15) WHERE id = 42")
     assert cli_process("verify", str(path)).returncode == 3
+
+
+@pytest.mark.postgres
+def test_midnight_at_the_end_of_the_day_is_its_own_value(tmp_path: Path, pg_url: str, pg_url2: str) -> None:
+    pg(pg_url, """CREATE TABLE shifts (id int PRIMARY KEY, ends time, updated_at timestamptz NOT NULL);
+                  INSERT INTO shifts VALUES (1, '24:00:00', now()), (2, '00:00:00', now())""")
+    path = plan(tmp_path, pg_url, pg_url2)
+    assert cli_process("run", str(path)).returncode == 0
+    pg(pg_url2, "UPDATE shifts SET ends = '00:00:00' WHERE id = 1")
+    verified = cli_process("verify", str(path), "--json")
+    assert verified.returncode == 3 and "shifts:id=1" in verified.stdout and "shifts:id=2" not in verified.stdout
