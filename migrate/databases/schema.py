@@ -190,6 +190,8 @@ def build_target(sources: list[TableInfo], source_dialect: str, target_dialect: 
                 lossy.append(f"{info.label}.{col.name}: {mapped.lossy}")
             same = source_dialect == target_dialect
             default = col.default if same and col.default and "nextval(" not in col.default else None
+            if default is not None and target_dialect == "sqlite":
+                default = f"({default})"  # SQLite reports `'a' || b` for `DEFAULT ('a' || b)`: only (expr) is valid
             cols.append(Column(col.name, mapped.type, autoincrement=False,
                                nullable=col.nullable and (same or col.name not in info.key),
                                server_default=text(default) if default is not None else None))

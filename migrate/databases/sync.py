@@ -22,7 +22,7 @@ from migrate.databases.dialects import raw_sql
 from migrate.databases.keyranges import Key, KeyRange, decode_key, encode_key
 from migrate.databases.tables import TablePair
 from migrate.databases.values import as_datetime, canonical_text, same_value
-from migrate.errors import EndpointError
+from migrate.errors import EndpointError, MigrateError
 from migrate.stages.guards import PlannedDeletes
 from migrate.state.journal import Journal
 
@@ -67,7 +67,25 @@ def _since(pair: TablePair, watermark: Any) -> Any:
         return None
     if isinstance(watermark, datetime):
         return watermark - timedelta(seconds=pair.watermark.overlap)
+    if isinstance(watermark, str):
+        return _text_since(pair, watermark)
     return watermark - pair.watermark.overlap
+
+
+def _text_since(pair: TablePair, watermark: str) -> str:
+    """A timestamp kept as text (SQLite's `datetime('now')`, ISO 8601): the overlap is taken off and the result
+    written in the watermark's own style, so that text comparison in the database orders it rightly. Text that
+    is not a timestamp cannot be a watermark (as text, '9' sorts after '10')."""
+    assert pair.watermark is not None
+    try:
+        moment = datetime.fromisoformat(watermark.strip()) - timedelta(seconds=pair.watermark.overlap)
+    except ValueError:
+        raise MigrateError(
+            f"{pair.label}: watermark column {pair.watermark.column!r} holds text that is not a timestamp "
+            f"(the newest value is not ISO 8601)", hint="use a timestamp or integer column as `incremental.column`, "
+            "or drop `incremental` for this table (sync then compares every row)") from None
+    return moment.isoformat(sep="T" if "T" in watermark else " ",
+                            timespec="microseconds" if "." in watermark else "seconds")
 
 
 def upsert_changed(pair: TablePair, journal: Journal, item: str) -> tuple[int, int, Any]:
