@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from typing import Any
 
 from sqlalchemy import MetaData, Table, delete, false, func, insert, inspect, select, text, update
@@ -24,6 +25,7 @@ from migrate.databases.endpoint import Endpoint
 from migrate.databases.identity import database_identity
 from migrate.databases.keyranges import KeyRange, decode_key, decode_ranges, split
 from migrate.databases.schema import (
+    NoPrimaryKey,
     TableInfo,
     build_target,
     create_post_load,
@@ -65,6 +67,8 @@ class DatabaseEngine(ItemEngine):
         self.target = Endpoint(target, _url(connections, target), loaded.base_dir, role="target", pool_size=pool)
         self.target.replica_role = self.native_schema
         self._sources: list[tuple[TableInfo, Incremental | None]] | None = None
+        self._globbed: set[str] = set()  # tables a glob of `tables` matched (not named one by one)
+        self.skipped: list[str] = []  # tables left out under skip_without_key, said in preflight
         self._wm_columns: dict[str, str] = {}
 
     @property
@@ -107,16 +111,19 @@ class DatabaseEngine(ItemEngine):
 
         `*` is always resolved on the plan's source, also in reverse, so that reverse replication covers the
         tables the migration moved and not whatever else the application created on the target."""
-        named = {s.name: s for s in self.item.tables if s.name != "*"}
+        named = {s.name: s for s in self.item.tables if not _is_glob(s.name)}
+        globs = [s.name for s in self.item.tables if _is_glob(s.name)]
         names: list[str] = []
-        if any(s.name == "*" for s in self.item.tables):
+        if globs:
             if self.reverse:
                 with self.target.errors("cannot connect"), self.target.engine.connect() as origin:
-                    names = list_tables(self.target, origin)
+                    listing = list_tables(self.target, origin)
             else:
-                names = list_tables(self.source, conn)
-        specs = [named.pop(n, TableSpec(name=n)) for n in names]
-        return specs + list(named.values())
+                listing = list_tables(self.source, conn)
+            names = [n for n in listing if n not in named and any(fnmatchcase(n, g) for g in globs)
+                     and not any(fnmatchcase(n, x) for x in self.item.exclude)]
+            self._globbed = set(names)
+        return list(named.values()) + [TableSpec(name=n) for n in names]
 
     def _reflect_sources(self, engine: Engine | None = None) -> list[tuple[TableInfo, Incremental | None]]:
         """Every source table to move (parents first) with its watermark."""
@@ -126,7 +133,13 @@ class DatabaseEngine(ItemEngine):
         out: list[tuple[TableInfo, Incremental | None]] = []
         with self.source.errors("cannot connect"), engine.connect() as conn:
             for spec in self._specs(conn):
-                info = reflect_table(self.source, conn, spec.name, key=spec.key, columns=spec.columns)
+                try:
+                    info = reflect_table(self.source, conn, spec.name, key=spec.key, columns=spec.columns)
+                except NoPrimaryKey:
+                    if not (self.item.skip_without_key and spec.name in self._globbed):
+                        raise
+                    self.skipped.append(f"{spec.name}: no primary key, skipped (skip_without_key)")
+                    continue
                 assert info is not None
                 out.append((info, self._watermark(spec, info)))
             if self.source.dialect == "postgresql":
@@ -185,7 +198,7 @@ class DatabaseEngine(ItemEngine):
                 conn.execute(select(*[clause.c[k] for k in info.key]).limit(1)).all()
                 rows += estimate_rows(self.source, conn, info)
         lossy, notes = self._lossy_check(infos)
-        warnings = [f"lossy (accepted): {x}" for x in lossy] + notes
+        warnings = [f"lossy (accepted): {x}" for x in lossy] + notes + self.skipped
         entries = self.object_inventory(infos)
         inventory.record(ctx.journal, self.name, entries)
         warnings += [f"not migrated: {e.ref} ({e.detail})"
@@ -645,3 +658,8 @@ def _url(connections: dict[str, Any], name: str) -> str:
 
 def _writable(path: Any) -> bool:
     return os.access(path, os.W_OK)
+
+
+def _is_glob(name: str) -> bool:
+    """`*`, `billing.*`, `obs_?`: a pattern over every user schema's tables, not one table's name."""
+    return any(c in name for c in "*?[")

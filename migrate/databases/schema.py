@@ -81,16 +81,33 @@ def split_name(name: str) -> tuple[str | None, str]:
     return None, name
 
 
+class NoPrimaryKey(MigrateError):
+    """A table to move has no primary key and the plan names none."""
+
+
+SYSTEM_SCHEMAS = {"information_schema", "sys", "guest", "pg_catalog", "pg_toast"}
+
+
 def list_tables(endpoint: Endpoint, conn: Connection) -> list[str]:
-    """The tables holding rows: a PostgreSQL partitioned table holds none (its partitions do), so its data
+    """Every table holding rows in every user schema: bare names in the connection's default schema,
+    `schema.name` in the others. A PostgreSQL partitioned table holds no rows (its partitions do), so its data
     moves once, through its partitions."""
     with endpoint.errors("cannot list tables"):
-        names = inspect(conn).get_table_names()
+        inspector = inspect(conn)
+        default = inspector.default_schema_name
+        schemas = [default] if endpoint.dialect == "sqlite" else [
+            s for s in inspector.get_schema_names()
+            if s not in SYSTEM_SCHEMAS and not s.startswith(("pg_", "db_")) and s != "INFORMATION_SCHEMA"]
+        parents: set[tuple[str, str]] = set()
         if endpoint.dialect == "postgresql":
-            parents = set(conn.execute(text(
-                "SELECT relname FROM pg_class WHERE relkind = 'p' AND relnamespace = "
-                "to_regnamespace(current_schema())::oid")).scalars())
-            names = [n for n in names if n not in parents]
+            parents = {(r[0], r[1]) for r in conn.execute(text(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind = 'p'")).all()}
+        names = []
+        for schema in schemas:
+            for name in inspector.get_table_names(schema=None if schema == default else schema):
+                if (schema, name) not in parents:
+                    names.append(name if schema == default else f"{schema}.{name}")
         return sorted(names)
 
 
@@ -152,8 +169,9 @@ def reflect_table(endpoint: Endpoint, conn: Connection, name: str, *, key: list[
                                None if default is None else str(default)))
     info = TableInfo(schema, bare, cols, list(key or pk), [dict(i) for i in indexes], [dict(f) for f in fks])
     if not info.key:
-        raise MigrateError(f"table {name!r} on {endpoint.label} has no primary key; name one in the plan "
-                           f"(tables: [{{name: {name}, key: [column, ...]}}])")
+        raise NoPrimaryKey(f"table {name!r} on {endpoint.label} has no primary key; name one in the plan "
+                           f"(tables: [{{name: {name}, key: [column, ...]}}]), or leave it out with `exclude` "
+                           "(or `skip_without_key: true` when a glob matched it)")
     missing = [k for k in info.key if k not in info.names]
     if missing:
         raise MigrateError(f"table {name!r}: key column(s) {', '.join(missing)} not found on {endpoint.label}")

@@ -115,6 +115,8 @@ class DatabaseItem(Strict):
     float_tolerance: float | None = Field(default=None, ge=0)  # None: floats compared exactly
     delete: bool = True  # mirror source deletes during sync
     not_migrated_ok: list[str] = Field(default_factory=list)  # `kind:schema.name` or globs the board accepts
+    exclude: list[str] = Field(default_factory=list)  # table names or globs left out of `*` and other globs
+    skip_without_key: bool = False  # a table without a primary key matched by a glob is skipped, not refused
 
 
 class BlobItem(Strict):
