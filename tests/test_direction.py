@@ -358,3 +358,18 @@ def test_a_journal_without_a_direction_record_is_read_safely(tmp_path: Path) -> 
     set_authority(journal, "source", "rollback complete")
     assert read_direction(journal).authority == "source"
     journal.close()
+
+
+def test_reverse_sync_and_rollback_keep_the_mass_delete_guard(cut_over: Path) -> None:
+    """An emptied target table after cutover (a bad job on Azure) must not empty the source through reverse sync
+    or the final reverse sync of a rollback."""
+    work = cut_over.parent
+    with sqlite3.connect(work / "azure" / "ppm.db") as conn:
+        conn.execute("DELETE FROM observations")
+    before = rows(work / "onprem" / "ppm.db", "observations")
+    assert len(before) > 100
+    refused = cli_process("sync", str(cut_over))
+    assert refused.returncode == 1 and "mass delete refused, nothing was deleted" in refused.stderr
+    back = cli_process("rollback", str(cut_over), "--yes")
+    assert back.returncode == 1 and "mass delete refused" in back.stderr and "did not run" in back.stderr
+    assert rows(work / "onprem" / "ppm.db", "observations") == before  # the source kept every row
