@@ -58,3 +58,28 @@ def test_a_table_without_a_key_under_a_glob_is_named_or_skipped(tmp_path: Path, 
     assert ran.returncode == 0, ran.stderr
     assert "audit_log: no primary key, skipped (skip_without_key)" in ran.stdout  # a preflight warning
     assert tables_on(pg_url2) == {"public.patients", "billing.invoice"}
+
+
+def test_a_table_added_to_the_plan_after_the_load_is_created_and_loaded(tmp_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        conn.execute("CREATE TABLE patients (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.executemany("INSERT INTO patients VALUES (?, ?)", [(i, f"p{i}") for i in range(100)])
+        conn.executemany("INSERT INTO notes VALUES (?, ?)", [(i, f"n{i}") for i in range(70)])
+    path = tmp_path / "plan.yaml"
+    template = ('version: 1\ncomponent: added\nconnections:\n  src: {{url: "sqlite:///s.db"}}\n'
+                '  dst: {{url: "sqlite:///t.db"}}\ndatabases:\n  - {{name: db, source: src, target: dst, '
+                'tables: [{tables}]}}\n')
+    path.write_text(template.format(tables="patients"), encoding="utf-8")
+    assert cli_process("run", str(path)).returncode == 0
+    path.write_text(template.format(tables="patients, notes"), encoding="utf-8")
+    planned = cli_process("plan", str(path), "--detailed-exitcode")
+    assert planned.returncode == 4, planned.stderr  # something would change: the new table
+    ran = cli_process("run", str(path))
+    assert ran.returncode == 0, ran.stderr
+    with sqlite3.connect(tmp_path / "t.db") as conn:
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (70,)
+        assert conn.execute("SELECT count(*) FROM patients").fetchone() == (100,)
+    assert cli_process("plan", str(path), "--detailed-exitcode").returncode == 0

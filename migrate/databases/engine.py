@@ -267,6 +267,11 @@ class DatabaseEngine(ItemEngine):
                            metrics={"created": created, "adopted": adopted, "truncated": truncated},
                            warnings=target_schema.notes)
 
+    def pending(self, ctx: StageContext) -> list[str]:
+        """Source tables in scope that the schema stage has not made or adopted on the target yet."""
+        owned = set(ctx.journal.get(self.name, OWNED, []))
+        return [info.label for info, _ in self._reflect_sources() if info.label not in owned]
+
     def _pg_scope(self, infos: list[TableInfo]) -> tuple[set[str], set[str]]:
         with self.source.errors("cannot read"), self.source.engine.connect() as conn:
             return pgdump.scope(conn, [info.label for info in infos])

@@ -155,6 +155,11 @@ class ItemEngine(ABC):
         with the evidence; checked by the `reverse_ready` gate before any cutover step. Writes nothing that
         stays."""
 
+    def pending(self, ctx: StageContext) -> list[str]:
+        """Parts added to the plan since this item's load (a table named later): schema and load run again
+        for them on the next `run` (none by default)."""
+        return []
+
     def advance_sequences(self, ctx: StageContext) -> list[str]:
         """`migrate:sequences`: set the target's id generators past the moved rows (none by default)."""
         return []

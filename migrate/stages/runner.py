@@ -115,10 +115,13 @@ class StageRunner:
         record = ItemRun(engine.name, engine.kind)
         started = time.monotonic()
         journal = self.ctx.journal
+        added = engine.pending(self.ctx) if journal.last_done(engine.name, "load") else []
+        if added:  # tables named after the load: schema and load again (done chunks are skipped)
+            journal.event("run", f"added to the plan since the load: {', '.join(added)}", item=engine.name)
         for stage in stages:
             if stage not in engine.stages:
                 continue
-            if stage in ("schema", "load") and journal.last_done(engine.name, stage):
+            if stage in ("schema", "load") and journal.last_done(engine.name, stage) and not added:
                 record.skipped.append(stage)
                 continue
             if stage == "verify":
