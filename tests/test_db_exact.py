@@ -93,3 +93,29 @@ def test_midnight_at_the_end_of_the_day_is_its_own_value(tmp_path: Path, pg_url:
     pg(pg_url2, "UPDATE shifts SET ends = '00:00:00' WHERE id = 1")
     verified = cli_process("verify", str(path), "--json")
     assert verified.returncode == 3 and "shifts:id=1" in verified.stdout and "shifts:id=2" not in verified.stdout
+
+
+@pytest.mark.postgres
+def test_char_n_to_sqlite_converges(tmp_path: Path, pg_url: str) -> None:
+    pg(pg_url, """CREATE TABLE wards (code char(20) PRIMARY KEY, name char(20), updated_at timestamptz NOT NULL);
+                  INSERT INTO wards SELECT 'W' || g, 'ward ' || g, now() - interval '1 day'
+                  FROM generate_series(1, 40) g""")
+    path = tmp_path / "plan.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        version: 1
+        component: chars
+        connections:
+          src: {{url: "{pg_url}"}}
+          dst: {{url: "sqlite:///target.db"}}
+        databases:
+          - {{name: w, source: src, target: dst, tables: ["*"], incremental: {{column: updated_at, overlap: 60s}}}}
+        """), encoding="utf-8")
+    ran = cli_process("run", str(path))
+    assert ran.returncode == 0, ran.stderr  # loaded and verified clean
+    with sqlite3.connect(tmp_path / "target.db") as conn:
+        assert conn.execute("SELECT code, name FROM wards WHERE code = 'W7'").fetchone() == ("W7", "ward 7")
+    pg(pg_url, "UPDATE wards SET name = 'renamed', updated_at = now() WHERE code = 'W3'")
+    for expected in ('"updated": 1', '"updated": 0'):  # the change once, then nothing: converged
+        synced = cli_process("sync", str(path), "--json")
+        assert synced.returncode == 0 and expected in synced.stdout, synced.stdout + synced.stderr
+    assert cli_process("verify", str(path)).returncode == 0

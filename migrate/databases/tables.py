@@ -143,7 +143,11 @@ def make_pair(source_ep: Endpoint, target_ep: Endpoint, source: TableInfo, targe
     to_target = [converter(src_kinds[n], source_ep.dialect, target_ep.dialect, tgt_kinds[n]) for n in names]
     key_to_target = [converter(src_kinds[k], source_ep.dialect, target_ep.dialect, tgt_kinds[k]) for k in key]
     key_to_source = [converter(tgt_kinds[k], target_ep.dialect, source_ep.dialect, src_kinds[k]) for k in key]
-    as_text = frozenset(n for n in names if cross and stored_as_text(source.column(n).type, source_ep.dialect))
+    # read as the source's own text: columns with no target type, and PostgreSQL char(n), whose text has no pad
+    # (a target of another dialect would store the spaces, and never compare equal)
+    as_text = frozenset(n for n in names if cross and (
+        stored_as_text(source.column(n).type, source_ep.dialect)
+        or source_ep.dialect == "postgresql" and type(source.column(n).type) in (sqltypes.CHAR, sqltypes.NCHAR)))
     # a driver hands JSON back as dicts and lists, which it cannot write again (and a list would be taken for an
     # array): JSON moves as the source's exact text, which json and jsonb columns both take
     json_text = frozenset(n for n in names if not cross and isinstance(source.column(n).type, sqltypes.JSON))
