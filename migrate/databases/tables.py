@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Text, cast, func, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement, TableClause, sqltypes
 
@@ -68,7 +69,7 @@ class TablePair:
     key_to_target: list[Converter | None]
     key_to_source: list[Converter | None]
     as_text: frozenset[str] = frozenset()  # columns with no target type: read from the source as its text
-    json_text: frozenset[str] = frozenset()  # JSON on both sides of one dialect: travels as its own text
+    sync_text: frozenset[str] = frozenset()  # same dialect: values a driver reads but cannot write back as read
 
     @property
     def cross(self) -> bool:
@@ -82,7 +83,7 @@ class TablePair:
     def sync_columns(self, side: Side) -> list[ColumnElement[Any]]:
         """The moved columns as a sync cycle reads `side` to compare and write rows: as `source_columns()`, and
         JSON as its own text (a driver cannot write back the dicts and lists it reads)."""
-        texts = self.json_text | (self.as_text if side is self.source else frozenset())
+        texts = self.sync_text | (self.as_text if side is self.source else frozenset())
         return [cast(side.col(n), Text) if n in texts else side.col(n) for n in self.columns]
 
     def convert_row(self, row: Sequence[Any]) -> tuple[Any, ...]:
@@ -148,8 +149,11 @@ def make_pair(source_ep: Endpoint, target_ep: Endpoint, source: TableInfo, targe
     as_text = frozenset(n for n in names if cross and (
         stored_as_text(source.column(n).type, source_ep.dialect)
         or source_ep.dialect == "postgresql" and type(source.column(n).type) in (sqltypes.CHAR, sqltypes.NCHAR)))
-    # a driver hands JSON back as dicts and lists, which it cannot write again (and a list would be taken for an
-    # array): JSON moves as the source's exact text, which json and jsonb columns both take
-    json_text = frozenset(n for n in names if not cross and isinstance(source.column(n).type, sqltypes.JSON))
+    # within one dialect, some values travel through sync as their own text: JSON (a driver hands back dicts and
+    # lists, which it cannot write again, and a list would be taken for an array), PostgreSQL time (no Python
+    # time holds '24:00:00') and interval (a timedelta has no months: '1 year' would come back as '365 days')
+    sync_text = frozenset(n for n in names if not cross and (
+        isinstance(source.column(n).type, sqltypes.JSON) or source_ep.dialect == "postgresql"
+        and isinstance(source.column(n).type, sqltypes.Time | sqltypes.Interval | postgresql.INTERVAL)))
     return TablePair(source.label, src_side, tgt_side, key, names, watermark, tolerance, to_target,
-                     key_to_target, key_to_source, as_text, json_text)
+                     key_to_target, key_to_source, as_text, sync_text)

@@ -264,7 +264,7 @@ def _canonical(kind: ColumnKind, value: Any) -> str:
 
 def timestamp_text(moment: datetime) -> str:
     """'YYYY-MM-DD HH:MM:SS' plus '.' and the microseconds without trailing zeros (PostgreSQL's ISO output)."""
-    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    text = moment.isoformat(sep=" ", timespec="seconds")[:19]  # strftime('%Y') drops the year's zeros: '1-01-01'
     if moment.microsecond:
         text += "." + f"{moment.microsecond:06d}".rstrip("0")
     return text
