@@ -30,7 +30,7 @@ from migrate.errors import (
 from migrate.plan.durations import parse_duration
 from migrate.progress import ConsoleProgress
 from migrate.redact import redact
-from migrate.results import envelope
+from migrate.results import envelope, jsonable
 
 app = typer.Typer(
     name="migrate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -40,6 +40,7 @@ err = Console(stderr=True, soft_wrap=True)
 if not err.is_terminal:  # CI logs and pipes: wide enough that tables do not fold every cell
     err.width = 160
 _debug = {"on": False}
+_ndjson = {"on": False}  # sync --watch --json prints one line per cycle: the closing envelope is one line too
 
 PlanArg = Annotated[Path, typer.Argument(help="The plan file (YAML).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine output (JSON envelope) on stdout.")]
@@ -52,6 +53,17 @@ LockTimeoutOpt = Annotated[str | None, typer.Option(
 MassDeleteOpt = Annotated[bool, typer.Option(
     "--allow-mass-delete", help="Let a cycle delete more than half of a table or blob set (over 100 keys), or "
                                 "everything from an empty source. Refused without it.")]
+
+
+def _json_line(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _lock_wait(timeout: str | None) -> commands.LockWait:
@@ -128,7 +140,9 @@ def _execute(command: str, as_json: bool, work: Callable[[ConsoleProgress], Any]
         code = EXIT_OPERATIONAL
         error = redact(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
     if as_json:
-        sys.stdout.write(json.dumps(envelope(command, code, result, error), indent=2, ensure_ascii=False) + "\n")
+        compact = _ndjson["on"]  # after NDJSON lines, the envelope is one more line
+        sys.stdout.write(json.dumps(envelope(command, code, result, error), indent=None if compact else 2,
+                                    ensure_ascii=False) + "\n")
     elif error is not None:
         label = "" if error.startswith("internal error") or isinstance(result, dict) and "problems" in result \
             else "error: "
@@ -174,9 +188,21 @@ def sync(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
          watch: Annotated[bool, typer.Option(help="Keep dual-running every dual_run.interval.")] = False,
          cycles: Annotated[int | None, typer.Option(help="With --watch: stop after this many cycles.")] = None,
          lock_timeout: LockTimeoutOpt = None, allow_mass_delete: MassDeleteOpt = False) -> None:
-    """One incremental catch-up cycle (or keep going with --watch), reporting lag."""
-    on_cycle = None if as_json else (lambda n, results: views.show_sync_cycle(err, n, results))
-    on_skip = None if as_json else (lambda n, why: views.show_sync_skipped(err, n, why))
+    """One incremental catch-up cycle (or keep going with --watch), reporting lag. With --json --watch, one JSON
+    line per cycle (NDJSON) as it ends, then the envelope on one line."""
+    on_cycle: Callable[[int, Any], None] | None = None
+    on_skip: Callable[[int, str], None] | None = None
+    if as_json and watch:  # NDJSON: monitoring reads each cycle as it ends
+        _ndjson["on"] = True
+
+        def on_cycle(n: int, results: Any) -> None:
+            _json_line({"cycle": n, "at": _now(), "results": jsonable(results)})
+
+        def on_skip(n: int, why: str) -> None:
+            _json_line({"cycle": n, "at": _now(), "skipped": redact(why)})
+    elif not as_json:
+        on_cycle = lambda n, results: views.show_sync_cycle(err, n, results)  # noqa: E731
+        on_skip = lambda n, why: views.show_sync_skipped(err, n, why)  # noqa: E731
     _execute("sync", as_json, lambda p: commands.sync(plan, watch=watch, max_cycles=cycles, items=items,
                                                       progress=p, on_cycle=on_cycle, on_skip=on_skip,
                                                       lock_wait=_lock_wait(lock_timeout),

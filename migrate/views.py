@@ -107,14 +107,21 @@ def show_sync_cycle(console: Console, cycle: int, results: list[Any]) -> None:
     for r in results:
         lag = "unknown" if r.lag_seconds is None else format_duration(r.lag_seconds)
         name = r.item.removesuffix(".reverse") + (" (reverse: target → source)" if r.item.endswith(".reverse") else "")
-        console.print(f"cycle {cycle} {name}: {r.created} created, {r.updated} updated, {r.deleted} deleted, "
-                      f"lag {lag}", highlight=False)
+        console.print(f"{_clock()} cycle {cycle} {escape(name)}: {r.created} created, {r.updated} updated, "
+                      f"{r.deleted} deleted, lag {lag}", highlight=False)
         for problem in r.problems:
             console.print(f"  [red]problem[/] {escape(problem)}", highlight=False)
 
 
 def show_sync_skipped(console: Console, cycle: int, why: str) -> None:
-    console.print(f"[yellow]{escape(why)}[/]", highlight=False)
+    console.print(f"{_clock()} [yellow]{escape(why)}[/]", highlight=False)
+
+
+def _clock() -> str:
+    """The local time of day, for lines a long `sync --watch` prints."""
+    from datetime import datetime
+
+    return datetime.now().strftime("%H:%M:%S")
 
 
 def show_lock_wait(console: Console, holder: Any, waited: float, timeout: float) -> None:

@@ -92,3 +92,17 @@ def test_version_and_report_to_standard_output(tmp_path: Path) -> None:
     assert not (tmp_path / "-").exists() and "standard output" in printed.stderr
     both = cli_process("report", str(plan), "--out", "-", "--json", cwd=tmp_path)
     assert both.returncode == 2 and "choose one" in json.loads(both.stdout)["error"]
+
+
+def test_sync_watch_json_is_one_line_per_cycle_and_human_lines_carry_the_time(tmp_path: Path) -> None:
+    import re
+
+    plan = loaded_estate(tmp_path / "estate", patients=20, letters=3)
+    plan.write_text(plan.read_text().replace("interval: 5s", "interval: 1s"))
+    watched = cli_process("sync", str(plan), "--watch", "--cycles", "2", "--json")
+    assert watched.returncode == 0, watched.stderr
+    lines = [json.loads(line) for line in watched.stdout.splitlines()]  # every line is one JSON document
+    assert [line.get("cycle") for line in lines[:2]] == [1, 2] and "at" in lines[0] and "results" in lines[0]
+    assert len(lines) == 3 and lines[2]["envelope"] == 1 and lines[2]["ok"] is True
+    human = cli_process("sync", str(plan), "--watch", "--cycles", "1")
+    assert re.search(r"^\d\d:\d\d:\d\d cycle 1 ", human.stderr, re.MULTILINE), human.stderr
