@@ -180,7 +180,17 @@ class PlanResult:
     def changes(self) -> bool:
         return any(p.changes for p in self.previews)
 
+    @property
+    def problems(self) -> list[str]:
+        """Every check that failed: per item, and the Azure preflight's."""
+        return [f"{p.item}: {why}" for p in self.previews for why in p.problems] + [
+            f"{c['target']}: {c['name']}: {c.get('evidence', '')}" for c in self.azure if c.get("status") == "fail"]
+
     def exit_code(self, detailed: bool) -> int:
+        """1 when any check failed (as `terraform plan` on an error), else 4 with `detailed` when something
+        would change, else 0."""
+        if self.problems:
+            return EXIT_OPERATIONAL
         return EXIT_CHANGES_PENDING if detailed and self.changes else EXIT_OK
 
 
@@ -192,7 +202,10 @@ def plan(plan_path: Path, progress: Progress | None = None) -> PlanResult:
         if _azure_checks(ctx.loaded) is not None:
             from migrate.azure.preflight import azure_preflight
 
-            azure = [c.to_dict() for c in azure_preflight(ctx.loaded.plan)]
+            try:
+                azure = [c.to_dict() for c in azure_preflight(ctx.loaded.plan)]
+            except MigrateError as exc:  # reported with the items' checks, not instead of them
+                azure = [{"target": "azure", "name": "preflight", "status": "fail", "evidence": str(exc)}]
         return PlanResult(ctx.loaded.plan.component, previews, azure,
                           [s.name for s in cutover_sequence(ctx.loaded.plan)],
                           _fingerprint_warnings(ctx.loaded, ctx.journal))

@@ -51,11 +51,16 @@ def show_plan(console: Console, result: Any) -> None:
                           highlight=False, markup=False)
         for line in p.warnings:
             console.print(f"  [yellow]warning[/] {escape(p.item)}: {escape(line)}", highlight=False)
+        for line in p.problems:
+            console.print(f"  [red]problem[/] {escape(p.item)}: {escape(line)}", highlight=False)
     if result.azure:
         show_azure(console, result.azure)
     console.print("Cutover steps: " + " → ".join(result.cutover_steps), highlight=False)
     _warnings(console, result.warnings)
-    console.print("Changes pending." if result.changes else "Nothing to do: source and target agree.")
+    if result.problems:
+        console.print(f"[red]{len(result.problems)} check(s) failed[/]: fix them before `migrate run`.")
+    else:
+        console.print("Changes pending." if result.changes else "Nothing to do: source and target agree.")
 
 
 def show_azure(console: Console, checks: list[dict[str, Any]]) -> None:

@@ -76,3 +76,31 @@ def test_markup_in_keys_is_shown_as_written(tmp_path: Path) -> None:
     assert verified.returncode == 3, verified.stderr
     assert "ref=x[/y]" in verified.stderr and "ref=[bold]b[/bold]" in verified.stderr
     assert "Traceback" not in verified.stderr and "internal error" not in verified.stderr
+
+
+def test_plan_reports_every_failing_check_and_exits_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "letters").mkdir()
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(textwrap.dedent(f"""\
+        version: 1
+        component: many-checks
+        connections:
+          src: {{url: "postgresql+psycopg://u@127.0.0.1:{port}/epr"}}
+          dst: {{url: "sqlite:///t.db"}}
+          gone: {{path: no-such-share}}
+          there: {{path: azure-letters}}
+        databases:
+          - {{name: epr, source: src, target: dst}}
+        blobs:
+          - {{name: letters, source: gone, target: there}}
+        """), encoding="utf-8")
+    for args in ((), ("--detailed-exitcode",)):
+        planned = cli_process("plan", str(plan), *args)
+        assert planned.returncode == 1, planned.stderr  # a failed check is an error, not "changes pending"
+        assert "problem epr:" in planned.stderr and "problem letters:" in planned.stderr  # both, not the first
+        assert "2 check(s) failed" in planned.stderr and "Traceback" not in planned.stderr

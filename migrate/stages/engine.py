@@ -80,6 +80,7 @@ class Preview:
     details: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     inventory: list[dict[str, str]] = field(default_factory=list)  # every source object and its fate
+    problems: list[str] = field(default_factory=list)  # a check that failed (unreachable, missing, refused)
 
     @property
     def changes(self) -> bool:

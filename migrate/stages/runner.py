@@ -203,8 +203,13 @@ class StageRunner:
         return [self._preview(item) for item in self.items]
 
     def _preview(self, item: DatabaseItem | BlobItem) -> Preview:
-        with self._engine(item) as engine:
-            return engine.preview(self.ctx)
+        """One item's dry-run; a check that fails is the item's problem, and the other items are still checked."""
+        try:
+            with self._engine(item) as engine:
+                return engine.preview(self.ctx)
+        except MigrateError as exc:
+            kind = "database" if isinstance(item, DatabaseItem) else "blob"
+            return Preview(item.name, kind, problems=[str(exc)])
 
     def _require_loaded(self, item: str, verb: str) -> None:
         if self.ctx.journal.last_done(item, "load") is None:
