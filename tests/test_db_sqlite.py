@@ -69,7 +69,8 @@ def build_source(path: Path, patients: int = 300, per_patient: int = 3, per_enco
 class RecordingProgress:
     advanced: dict[str, float] = field(default_factory=dict)
 
-    def task(self, description: str, total: float | None = None, unit: str = "") -> RecordingProgress._Task:
+    def task(self, description: str, total: float | None = None, unit: str = "",
+             items_total: int | None = None) -> RecordingProgress._Task:
         return RecordingProgress._Task(self, description)
 
     @dataclass
@@ -77,7 +78,7 @@ class RecordingProgress:
         owner: RecordingProgress
         description: str
 
-        def advance(self, amount: float = 1) -> None:
+        def advance(self, amount: float = 1, items: int = 0) -> None:
             self.owner.advanced[self.description] = self.owner.advanced.get(self.description, 0) + amount
 
         def close(self) -> None:

@@ -120,10 +120,10 @@ class BlobCopier:
 
     # -- bookkeeping --
 
-    def _advance(self, n: int) -> None:
-        if self._bar is not None and n:
+    def _advance(self, n: int, files: int = 0) -> None:
+        if self._bar is not None and (n or files):
             with self._lock:
-                self._bar.advance(n)
+                self._bar.advance(n, items=files)
 
     def _problem(self, path: str, text: str, since_ns: int | None = None) -> None:
         with self._lock:
@@ -156,7 +156,8 @@ class BlobCopier:
             jobs.append(partial(self._touch, src, etag, digest))
         for path, when, since_ns in changes.deletes:
             jobs.append(partial(self._delete, path, when, since_ns))
-        self._bar = self.progress.task(self.description, total=changes.bytes_to_copy, unit="B")
+        self._bar = self.progress.task(self.description, total=changes.bytes_to_copy, unit="B",
+                                      items_total=len(changes.transfers))
         try:
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="blob-copy") as files, \
                     ThreadPoolExecutor(self.concurrency, thread_name_prefix="blob-block") as blocks:
@@ -223,6 +224,7 @@ class BlobCopier:
                 return
             self.book.done(path, size, digest, mtime_ns, etag)
             self._count(copied=1, bytes_copied=size, **{"created" if transfer.reason != "changed" else "updated": 1})
+            self._advance(0, files=1)
             return
         self._problem(path, f"{last} on {SOURCE_ATTEMPTS} attempts; the next sync copies it", transfer.since_ns)
 

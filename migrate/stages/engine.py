@@ -19,18 +19,22 @@ REVERSE_SUFFIX = ".reverse"  # journal name of an item's reverse replication
 
 
 class ProgressTask(Protocol):
-    def advance(self, amount: float = 1) -> None: ...
+    def advance(self, amount: float = 1, items: int = 0) -> None: ...
     def close(self) -> None: ...
 
 
 class Progress(Protocol):
-    """Where long work reports how far it is; the CLI shows bars, the API default shows nothing."""
+    """Where long work reports how far it is; the CLI shows bars, the API default shows nothing.
 
-    def task(self, description: str, total: float | None = None, unit: str = "") -> ProgressTask: ...
+    `total` and `advance(amount)` are in `unit` (B for bytes, rows, tables); `items_total` and
+    `advance(items=)` count whole things finished alongside (files of a blob copy)."""
+
+    def task(self, description: str, total: float | None = None, unit: str = "",
+             items_total: int | None = None) -> ProgressTask: ...
 
 
 class _NullTask:
-    def advance(self, amount: float = 1) -> None:
+    def advance(self, amount: float = 1, items: int = 0) -> None:
         pass
 
     def close(self) -> None:
@@ -38,7 +42,8 @@ class _NullTask:
 
 
 class NullProgress:
-    def task(self, description: str, total: float | None = None, unit: str = "") -> ProgressTask:
+    def task(self, description: str, total: float | None = None, unit: str = "",
+             items_total: int | None = None) -> ProgressTask:
         return _NullTask()
 
 
