@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from migrate import commands, interrupt, views
 from migrate.errors import (
@@ -32,19 +33,83 @@ from migrate.progress import ConsoleProgress
 from migrate.redact import redact
 from migrate.results import envelope, jsonable
 
+EXIT_CODES = ("Exit codes: 0 success, 1 operational error, 2 invalid plan or usage, 3 differences found or a "
+              "gate refused, 4 changes pending (plan --detailed-exitcode), 130 interrupted (rerun to resume).")
+
+
+def _plain_words(params: list[Any]) -> list[Any]:
+    """Arguments in the plan's words (`PLAN`, `PATH...`) instead of typer's `{PLAN}` and `<list[Path]>`."""
+    for param in params:
+        if isinstance(param, TyperArgument):
+            name = param.metavar or param.name.upper()
+            usage = f"{name}..." if param.nargs != 1 else name
+            param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+            param._usage_display_name = lambda usage=usage: usage  # type: ignore[method-assign,misc]
+    return params
+
+
+def _epilog(examples: list[str]) -> str:
+    """Examples one per line (click's \\b keeps them unwrapped), then the exit codes."""
+    return "\b\nExamples:\n" + "\n".join(f"  $ {e}" for e in examples) + "\n\n" + EXIT_CODES
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_words(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_words(super().get_params(ctx))
+
+
 app = typer.Typer(
-    name="migrate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="migrate", cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Move an EPR component to Azure in staged, verified, resumable steps. See README.md.",
+    epilog=_epilog([f"migrate {e}" for e in (
+        "validate plans/", "plan plans/ppm-documents.yaml", "run plans/ppm-documents.yaml", "status plans/",
+        "cutover --check plans/ppm-documents.yaml", "COMMAND --help")]),
 )
+
+
+EXAMPLES = {  # shown at the foot of each verb's help, one per line
+    "validate": ["migrate validate plans/", "migrate validate --skip-env --json plans/ppm-documents.yaml"],
+    "plan": ["migrate plan plans/ppm-documents.yaml",
+             "migrate plan --detailed-exitcode --json PLAN   (CI: 4 = changes pending)"],
+    "run": ["migrate run PLAN", "migrate run PLAN --until load --item letters", "migrate run PLAN --lock-timeout 5m"],
+    "sync": ["migrate sync PLAN", "migrate sync PLAN --watch",
+             "migrate sync PLAN --watch --json   (one JSON line per cycle)"],
+    "verify": ["migrate verify PLAN", "migrate verify PLAN --deep --item letters"],
+    "status": ["migrate status PLAN", "migrate status plans/   (one row per plan)", "migrate status PLAN --json"],
+    "cutover": ["migrate cutover --check PLAN", "migrate cutover PLAN --approved-by CAB-1234 --yes"],
+    "rollback": ["migrate rollback PLAN", "migrate rollback PLAN --yes"],
+    "report": ["migrate report PLAN --format html", "migrate report PLAN --format junit --out -",
+               "migrate report plans/   (the estate)"],
+    "unlock": ["migrate unlock PLAN", "migrate unlock PLAN --force"],
+    "schema": ["migrate schema > plan.schema.json", "migrate schema --report"],
+    "demo": ["migrate demo", "migrate demo --workdir /tmp/demo --patients 20000",
+             "migrate demo --workdir tour --prepare-only   (an estate to move by hand)"],
+}
+
+
+def _command() -> Callable[[Callable[..., Any]], Any]:
+    """A verb with its examples and the exit codes at the foot of its help."""
+
+    def register(verb: Callable[..., Any]) -> Any:
+        epilog = _epilog(EXAMPLES[verb.__name__])
+        return app.command(cls=_Command, epilog=epilog)(verb)
+
+    return register
 err = Console(stderr=True, soft_wrap=True)
 if not err.is_terminal:  # CI logs and pipes: wide enough that tables do not fold every cell
     err.width = 160
 _debug = {"on": False}
+_quiet = {"on": False}  # -q: nothing on success but the exit code; failures as always
 _ndjson = {"on": False}  # sync --watch --json prints one line per cycle: the closing envelope is one line too
 
-PlanArg = Annotated[Path, typer.Argument(help="The plan file (YAML).", show_default=False)]
+PlanArg = Annotated[Path, typer.Argument(help="The plan file (YAML).", show_default=False, metavar="PLAN")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine output (JSON envelope) on stdout.")]
-ItemOpt = Annotated[list[str] | None, typer.Option("--item", help="Only this item (repeatable).")]
+ItemOpt = Annotated[list[str] | None, typer.Option("--item", metavar="ITEM", help="Only this item (repeatable).")]
 LockTimeoutOpt = Annotated[str | None, typer.Option(
     "--lock-timeout", metavar="DURATION",
     help="Wait up to this long (30s, 5m) for the plan's lock when another run holds it, instead of failing.")]
@@ -101,13 +166,26 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+          quiet: Annotated[bool, typer.Option("-q", "--quiet", help="No progress and nothing on success (the "
+                                                                     "exit code says it); failures as always.")]
+          = False,
+          verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, metavar="", show_default=False,
+                                               help="Say each stage and event as it happens (-vv: debug logs).")]
+          = 0,
           _version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                                  help="Print the version and exit.")] = False) -> None:
+    if quiet and verbose:
+        raise typer.BadParameter("-q and -v contradict each other: choose one")
     _debug["on"] = debug
+    _quiet["on"] = quiet
     interrupt.install()
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RedactingFilter())
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler], force=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    level = logging.DEBUG if debug or verbose > 1 else logging.WARNING
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    if verbose == 1 and not debug:
+        logging.getLogger("migrate").setLevel(logging.INFO)
     if not debug:
         logging.getLogger("azure").setLevel(logging.ERROR)
 
@@ -117,7 +195,7 @@ def _execute(command: str, as_json: bool, work: Callable[[ConsoleProgress], Any]
     """Run one verb: map errors to exit codes and one clear message; render the result."""
     result: Any = None
     try:
-        with ConsoleProgress(err) as progress:
+        with ConsoleProgress(err, enabled=not _quiet["on"]) as progress:
             result = work(progress)
         code = exit_code(result)
         error = None
@@ -147,13 +225,13 @@ def _execute(command: str, as_json: bool, work: Callable[[ConsoleProgress], Any]
         label = "" if error.startswith("internal error") or isinstance(result, dict) and "problems" in result \
             else "error: "
         err.print(f"{label}{error}", highlight=False, markup=False)
-    else:
+    elif not (_quiet["on"] and code == 0):
         show(err, result)
     raise typer.Exit(code)
 
 
-@app.command()
-def validate(paths: Annotated[list[Path], typer.Argument(help="Plan files or folders of them.")],
+@_command()
+def validate(paths: Annotated[list[Path], typer.Argument(help="Plan files or folders of them.", metavar="PATH")],
              as_json: JsonOpt = False,
              skip_env: Annotated[bool, typer.Option("--skip-env", help="Do not require ${VAR}s to be set "
                                                     "(lint plans in CI without their secrets).")] = False) -> None:
@@ -162,7 +240,7 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="Plan files or fol
              views.show_validate, lambda r: r.exit_code)
 
 
-@app.command()
+@_command()
 def plan(plan: PlanArg, as_json: JsonOpt = False,
          detailed_exitcode: Annotated[bool, typer.Option("--detailed-exitcode",
                                                          help="Exit 4 when something would change.")] = False
@@ -172,9 +250,10 @@ def plan(plan: PlanArg, as_json: JsonOpt = False,
              lambda r: r.exit_code(detailed_exitcode))
 
 
-@app.command()
+@_command()
 def run(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
-        until: Annotated[str, typer.Option(help="Stop after this stage: preflight, schema, load or verify.")]
+        until: Annotated[str, typer.Option(metavar="STAGE",
+                                           help="Stop after this stage: preflight, schema, load or verify.")]
         = "verify", lock_timeout: LockTimeoutOpt = None, allow_mass_delete: MassDeleteOpt = False) -> None:
     """preflight → schema → load → verify; resumes whatever an earlier run left unfinished."""
     _execute("run", as_json, lambda p: commands.run(plan, until=until, items=items, progress=p,
@@ -183,10 +262,11 @@ def run(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
              lambda r: r.exit_code)
 
 
-@app.command()
+@_command()
 def sync(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
          watch: Annotated[bool, typer.Option(help="Keep dual-running every dual_run.interval.")] = False,
-         cycles: Annotated[int | None, typer.Option(help="With --watch: stop after this many cycles.")] = None,
+         cycles: Annotated[int | None, typer.Option(metavar="N", help="With --watch: stop after this many cycles.")]
+         = None,
          lock_timeout: LockTimeoutOpt = None, allow_mass_delete: MassDeleteOpt = False) -> None:
     """One incremental catch-up cycle (or keep going with --watch), reporting lag. With --json --watch, one JSON
     line per cycle (NDJSON) as it ends, then the envelope on one line."""
@@ -210,7 +290,7 @@ def sync(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
              lambda c, r: None, lambda r: r.exit_code)
 
 
-@app.command()
+@_command()
 def verify(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
            deep: Annotated[bool, typer.Option(help="Re-read target bytes instead of trusting stored hashes.")]
            = False, lock_timeout: LockTimeoutOpt = None) -> None:
@@ -220,7 +300,7 @@ def verify(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
              views.show_verify, lambda r: r.exit_code)
 
 
-@app.command()
+@_command()
 def status(plan: PlanArg, as_json: JsonOpt = False) -> None:
     """Stage, progress, lag and last verification per item; for a folder, one row per plan (the estate)."""
     if plan.is_dir():
@@ -229,11 +309,12 @@ def status(plan: PlanArg, as_json: JsonOpt = False) -> None:
         _execute("status", as_json, lambda p: commands.status(plan), views.show_status)
 
 
-@app.command()
+@_command()
 def cutover(plan: PlanArg, as_json: JsonOpt = False,
             check: Annotated[bool, typer.Option("--check", help="Evaluate the gates only.")] = False,
             yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
-            approved_by: Annotated[str | None, typer.Option(help="Who approved this change (approval gate).")]
+            approved_by: Annotated[str | None, typer.Option(metavar="NAME",
+                                                            help="Who approved this change (approval gate).")]
             = None, lock_timeout: LockTimeoutOpt = None) -> None:
     """Evaluate every gate; if all pass, run the cutover steps. Refuses with reasons (exit 3)."""
 
@@ -256,7 +337,7 @@ def cutover(plan: PlanArg, as_json: JsonOpt = False,
     _execute("cutover", as_json, work, views.show_cutover)
 
 
-@app.command()
+@_command()
 def rollback(plan: PlanArg, as_json: JsonOpt = False,
              force: Annotated[bool, typer.Option("--force", help="Run the switch-back steps although the final "
                                                  "reverse sync failed (its changes stay on the target).")] = False,
@@ -291,16 +372,18 @@ def _confirm(question: str) -> bool:
         return False
 
 
-@app.command()
+@_command()
 def report(plan: PlanArg, as_json: JsonOpt = False,
-           fmt: Annotated[str, typer.Option("--format", help="md, html, json or junit.")] = "md",
-           out: Annotated[Path | None, typer.Option(help="Where to write it; - for standard output (default: "
+           fmt: Annotated[str, typer.Option("--format", metavar="FORMAT", help="md, html, json or junit.")] = "md",
+           out: Annotated[Path | None, typer.Option(metavar="FILE",
+                                                    help="Where to write it; - for standard output (default: "
                                                          "reports/ beside the plan).")]
            = None,
            mask: Annotated[bool | None, typer.Option("--mask-identifiers/--no-mask-identifiers",
                                                      help="Replace keys and file names by stable short hashes "
                                                           "(default: the plan's change.mask_identifiers).")] = None,
-           events: Annotated[str, typer.Option(help="summary (clean sync cycles folded) or all.")] = "summary",
+           events: Annotated[str, typer.Option(metavar="summary|all",
+                                               help="summary (clean sync cycles folded) or all.")] = "summary",
            ) -> None:
     """Write a change-board (md/html) or CI (json/junit) report from the journal; for a folder of plans, the
     estate report (md, html or json)."""
@@ -320,7 +403,7 @@ def report(plan: PlanArg, as_json: JsonOpt = False,
                                   f"({'clean' if r.clean else 'NOT clean'})", highlight=False, markup=False))
 
 
-@app.command()
+@_command()
 def unlock(plan: PlanArg, as_json: JsonOpt = False,
            force: Annotated[bool, typer.Option(help="Break a live lock held by another runner.")] = False) -> None:
     """Release a stale lock (`--force` to break another owner's)."""
@@ -328,28 +411,32 @@ def unlock(plan: PlanArg, as_json: JsonOpt = False,
              lambda c, r: c.print(r.message, highlight=False))
 
 
-@app.command()
+@_command()
 def schema(report: Annotated[bool, typer.Option("--report", help="The JSON report's schema instead.")] = False,
            ) -> None:
     """Print the JSON Schema of the plan format (for editors and CI), or with --report of the JSON report."""
     sys.stdout.write(json.dumps(commands.report_schema() if report else commands.plan_schema(), indent=2) + "\n")
 
 
-@app.command()
+@_command()
 def demo(as_json: JsonOpt = False,
-         workdir: Annotated[Path, typer.Option(help="Where to build the synthetic estate.")] = Path("demo-work"),
-         patients: Annotated[int, typer.Option(help="How many synthetic patients.")] = 2000,
-         letters: Annotated[int, typer.Option(help="How many synthetic letter files.")] = 300) -> None:
+         workdir: Annotated[Path, typer.Option(metavar="DIR", help="Where to build the synthetic estate.")]
+         = Path("demo-work"),
+         patients: Annotated[int, typer.Option(metavar="N", help="How many synthetic patients.")] = 2000,
+         letters: Annotated[int, typer.Option(metavar="N", help="How many synthetic letter files.")] = 300,
+         prepare_only: Annotated[bool, typer.Option("--prepare-only", help="Build the estate and its plan only; "
+                                                    "move it yourself (the README's tour).")] = False) -> None:
     """Build a synthetic EPR estate and migrate it end to end on the embedded default (SQLite + folders)."""
     from migrate.demo import run_demo
 
     _execute("demo", as_json, lambda p: run_demo(workdir, patients=patients, letters=letters, progress=p,
-                                                 say=lambda m: err.print(m, highlight=False)),
+                                                 say=lambda m: err.print(m, highlight=False),
+                                                 prepare_only=prepare_only),
              lambda c, r: c.print(r.summary(), highlight=False), lambda r: r.exit_code)
 
 
 def main() -> None:
-    app()
+    app(prog_name="migrate")  # also under `python -m migrate`, so help and completion name the command
 
 
 if __name__ == "__main__":

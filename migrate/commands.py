@@ -389,14 +389,14 @@ def status(plan_path: Path) -> StatusResult:
         target_side = read_direction(journal).target_authoritative
         items = []
         for item in ctx.loaded.plan.items:
-            record = journal.item(item.name)
+            record = journal.standing(item.name)
             chunks = {k: c for k, c in journal.chunks(item.name, "load").items() if c[0] != "deleted"}
             done = [c for c in chunks.values() if c[0] == "done"]
             last = journal.last_verification(item.name)
             items.append(ItemStatus(
                 item=item.name, kind="database" if hasattr(item, "tables") else "blob",
-                stage=record.stage if record else "new", status=record.status if record else "pending",
-                updated_at=record.updated_at.isoformat() if record else None,
+                stage=record[0] if record else "new", status=record[1] if record else "pending",
+                updated_at=record[2].isoformat() if record else None,
                 load_chunks_done=len(done), load_chunks_total=len(chunks),
                 load_units_done=sum(c[1] for c in done),
                 lag_seconds=None if target_side else item_lag(journal, item.name),

@@ -106,3 +106,54 @@ def test_sync_watch_json_is_one_line_per_cycle_and_human_lines_carry_the_time(tm
     assert len(lines) == 3 and lines[2]["envelope"] == 1 and lines[2]["ok"] is True
     human = cli_process("sync", str(plan), "--watch", "--cycles", "1")
     assert re.search(r"^\d\d:\d\d:\d\d cycle 1 ", human.stderr, re.MULTILINE), human.stderr
+
+
+def test_help_has_examples_exit_codes_and_plain_metavars() -> None:
+    from migrate.cli import EXAMPLES
+
+    top = cli_process("--help")
+    assert top.returncode == 0 and "Examples:" in top.stdout and "Exit codes: 0 success" in top.stdout
+    for verb in EXAMPLES:
+        shown = cli_process(verb, "--help")
+        assert shown.returncode == 0, shown.stderr
+        text = shown.stdout
+        assert f"Examples:\n    $ migrate {EXAMPLES[verb][0].split(' ', 1)[1]}\n" in text, verb
+        assert "Exit codes: 0 success" in text, verb
+        for python_word in ("<bool>", "<list", "<path>", "<str>", "{plan}", "{PLAN}", "{PATH"):
+            assert python_word not in text, (verb, python_word)
+    assert "Usage: migrate run [OPTIONS] PLAN\n" in cli_process("run", "--help").stdout
+    assert "--lock-timeout DURATION" in cli_process("run", "--help").stdout
+
+
+def test_shell_completion_completes_verbs_and_options() -> None:
+    script = cli_process("--show-completion", "bash")
+    assert script.returncode == 0 and "_MIGRATE_COMPLETE=complete_bash" in script.stdout
+    verbs = cli_process(env={"_MIGRATE_COMPLETE": "complete_bash", "COMP_WORDS": "migrate va", "COMP_CWORD": "1"})
+    assert verbs.stdout.split() == ["validate"]
+    options = cli_process(env={"_MIGRATE_COMPLETE": "complete_bash", "COMP_WORDS": "migrate run --lock",
+                               "COMP_CWORD": "2"})
+    assert options.stdout.split() == ["--lock-timeout"]
+
+
+def test_quiet_says_nothing_on_success_and_everything_on_failure(tmp_path: Path) -> None:
+    plan = loaded_estate(tmp_path / "estate", patients=20, letters=3)
+    quiet = cli_process("-q", "verify", str(plan))
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == "", quiet.stderr
+    loud = cli_process("verify", str(plan))
+    assert loud.returncode == 0 and "clean" in loud.stderr
+    build_tree(tmp_path, {"bad.yaml": "version: 1\ncomponent: x\nconections: {}\n"})
+    failing = cli_process("-q", "validate", str(tmp_path / "bad.yaml"))
+    assert failing.returncode == 2 and "bad.yaml:3:1: conections: unknown key" in failing.stderr
+    both = cli_process("-q", "-v", "validate", str(tmp_path / "bad.yaml"))
+    assert both.returncode == 2 and "contradict" in both.stderr
+
+
+def test_verbose_says_each_stage_and_event_with_its_time(tmp_path: Path) -> None:
+    import re
+
+    plan = loaded_estate(tmp_path / "estate", patients=20, letters=3)
+    said = cli_process("-v", "verify", str(plan))
+    assert said.returncode == 0, said.stderr
+    assert re.search(r"^\d\d:\d\d:\d\d patient-record: verify running$", said.stderr, re.MULTILINE), said.stderr
+    assert re.search(r"^\d\d:\d\d:\d\d letters: verify done$", said.stderr, re.MULTILINE)
+    assert "verify running" not in cli_process("verify", str(plan)).stderr

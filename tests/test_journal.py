@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,3 +131,44 @@ def test_postgresql_journal_records_a_whole_run_and_locks(tmp_path: Path, pg_url
     finally:
         holder.kill()
         holder.wait()
+
+
+def _log(*entries: str) -> list[dict[str, Any]]:
+    at = datetime(2026, 11, 29, tzinfo=UTC)
+    return [{"stage": e.split()[0], "status": e.split()[1], "at": at + timedelta(minutes=n)}
+            for n, e in enumerate(entries)]
+
+
+def test_standing_is_the_furthest_stage_reached_not_the_last_command() -> None:
+    from migrate.state.journal import standing
+
+    assert standing([]) is None
+    loaded = ("preflight done", "schema done", "load done", "verify done")
+    assert standing(_log(*loaded))[:2] == ("verify", "done")
+    dual = (*loaded, "sync done", "sync done")
+    assert standing(_log(*dual, "verify done", "preflight done"))[:2] == ("sync", "done")
+    assert standing(_log(*dual, "verify failed"))[:2] == ("verify", "failed")  # trouble shows as it is
+    assert standing(_log(*dual, "verify failed", "verify done"))[:2] == ("sync", "done")
+    assert standing(_log(*dual, "load running"))[:2] == ("load", "running")  # a table added: loading now
+    cut = (*dual, "cutover done")
+    assert standing(_log(*cut, "sync done", "verify done"))[:2] == ("cutover", "done")
+    assert standing(_log(*cut, "rollback done"))[:2] == ("rollback", "done")
+    assert standing(_log(*cut, "rollback done", "sync done"))[:2] == ("sync", "done")
+
+
+def test_status_shows_dual_running_after_a_verify_and_no_forward_lag_after_cutover(tmp_path: Path) -> None:
+    import json
+
+    from helpers import cli_process, loaded_estate
+
+    plan = loaded_estate(tmp_path / "estate", patients=20, letters=3)
+    for verb in ("sync", "verify"):
+        assert cli_process(verb, str(plan)).returncode == 0
+    shown = json.loads(cli_process("status", str(plan), "--json").stdout)["result"]["items"]
+    assert {(i["stage"], i["status"]) for i in shown} == {("sync", "done")}
+    assert all(i["lag_seconds"] is not None for i in shown)
+    assert cli_process("cutover", str(plan), "--yes", "--approved-by", "CAB-1").returncode == 0
+    assert cli_process("verify", str(plan)).returncode == 0
+    shown = json.loads(cli_process("status", str(plan), "--json").stdout)["result"]["items"]
+    assert {(i["stage"], i["status"]) for i in shown} == {("cutover", "done")}
+    assert all(i["lag_seconds"] is None for i in shown)  # the source is no longer authoritative

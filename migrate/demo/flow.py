@@ -44,13 +44,22 @@ class DemoResult:
     steps: list[str] = field(default_factory=list)
     seconds: float = 0.0
     clean: bool = False
+    prepared_only: bool = False  # --prepare-only: the estate and its plan, nothing moved
 
     @property
     def exit_code(self) -> int:
-        return EXIT_OK if self.clean else EXIT_DIFFERENCES
+        return EXIT_OK if self.clean or self.prepared_only else EXIT_DIFFERENCES
 
     def summary(self) -> str:
         e = self.estate
+        if self.prepared_only:
+            return "\n".join([
+                f"Estate ready in {self.workdir}: {e.patients:,} patients, {e.encounters:,} encounters, "
+                f"{e.observations:,} observations, {e.letters:,} letters ({e.letter_bytes / 1048576:.1f} MiB); "
+                "nothing moved yet",
+                f"  plan:   {self.plan}",
+                f"  next:   migrate plan {self.plan}   (then run, sync, verify, cutover: see the README's tour)",
+            ])
         lines = [
             "",
             f"Demo finished in {self.seconds:.1f}s: {'all verified, cutover complete' if self.clean else 'NOT clean'}",
@@ -95,14 +104,19 @@ def prepare_estate(workdir: Path, patients: int = 2000, letters: int = 300,
 
 
 def run_demo(workdir: Path, patients: int = 2000, letters: int = 300, seed: int = 20261128,
-             progress: Progress | None = None, say: Callable[[str], None] = lambda m: None) -> DemoResult:
-    """Build the synthetic estate in `workdir` and migrate it end to end; return where the reports are."""
+             progress: Progress | None = None, say: Callable[[str], None] = lambda m: None,
+             prepare_only: bool = False) -> DemoResult:
+    """Build the synthetic estate in `workdir` and migrate it end to end; return where the reports are.
+    With `prepare_only`, build the estate and its plan and stop (the README's tour moves it by hand)."""
     started = time.monotonic()
-    say(f"1/8 building a synthetic EPR estate in {workdir}")
+    say(f"{'' if prepare_only else '1/8 '}building a synthetic EPR estate in {workdir}")
     plan, estate = prepare_estate(workdir, patients, letters, seed)
     workdir = plan.parent
     rng = random.Random(seed + 1)
-    result = DemoResult(workdir=workdir, plan=plan, estate=estate)
+    result = DemoResult(workdir=workdir, plan=plan, estate=estate, prepared_only=prepare_only)
+    if prepare_only:
+        result.seconds = time.monotonic() - started
+        return result
 
     def step(text: str) -> None:
         result.steps.append(text)

@@ -130,14 +130,14 @@ def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, s
     target_side = read_direction(journal).target_authoritative
     items, history, counts = [], [], []
     for item in plan.items:
-        record = journal.item(item.name)
+        record = journal.standing(item.name)
         runs = journal.verifications(item.name)
         last = runs[-1] if runs else None
         items.append(ItemReport(
             name=item.name, kind="database" if hasattr(item, "tables") else "blob",
             source=f"{item.source}: {describe_connection(plan.connections[item.source])}",
             target=f"{item.target}: {describe_connection(plan.connections[item.target])}",
-            stage=record.stage if record else "new", status=record.status if record else "pending",
+            stage=record[0] if record else "new", status=record[1] if record else "pending",
             lag_seconds=None if target_side else item_lag(journal, item.name),
             reverse_lag_seconds=item_lag(journal, f"{item.name}{REVERSE_SUFFIX}") if target_side else None,
             timeline=[{"stage": r["stage"], "status": r["status"], "at": r["at"],

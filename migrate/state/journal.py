@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -46,6 +47,7 @@ from migrate.errors import LockLost, StateError
 from migrate.redact import redact
 
 FORMAT_VERSION = 1
+log = logging.getLogger("migrate")
 
 metadata = MetaData()
 
@@ -171,6 +173,24 @@ def who() -> tuple[str, str, int]:
     return user, socket.gethostname(), os.getpid()
 
 
+_LIFE = {"preflight": 0, "schema": 1, "load": 2, "verify": 3, "rollback": 3.5, "sync": 4, "cutover": 5}
+
+
+def standing(log: list[dict[str, Any]]) -> tuple[str, str, datetime] | None:
+    """(stage, status, at) of an item from its stage log: the furthest stage it finished (a later stage moves it
+    on; re-running an earlier one, such as a verify while dual-running, does not; a rollback always does),
+    unless the last entry is still running or failed, which is shown as it is."""
+    if not log:
+        return None
+    settled: dict[str, Any] | None = None
+    for entry in log:
+        if entry["status"] == "done" and (settled is None or entry["stage"] == "rollback"
+                                          or _LIFE.get(entry["stage"], 0) >= _LIFE.get(settled["stage"], 0)):
+            settled = entry
+    shown = log[-1] if log[-1]["status"] != "done" or settled is None else settled
+    return shown["stage"], shown["status"], shown["at"]
+
+
 @dataclass(frozen=True)
 class ItemRecord:
     name: str
@@ -246,7 +266,8 @@ class Journal:
 
     def event(self, kind: str, message: str, *, item: str | None = None, outcome: str = "ok",
               data: dict[str, Any] | None = None) -> None:
-        """Append to the event log (never updated, never deleted)."""
+        """Append to the event log (never updated, never deleted); said at INFO (`migrate -v`) too."""
+        log.info("%s%s", f"{item}: " if item else "", message)
         user, host, _ = who()
         with self._write() as conn:
             conn.execute(insert(events_t).values(
@@ -278,9 +299,14 @@ class Journal:
                           updated_at=as_utc(row["updated_at"]), fingerprint=row["fingerprint"],
                           detail=json.loads(row["detail"]) if row["detail"] else {})
 
+    def standing(self, name: str) -> tuple[str, str, datetime] | None:
+        """Where an item stands in its life, for people (`status`, reports): see `standing`."""
+        return standing(self.stage_log(name))
+
     def set_stage(self, item: str, kind: str, stage: str, status: str, *, run_id: int | None = None,
                   detail: dict[str, Any] | None = None, fingerprint: str | None = None) -> None:
         """Record a stage transition: the item row and the stage log, in one transaction."""
+        log.info("%s: %s %s", item, stage, status)
         at = now()
         text = redact(json.dumps(detail, default=str)) if detail else None
         values: dict[str, Any] = {"kind": kind, "stage": stage, "status": status, "updated_at": at,
