@@ -190,6 +190,16 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks a
         logging.getLogger("azure").setLevel(logging.ERROR)
 
 
+def _debug_traceback(exc: BaseException) -> None:
+    """With --debug, the traceback on stderr, redacted like everything else (a driver's message can hold a
+    secret, such as a host name from ${VAR})."""
+    if _debug["on"]:
+        import traceback
+
+        sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+        sys.stderr.flush()
+
+
 def _execute(command: str, as_json: bool, work: Callable[[ConsoleProgress], Any],
              show: Callable[[Console, Any], None], exit_code: Callable[[Any], int] = lambda r: 0) -> None:
     """Run one verb: map errors to exit codes and one clear message; render the result."""
@@ -200,8 +210,7 @@ def _execute(command: str, as_json: bool, work: Callable[[ConsoleProgress], Any]
         code = exit_code(result)
         error = None
     except MigrateError as exc:
-        if _debug["on"]:
-            raise
+        _debug_traceback(exc)
         code, error = exc.exit_code, redact(str(exc))
         if isinstance(exc, VerificationFailed | RollbackRefused):
             result = {"differences": exc.differences}
@@ -213,8 +222,7 @@ def _execute(command: str, as_json: bool, work: Callable[[ConsoleProgress], Any]
         err.print("interrupted: the journal holds what finished; run the same command again to resume")
         raise typer.Exit(130) from None
     except Exception as exc:  # noqa: BLE001 - the one place unexpected errors become a message
-        if _debug["on"]:
-            raise
+        _debug_traceback(exc)
         code = EXIT_OPERATIONAL
         error = redact(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
     if as_json:
