@@ -87,7 +87,8 @@ def test_canary_secrets_never_show_in_any_verb_or_failure(tmp_path: Path, azurit
                             '  b: {url: "sqlite:///azure/other.db"}\n'
                             'databases:\n  - {name: remote, source: a, target: b}\n',
         "sas.yaml": f'connections:\n  f: {{path: onprem/letters}}\n'
-                    f'  z: {{account_url: "{azurite.blob_endpoint}", sas_token: "${{CANARY_SAS}}", container: canary}}\n'
+                    f'  z: {{account_url: "{azurite.blob_endpoint}", sas_token: "${{CANARY_SAS}}",\n'
+                    '       container: canary}\n'
                     'blobs:\n  - {name: letters, source: f, target: z}\n',
     }
     for name, body in bad.items():
