@@ -208,8 +208,9 @@ class StageRunner:
             with self._engine(item) as engine:
                 return engine.preview(self.ctx)
         except MigrateError as exc:
-            kind = "database" if isinstance(item, DatabaseItem) else "blob"
-            return Preview(item.name, kind, problems=[str(exc)])
+            database = isinstance(item, DatabaseItem)
+            return Preview(item.name, "database" if database else "blob", units="rows" if database else "files",
+                           problems=[str(exc)])
 
     def _require_loaded(self, item: str, verb: str) -> None:
         if self.ctx.journal.last_done(item, "load") is None:
