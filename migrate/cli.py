@@ -12,13 +12,13 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from migrate import commands, interrupt, views
+from migrate import interrupt, views
 from migrate.errors import (
     EXIT_OPERATIONAL,
     GateRefused,
@@ -32,6 +32,25 @@ from migrate.plan.durations import parse_duration
 from migrate.progress import ConsoleProgress
 from migrate.redact import redact
 from migrate.results import envelope, jsonable
+
+
+def _lazy_module(name: str) -> Any:
+    """`name` as a module that is executed on first attribute access (importlib's LazyLoader)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING:
+    from migrate import commands
+else:  # imported when a verb first needs it: `--help`, `--version` and `validate` start without the engines
+    commands = _lazy_module("migrate.commands")
 
 EXIT_CODES = ("Exit codes: 0 success, 1 operational error, 2 invalid plan or usage, 3 differences found or a "
               "gate refused, 4 changes pending (plan --detailed-exitcode), 130 interrupted (rerun to resume).")
@@ -244,7 +263,9 @@ def validate(paths: Annotated[list[Path], typer.Argument(help="Plan files or fol
              skip_env: Annotated[bool, typer.Option("--skip-env", help="Do not require ${VAR}s to be set "
                                                     "(lint plans in CI without their secrets).")] = False) -> None:
     """Check plans: schema and meaning; every problem as `path:line:col: key: message` (exit 2)."""
-    _execute("validate", as_json, lambda p: commands.validate(paths, require_env=not skip_env),
+    from migrate.plan.check import validate as check
+
+    _execute("validate", as_json, lambda p: check(paths, require_env=not skip_env),
              views.show_validate, lambda r: r.exit_code)
 
 

@@ -22,11 +22,10 @@ from migrate.errors import (
     GateRefused,
     LockHeld,
     MigrateError,
-    PlanError,
-    PlanProblem,
     UsageError,
     VerificationFailed,
 )
+from migrate.plan.check import FileValidation, ValidateResult, validate  # noqa: F401 - part of this API
 from migrate.plan.loader import LoadedPlan, load_plan, plan_files
 from migrate.plan.model import Plan
 from migrate.reports.estate import EstateResult
@@ -122,39 +121,6 @@ def _fingerprint_warnings(loaded: LoadedPlan, journal: Journal) -> list[str]:
 
 
 # --- validate / schema ---------------------------------------------------------------------------------
-
-
-@dataclass
-class FileValidation:
-    file: str
-    ok: bool
-    component: str | None = None
-    problems: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ValidateResult:
-    files: list[FileValidation]
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if all(f.ok for f in self.files) else 2
-
-
-def validate(paths: list[Path], require_env: bool = True) -> ValidateResult:
-    """Check plans (files or folders of them) against the schema and their meaning; list every problem.
-
-    `require_env=False` accepts unset `${VAR}`s, for CI jobs that lint plans without their secrets."""
-    files = []
-    for path in plan_files(paths):
-        try:
-            loaded = load_plan(path, require_env=require_env)
-            files.append(FileValidation(str(path), True, loaded.plan.component))
-        except PlanError as exc:
-            files.append(FileValidation(str(path), False, problems=[str(p) for p in exc.problems]))
-    if not files:
-        raise PlanError([PlanProblem(", ".join(map(str, paths)), 0, 0, "", "no plan files found (*.yaml, *.yml)")])
-    return ValidateResult(files)
 
 
 def plan_schema() -> dict[str, Any]:

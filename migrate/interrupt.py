@@ -17,8 +17,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from sqlalchemy import event
-
 STOP = threading.Event()
 _cancels: dict[int, Callable[[], None]] = {}  # id(driver connection) -> how to cancel its statement
 _lock = threading.Lock()
@@ -42,6 +40,8 @@ def forget_connection(dbapi_conn: Any) -> None:
 
 def watch_engine(engine: Any) -> None:
     """Watch every connection a SQLAlchemy engine opens, until it closes."""
+    from sqlalchemy import event
+
     event.listen(engine, "connect", lambda dbapi_conn, _record: watch_connection(dbapi_conn))
     event.listen(engine, "close", lambda dbapi_conn, _record: forget_connection(dbapi_conn))
     event.listen(engine, "close_detached", forget_connection)

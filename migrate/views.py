@@ -9,12 +9,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from migrate.plan.durations import format_duration
-from migrate.stages.cutover import CutoverResult
-from migrate.stages.gates import GateResult
 from migrate.units import human_bytes
 
 if TYPE_CHECKING:
     from migrate.commands import CutoverPreview
+    from migrate.stages.cutover import CutoverResult
+    from migrate.stages.gates import GateResult
 
 
 def _table(title: str, *columns: str) -> Table:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from migrate.errors import Difference
-from migrate.plan.loader import LoadedPlan
-from migrate.state.journal import Journal
+
+if TYPE_CHECKING:
+    from migrate.plan.loader import LoadedPlan
+    from migrate.state.journal import Journal
 
 STAGES = ("preflight", "schema", "load", "verify", "sync", "cutover", "rollback")
 RUN_STAGES = ("preflight", "schema", "load", "verify")
