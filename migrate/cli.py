@@ -105,6 +105,8 @@ EXAMPLES = {  # shown at the foot of each verb's help, one per line
     "report": ["migrate report PLAN --format html", "migrate report PLAN --format junit --out -",
                "migrate report plans/   (the estate)"],
     "unlock": ["migrate unlock PLAN", "migrate unlock PLAN --force"],
+    "finish": ["migrate finish PLAN", "migrate finish PLAN --yes"],
+    "abandon": ["migrate abandon PLAN", "migrate abandon PLAN --yes"],
     "schema": ["migrate schema > plan.schema.json", "migrate schema --report"],
     "demo": ["migrate demo", "migrate demo --workdir /tmp/demo --patients 20000",
              "migrate demo --workdir tour --prepare-only   (an estate to move by hand)"],
@@ -438,6 +440,41 @@ def unlock(plan: PlanArg, as_json: JsonOpt = False,
     """Release a stale lock (`--force` to break another owner's)."""
     _execute("unlock", as_json, lambda p: commands.unlock(plan, force=force),
              lambda c, r: c.print(r.message, highlight=False))
+
+
+def _release(verb: str, plan: Path, as_json: bool, yes: bool, lock_timeout: str | None) -> None:
+    def work(progress: ConsoleProgress) -> Any:
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UsageError(f"{verb} needs confirmation: no terminal to ask on, so pass --yes")
+            objects = commands.replication_objects(plan)
+            if not objects:
+                return commands.ReleaseResult(verb, message="no replication slot or publication to drop")
+            with progress.paused():
+                views.show_step_list(err, "Replication slots and publications to drop", objects)
+                if not _confirm("Drop them now?"):
+                    return commands.ReleaseResult(verb, message=f"{verb} not confirmed: nothing was dropped")
+        return commands.release(plan, verb, lock_wait=_lock_wait(lock_timeout))
+
+    _execute(verb, as_json, work, lambda c, r: c.print(r.message, highlight=False, markup=False))
+
+
+YesOpt = Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")]
+
+
+@_command()
+def finish(plan: PlanArg, as_json: JsonOpt = False, yes: YesOpt = False, lock_timeout: LockTimeoutOpt = None) -> None:
+    """After a completed cutover: drop the replication slots and publications logical decoding kept on the
+    sources (they hold WAL until dropped). Asks on a terminal; else --yes."""
+    _release("finish", plan, as_json, yes, lock_timeout)
+
+
+@_command()
+def abandon(plan: PlanArg, as_json: JsonOpt = False, yes: YesOpt = False, lock_timeout: LockTimeoutOpt = None
+            ) -> None:
+    """Give up a migration that will not go ahead: drop its replication slots and publications on the sources.
+    The target and the journal are left as they are. Asks on a terminal; else --yes."""
+    _release("abandon", plan, as_json, yes, lock_timeout)
 
 
 @_command()

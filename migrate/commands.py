@@ -336,6 +336,7 @@ class ItemStatus:
     reverse_lag_seconds: float | None = None  # target → source, while reverse replication runs
     last_sync: dict[str, Any] | None = None
     last_verification: dict[str, Any] | None = None
+    slot: dict[str, Any] | None = None  # logical decoding: the replication slot as the last sync saw it
 
 
 @dataclass
@@ -350,6 +351,8 @@ class StatusResult:
 
 def status(plan_path: Path) -> StatusResult:
     """Stage, progress, lag and last verification per item, straight from the journal."""
+    from migrate.databases.capture import slot_summary
+
     with session(plan_path, "status", lock=False) as ctx:
         journal = ctx.journal
         target_side = read_direction(journal).target_authoritative
@@ -371,6 +374,7 @@ def status(plan_path: Path) -> StatusResult:
                 last_verification=None if last is None else {
                     "at": last.at.isoformat(), "clean": last.clean, "checked": last.checked,
                     "differences": last.differences},
+                slot=slot_summary(journal, item.name),
             ))
         return StatusResult(ctx.loaded.plan.component, items, current_lock(journal, ctx.loaded.plan.component),
                             cutover_state(ctx), _fingerprint_warnings(ctx.loaded, journal),
@@ -456,6 +460,52 @@ def unlock(plan_path: Path, force: bool = False) -> UnlockResult:
     finally:
         journal.close()
     return UnlockResult(held, f"released the lock held by {held.describe()}" if held else "the plan was not locked")
+
+
+@dataclass
+class ReleaseResult:
+    """What `finish` or `abandon` dropped on the sources (replication slots and publications)."""
+
+    verb: str
+    dropped: list[str] = field(default_factory=list)
+    message: str = ""
+
+
+def replication_objects(plan_path: Path) -> list[str]:
+    """The slots and publications the plan's logical decoding keeps on its sources (for the question asked)."""
+    with session(plan_path, "plan", lock=False) as ctx:
+        return [f"{capture.name} on {capture.source.label}" for capture in _captures(ctx)]
+
+
+def _captures(ctx: StageContext) -> list[Any]:
+    from migrate.databases.engine import DatabaseEngine
+    from migrate.plan.model import DatabaseItem
+
+    found = []
+    for item in ctx.loaded.plan.items:
+        if isinstance(item, DatabaseItem):
+            engine = DatabaseEngine(item, ctx.loaded)
+            capture = engine.capture()
+            if capture is not None:
+                found.append(capture)
+    return found
+
+
+def release(plan_path: Path, verb: str, lock_wait: LockWait = LockWait()) -> ReleaseResult:
+    """`finish` (after a completed cutover) or `abandon` (at any time): drop the replication slots and
+    publications logical decoding keeps on the sources, so they stop holding WAL. The journal keeps the rest."""
+    with session(plan_path, verb, lock_wait=lock_wait) as ctx:
+        if verb == "finish" and cutover_state(ctx).get("status") != "done":
+            raise UsageError("finish is for a component that is cut over; this one is not",
+                             hint="`migrate abandon PLAN` drops the slots of a migration that will not go ahead")
+        result = ReleaseResult(verb)
+        for capture in _captures(ctx):
+            result.dropped += [f"{what} on {capture.source.label}" for what in capture.drop()]
+        ctx.journal.event(verb, f"{verb}: dropped {', '.join(result.dropped) or 'nothing (none left)'}",
+                          data={"dropped": result.dropped})
+        result.message = (f"dropped {', '.join(result.dropped)}" if result.dropped
+                           else "no replication slot or publication to drop")
+        return result
 
 
 @dataclass

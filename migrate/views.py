@@ -151,6 +151,12 @@ def show_status(console: Console, result: Any) -> None:
             lag = f"reverse {format_duration(i.reverse_lag_seconds)}"
         table.add_row(i.item, i.kind, i.stage, i.status, progress, lag, verified)
     console.print(table)
+    for i in result.items:
+        if i.slot:
+            held = human_bytes(i.slot["retained_bytes"]) if "retained_bytes" in i.slot else "not read yet"
+            console.print(f"{i.item}: replication slot {i.slot['slot']} on {i.slot['source']}: {held} of WAL "
+                          f"retained (at {str(i.slot.get('read_at') or i.slot.get('created'))[:19]}); "
+                          "`migrate finish` drops it after cutover", highlight=False, markup=False)
     console.print(f"Cutover: {result.cutover.get('status', 'idle')}; authoritative: the {result.authoritative}"
                   + (" (reverse replication: migrate sync copies target → source)"
                      if result.authoritative == "target" and result.cutover.get("status") == "done" else ""),

@@ -56,7 +56,8 @@ class PostgresCluster:
         self.port = free_port()
         self.user = "postgres"
         self.settings = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-                         "max_connections": "200", "shared_buffers": "128MB", **(settings or {})}
+                         "max_connections": "200", "shared_buffers": "128MB", "wal_level": "logical",
+                         "max_replication_slots": "40", "max_wal_senders": "40", **(settings or {})}
         self._as_postgres = os.geteuid() == 0
 
     def _run(self, *argv: str) -> subprocess.CompletedProcess[str]:

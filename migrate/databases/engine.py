@@ -19,6 +19,7 @@ from migrate.databases import inventory, pgdump
 from migrate.databases import load as loading
 from migrate.databases import sequences as seqs
 from migrate.databases import sync as syncing
+from migrate.databases.capture import LogicalCapture
 from migrate.databases.checksum import KeyRangeChecksum, RowDifference
 from migrate.databases.dialects import ops_for, raw_sql
 from migrate.databases.endpoint import Endpoint
@@ -45,6 +46,7 @@ from migrate.plan.model import DatabaseItem, Incremental, TableSpec
 from migrate.redact import redact
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 from migrate.stages.guards import check_deletes
+from migrate.units import human_bytes
 
 OWNED = "owned_tables"  # target tables this migration created, adopted empty, or truncated
 PG_SECTION = "pg_dump:"  # + section: when that section of the source's pg_dump was replayed on the target
@@ -70,6 +72,7 @@ class DatabaseEngine(ItemEngine):
         self._globbed: set[str] = set()  # tables a glob of `tables` matched (not named one by one)
         self.skipped: list[str] = []  # tables left out under skip_without_key, said in preflight
         self._wm_columns: dict[str, str] = {}
+        self._capture: LogicalCapture | None = None
 
     @property
     def native_schema(self) -> bool:
@@ -158,14 +161,32 @@ class DatabaseEngine(ItemEngine):
         return result
 
     def _watermark(self, spec: TableSpec, info: TableInfo) -> Incremental | None:
+        """The table's change source: its own `incremental`, else the item's (a watermark column only where the
+        table has it); None: sync compares every row."""
         if spec.incremental is not None:
-            if spec.incremental.column not in info.names:
+            if spec.incremental.column is not None and spec.incremental.column not in info.names:
                 raise MigrateError(f"{self.name}: table {info.label!r} has no column "
                                    f"{spec.incremental.column!r} (its incremental.column)")
             return spec.incremental
-        if self.item.incremental is not None and self.item.incremental.column in info.names:
-            return self.item.incremental
+        wanted = self.item.incremental
+        if wanted is not None and (wanted.method == "logical" or wanted.column in info.names):
+            return wanted
         return None
+
+    def capture(self) -> LogicalCapture | None:
+        """The item's logical-decoding change source, when any table uses it (forward only: reverse
+        replication compares the tables, see the README)."""
+        if self.reverse or not any(wm and wm.method == "logical" for _, wm in self._reflect_sources()):
+            return None
+        if self._capture is None:
+            self._capture = LogicalCapture(self.source, self.loaded.plan.component, self.name)
+        return self._capture
+
+    def _logical(self, pairs: list[TablePair]) -> list[TablePair]:
+        if self.reverse:
+            return []
+        marks = {info.label: wm for info, wm in self._reflect_sources()}
+        return [p for p in pairs if (wm := marks.get(p.label)) is not None and wm.method == "logical"]
 
     def _pairs(self) -> list[TablePair]:
         pairs = []
@@ -176,7 +197,9 @@ class DatabaseEngine(ItemEngine):
                 if target is None:
                     raise MigrateError(f"{self.name}: target table {info.label!r} does not exist on "
                                        f"{self.target.label}; run the schema stage first (migrate run)")
-                pairs.append(make_pair(self.source, self.target, info, target, wm, self.item.float_tolerance))
+                watermark = wm if wm is not None and wm.method == "watermark" else None
+                pairs.append(make_pair(self.source, self.target, info, target, watermark,
+                                       self.item.float_tolerance))
         return pairs
 
     def _lossy_check(self, infos: list[TableInfo]) -> tuple[list[str], list[str]]:
@@ -198,6 +221,12 @@ class DatabaseEngine(ItemEngine):
                 conn.execute(select(*[clause.c[k] for k in info.key]).limit(1)).all()
                 rows += estimate_rows(self.source, conn, info)
         lossy, notes = self._lossy_check(infos)
+        capture = self.capture()
+        if capture is not None:
+            found = capture.problems([(info.label, info.key) for info, wm in sources
+                                      if wm is not None and wm.method == "logical"])
+            if found:
+                raise MigrateError(f"{self.name}: logical decoding cannot start: " + "; ".join(found))
         warnings = [f"lossy (accepted): {x}" for x in lossy] + notes + self.skipped
         entries = self.object_inventory(infos)
         inventory.record(ctx.journal, self.name, entries)
@@ -316,6 +345,9 @@ class DatabaseEngine(ItemEngine):
     def load(self, ctx: StageContext) -> StageResult:
         started = time.monotonic()
         pairs = self._pairs()
+        capture = self.capture()
+        if capture is not None:  # before the first row is read: nothing committed during the load is missed
+            capture.ensure(ctx.journal, self._logical(pairs))
         done = ctx.journal.chunks(self.name, loading.STAGE)
         owned = set(ctx.journal.get(self.name, OWNED, []))
         work: list[tuple[TablePair, int, KeyRange, bool]] = []
@@ -458,6 +490,8 @@ class DatabaseEngine(ItemEngine):
         deletes: list[tuple[TablePair, list[Any]]] = []
         newest: dict[str, Any] = {}
         now = datetime.now(UTC)
+        logical_pairs = self._logical(pairs)
+        capture = self.capture() if logical_pairs else None
         lags = ThreadPoolExecutor(max_workers=2)
         try:
             for pair in pairs:  # parents first
@@ -466,11 +500,28 @@ class DatabaseEngine(ItemEngine):
                     result.created += created
                     result.updated += updated
                 task.advance(1)
+            logical_lag: float | None = None
+            rescan = False
+            if capture is not None and not capture.state().exists:
+                # dropped (abandon, or by hand): a new slot first, so nothing from now on is missed, then one full
+                # comparison of its tables catches whatever changed while there was none
+                capture.ensure(ctx.journal, logical_pairs)
+                ctx.journal.event("logical", f"replication slot {capture.name} was missing: recreated; this cycle "
+                                  "compares its tables in full", item=self.name, outcome="warning")
+                rescan = True
+            elif capture is not None:
+                outcome = capture.cycle(ctx.journal, logical_pairs, ctx.allow_mass_delete)
+                result.created += outcome.created
+                result.updated += outcome.updated
+                result.deleted += outcome.deleted
+                logical_lag = outcome.lag_seconds
+                result.metrics["logical"] = {"changes": outcome.changes, "commits": outcome.commits,
+                                             "truncated": outcome.truncated, "confirmed_lsn": outcome.confirmed}
             phase = {"changed_rows_seconds": round(time.monotonic() - started, 3)}
             # the lag is read while the key diff runs: rows it may still copy are older than the watermark
             lag_of = {p.label: lags.submit(syncing.table_lag, p, now, newest.get(p.label)) for p in pairs}
             for pair in pairs:
-                if pair.watermark is not None and not self.item.delete:
+                if pair in logical_pairs and not rescan or pair.watermark is not None and not self.item.delete:
                     task.advance(1)
                     continue
                 diffs = syncing.find_differences(pair, self._ranges(ctx, pair),
@@ -492,13 +543,14 @@ class DatabaseEngine(ItemEngine):
             task.close()
         worst = 0.0
         for pair in pairs:
-            lag = lag_seconds[pair.label]
+            lag = logical_lag if pair in logical_pairs else lag_seconds[pair.label]
             ctx.journal.put(self.name, f"sync_clean:{pair.label}", now.isoformat())
             result.lag_detail[pair.label] = {"lag_seconds": lag, "since_clean_seconds": 0.0,
-                                             "watermark": pair.watermark.column if pair.watermark else None}
+                                             "watermark": pair.watermark.column if pair.watermark else
+                                             "logical decoding" if pair in logical_pairs else None}
             worst = max(worst, lag or 0.0)
         result.lag_seconds = worst
-        result.metrics = {"seconds": round(time.monotonic() - started, 3), "tables": len(pairs), **phase}
+        result.metrics.update({"seconds": round(time.monotonic() - started, 3), "tables": len(pairs), **phase})
         return result
 
     def _seed_reverse_watermarks(self, ctx: StageContext, pairs: list[TablePair]) -> None:
@@ -579,6 +631,7 @@ class DatabaseEngine(ItemEngine):
                     self._preview_table(ctx, preview, info, wm, rows, target_engine, done, owned, sconn)
             if target_engine is not None and target_engine is not self.target._engine:
                 target_engine.dispose()
+            self._preview_slot(preview)
         finally:
             if source_engine is not self.source._engine:
                 source_engine.dispose()
@@ -609,7 +662,10 @@ class DatabaseEngine(ItemEngine):
             remaining = max(0, rows - sum(loaded))
             preview.details.append(f"load {info.label}: ~{remaining} of ~{rows} rows to go")
             preview.create += remaining
-        elif wm is not None:
+        elif wm is not None and wm.method == "logical":
+            preview.details.append(f"sync {info.label}: the changes logical decoding recorded since the last cycle")
+            preview.unchanged += rows
+        elif wm is not None and wm.column is not None:
             self._wm_columns[info.label] = wm.column
             changed = self._changed_since(ctx, info, sconn)
             preview.details.append(f"sync {info.label}: ~{changed} rows changed since the watermark")
@@ -618,6 +674,23 @@ class DatabaseEngine(ItemEngine):
         else:
             preview.details.append(f"sync {info.label}: full checksum diff (no watermark column)")
             preview.unchanged += rows
+
+    def _preview_slot(self, preview: Preview) -> None:
+        """The replication slot's WAL retention: a liability on the source, warned above max_retained_wal."""
+        capture = self.capture()
+        if capture is None:
+            return
+        state = capture.state()
+        if not state.exists:
+            preview.details.append(f"would create replication slot and publication {capture.name} before the load")
+            return
+        held = human_bytes(state.retained_bytes)
+        preview.details.append(f"replication slot {capture.name}: {held} of WAL retained on {self.source.label}")
+        if state.retained_bytes > self.item.max_retained_wal:
+            preview.warnings.append(
+                f"replication slot {capture.name} retains {held} of WAL on {self.source.label}, over "
+                f"max_retained_wal ({human_bytes(self.item.max_retained_wal)}): run `migrate sync` (it confirms "
+                "what it applies), or `migrate abandon` to drop the slot")
 
     def _changed_since(self, ctx: StageContext, info: TableInfo, sconn: Any) -> int:
         """Source rows stamped after the last watermark (rows inside the overlap are re-read by sync but are

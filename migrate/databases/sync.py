@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import func, inspect, literal, select
+from sqlalchemy.engine import Connection
 
 from migrate.databases.checksum import KeyRangeChecksum, RowDifference
 from migrate.databases.dialects import raw_sql
@@ -189,7 +190,7 @@ def upsert(pair: TablePair, rows: Sequence[tuple[Any, ...]]) -> None:
         return
     try:
         with tgt.endpoint.errors(f"upsert into {pair.label} failed"), tgt.endpoint.engine.begin() as conn:
-            tgt.ops.upsert_rows(conn, tgt.clause, pair.columns, pair.key, rows)
+            _write(pair, conn, rows)
     except EndpointError as exc:
         if exc.transient or len(rows) == 1:
             raise
@@ -198,8 +199,33 @@ def upsert(pair: TablePair, rows: Sequence[tuple[Any, ...]]) -> None:
             where = ", ".join(f"{k}={row[i]}" for k, i in zip(pair.key, key_pos, strict=True))
             with tgt.endpoint.errors(f"upsert into {pair.label} failed at key {where}"), \
                     tgt.endpoint.engine.begin() as conn:
-                tgt.ops.upsert_rows(conn, tgt.clause, pair.columns, pair.key, [row])
+                _write(pair, conn, [row])
         raise
+
+
+def _write(pair: TablePair, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Upsert by key; on a target table that does not enforce the key (a table without a primary key, moved
+    with `key:` from the plan), delete those keys and insert the rows, in the caller's transaction."""
+    tgt = pair.target
+    if tgt.dialect == "mssql" or _unique_on_target(pair, conn):  # MERGE needs no constraint
+        tgt.ops.upsert_rows(conn, tgt.clause, pair.columns, pair.key, rows)
+        return
+    key_pos = [pair.columns.index(k) for k in pair.key]
+    tgt.ops.delete_keys(conn, tgt.clause, pair.key, [tuple(row[i] for i in key_pos) for row in rows])
+    tgt.ops.write_rows(conn, tgt.clause, pair.columns, rows)
+
+
+def _unique_on_target(pair: TablePair, conn: Connection) -> bool:
+    if pair.unique_on_target is None:
+        info, key = pair.target.info, set(pair.key)
+        found = inspect(conn)
+        keys: list[list[Any]] = [found.get_pk_constraint(info.name, schema=info.schema).get("constrained_columns")
+                                 or []]
+        keys += [list(u["column_names"]) for u in found.get_unique_constraints(info.name, schema=info.schema)]
+        keys += [list(i["column_names"]) for i in found.get_indexes(info.name, schema=info.schema)
+                 if i.get("unique")]
+        pair.unique_on_target = any(set(k) == key for k in keys)
+    return pair.unique_on_target
 
 
 def planned_deletes(pair: TablePair, target_keys: Sequence[Key]) -> PlannedDeletes:

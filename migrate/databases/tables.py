@@ -54,6 +54,14 @@ class Side:
         return conn.execute(select(func.max(self.col(name)))).scalar()
 
 
+@dataclass(frozen=True)
+class Watermark:
+    """A table's watermark column, which every write advances, and how far behind it sync re-reads."""
+
+    column: str
+    overlap: float
+
+
 @dataclass
 class TablePair:
     """Source and target of one table."""
@@ -63,13 +71,14 @@ class TablePair:
     target: Side
     key: list[str]
     columns: list[str]
-    watermark: Incremental | None
+    watermark: Watermark | None
     tolerance: float | None  # None: floats compared exactly
     to_target: list[Converter | None]  # per moved column
     key_to_target: list[Converter | None]
     key_to_source: list[Converter | None]
     as_text: frozenset[str] = frozenset()  # columns with no target type: read from the source as its text
     sync_text: frozenset[str] = frozenset()  # same dialect: values a driver reads but cannot write back as read
+    unique_on_target: bool | None = None  # the target enforces the key (ON CONFLICT works); None: not looked yet
 
     @property
     def cross(self) -> bool:
@@ -155,5 +164,6 @@ def make_pair(source_ep: Endpoint, target_ep: Endpoint, source: TableInfo, targe
     sync_text = frozenset(n for n in names if not cross and (
         isinstance(source.column(n).type, sqltypes.JSON) or source_ep.dialect == "postgresql"
         and isinstance(source.column(n).type, sqltypes.Time | sqltypes.Interval | postgresql.INTERVAL)))
-    return TablePair(source.label, src_side, tgt_side, key, names, watermark, tolerance, to_target,
+    mark = Watermark(watermark.column, watermark.overlap) if watermark and watermark.column else None
+    return TablePair(source.label, src_side, tgt_side, key, names, mark, tolerance, to_target,
                      key_to_target, key_to_source, as_text, sync_text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -83,8 +84,37 @@ class Connection(Strict):
 
 
 class Incremental(Strict):
-    column: str
-    overlap: Duration = 300.0  # re-read this far behind the watermark for late-committing rows
+    """Where sync finds changes: a watermark column (any database), or PostgreSQL logical decoding."""
+
+    method: Literal["watermark", "logical"] = "watermark"
+    column: str | None = None  # watermark: the column every write advances (updated_at)
+    overlap: Duration = 300.0  # watermark: re-read this far behind it for late-committing rows
+
+    @model_validator(mode="after")
+    def _column_fits_method(self) -> Incremental:
+        if self.method == "watermark" and not self.column:
+            raise ValueError("method watermark needs `column` (the column every write advances, like updated_at); "
+                             "or use method: logical on PostgreSQL")
+        if self.method == "logical" and self.column:
+            raise ValueError("method logical reads changes from the PostgreSQL log: it takes no `column`")
+        return self
+
+
+def parse_size(value: object) -> object:
+    """'10 GiB', '512MiB', '2GB', 1048576 -> bytes."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    if not isinstance(value, str):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", value, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"bad size {value!r}: write a number and a unit, like 10 GiB or 512 MiB")
+    unit = (match.group(2) or "B").upper()
+    power = "BKMGT".index(unit[0])
+    return int(float(match.group(1)) * (1024 if "I" in unit or unit == "B" else 1000) ** power)
+
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 
 
 def _table_from_name(value: object) -> object:
@@ -117,6 +147,7 @@ class DatabaseItem(Strict):
     not_migrated_ok: list[str] = Field(default_factory=list)  # `kind:schema.name` or globs the board accepts
     exclude: list[str] = Field(default_factory=list)  # table names or globs left out of `*` and other globs
     skip_without_key: bool = False  # a table without a primary key matched by a glob is skipped, not refused
+    max_retained_wal: Size = 10 * 1024**3  # logical decoding: warn (plan) and refuse (gate) above this WAL held
 
 
 class BlobItem(Strict):
