@@ -238,7 +238,8 @@ def test_the_slot_is_created_before_concurrent_writers_and_threads_do_not_race(t
                 n += 1
                 conn.execute("INSERT INTO patients VALUES (%s, 'w', NULL, now())", (n,))
                 conn.execute("UPDATE patients SET notes = %s WHERE id = %s", (str(n), n % 2000 + 1))
-                conn.execute("DELETE FROM letters WHERE id = %s", (n % 1000 + 1,))  # never all of them: that is a mass delete
+                # never all the letters: emptying a table is a mass delete
+                conn.execute("DELETE FROM letters WHERE id = %s", (n % 1000 + 1,))
 
     thread = threading.Thread(target=writer)
     thread.start()
