@@ -209,8 +209,17 @@ def test_plan_shows_the_wal_the_slot_holds_and_finish_and_abandon_drop_it(loaded
     shown = cli_process("plan", str(plan))
     assert shown.returncode == 0, shown.stderr
     assert "replication slot migrate_capture_epr" in shown.stderr and "over max_retained_wal (1.0 KiB)" in shown.stderr
+    sync(plan)  # reads the slot's retention into the journal: status, the report and the gate show it
     status = json.loads(cli_process("status", str(plan), "--json").stdout)["result"]
     assert status["items"][0]["slot"]["slot"] == "migrate_capture_epr"
+    assert status["items"][0]["slot"]["retained_bytes"] > 1024
+    refused = json.loads(cli_process("cutover", "--check", str(plan), "--json").stdout)["result"]["refused"]
+    assert any(r.startswith("replication_slot: epr: slot migrate_capture_epr holds") and "(limit 1.0 KiB)" in r
+               for r in refused), refused
+    board = cli_process("report", str(plan), "--out", "-").stdout
+    assert "## Replication slots" in board and "| epr | migrate_capture_epr |" in board
+    as_json = json.loads(cli_process("report", str(plan), "--format", "json", "--out", "-").stdout)
+    assert as_json["items"][0]["slot"]["retained_bytes"] > 1024
     finish = cli_process("finish", str(plan), "--yes")
     assert finish.returncode == 2 and "not" in finish.stderr  # not cut over: finish refuses
     abandoned = cli_process("abandon", str(plan), "--yes")

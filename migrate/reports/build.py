@@ -38,6 +38,7 @@ class ItemReport:
     timeline: list[dict[str, Any]]
     verification: dict[str, Any] | None
     last_sync: dict[str, Any] | None
+    slot: dict[str, Any] | None = None  # logical decoding: the replication slot as the last sync cycle saw it
 
     @property
     def verified_clean(self) -> bool:
@@ -146,6 +147,7 @@ def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, s
                 "at": last.at, "clean": last.clean, "checked": last.checked, "differences": last.differences,
                 "sample": last.detail.get("differences", [])[:20], "deep": last.detail.get("deep", False)},
             last_sync=SyncState(journal, item.name).last_sync,
+            slot=_slot(journal, item.name),
         ))
         history += verification_history(item.name, runs)
         counts += _counts(item.name, last.detail if last else {}, last.differences if last else 0)
@@ -223,6 +225,11 @@ def _at(iso: str | None) -> str:
 
 
 _WAITING_GATES = {"max_lag", "min_dual_run", "postpone_file", "window", "approval", "depends_on"}
+
+
+def _slot(journal: Journal, item: str) -> dict[str, Any] | None:
+    value = journal.get(item, "logical:slot")
+    return value if isinstance(value, dict) else None
 
 
 def lag_text(seconds: float | None) -> str:

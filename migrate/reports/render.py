@@ -12,6 +12,7 @@ from migrate.reports.build import ReportData, lag_text
 from migrate.reports.schema import REPORT_VERSION
 from migrate.reports.svg import line_chart, timeline_bars
 from migrate.results import jsonable
+from migrate.units import human_bytes
 
 FORMATS = ("md", "html", "json", "junit")
 _SUFFIX = {"md": ".md", "html": ".html", "json": ".json", "junit": ".xml"}
@@ -84,6 +85,10 @@ def _details(data: ReportData, events_all: bool) -> list[tuple[str, list[str], l
     differences = [[i.name, d.get("kind", ""), d.get("key", ""), d.get("detail", "")]
                    for i in data.items if i.verification for d in i.verification["sample"]]
     limits = [[x.item, x.what, x.why] for x in data.not_migrated]
+    slots = [[i.name, i.slot["slot"], i.slot.get("source", ""),
+              human_bytes(i.slot["retained_bytes"]) if "retained_bytes" in i.slot else "not read yet",
+              str(i.slot.get("newest_commit") or "-")[:19], str(i.slot.get("read_at") or "-")[:19]]
+             for i in data.items if i.slot]
     rollback = [[str(n + 1), r["name"], r["run"]] for n, r in enumerate(data.rollback_plan)]
     rollback.append(["", "how to start it", data.rollback_command])
     rollback.append(["", "automatic trigger", "a cutover step that fails or times out runs these steps itself"])
@@ -104,6 +109,9 @@ def _details(data: ReportData, events_all: bool) -> list[tuple[str, list[str], l
         ("Verification history", ["item", "at (UTC)", "what", "checked", "differences", "resolved"], history),
         ("Differences (latest verification, first 20 per item)", ["item", "kind", "key", "detail"], differences),
         ("Not migrated / not verified", ["item", "what", "why"], limits),
+        *([("Replication slots (logical decoding; dropped by `migrate finish` after cutover)",
+            ["item", "slot", "on", "WAL retained", "newest applied commit (UTC)", "read at (UTC)"], slots)]
+          if slots else []),
         ("Rollback plan", ["#", "step", "command"], rollback),
         ("Stage timeline", ["item", "stage", "status", "at (UTC)", "took"], timeline),
         (shown, ["at (UTC)", "user", "host", "command", "item", "event", "outcome", "message"], events),

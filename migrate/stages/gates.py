@@ -11,10 +11,12 @@ from pathlib import Path
 
 from migrate.plan.durations import format_duration
 from migrate.plan.loader import LoadedPlan
+from migrate.plan.model import DatabaseItem
 from migrate.redact import redact
 from migrate.stages.dependencies import dependency_states
 from migrate.state.journal import Journal, now
 from migrate.state.sync_state import SyncState
+from migrate.units import human_bytes
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,10 @@ def evaluate_gates(loaded: LoadedPlan, journal: Journal, *, approved_by: str | N
                                   f"dual-running at least {format_duration(gates.min_dual_run)}"
                                   + (f"; too short: {', '.join(short)}" if short else "")))
 
+    slots = _slot_evidence(loaded, journal)
+    if slots:
+        results.append(GateResult("replication_slot", all(ok for ok, _ in slots), "; ".join(e for _, e in slots)))
+
     if gates.postpone_file:
         path = loaded.resolve(gates.postpone_file)
         results.append(GateResult("postpone_file", not Path(path).exists(),
@@ -115,6 +121,28 @@ def evaluate_gates(loaded: LoadedPlan, journal: Journal, *, approved_by: str | N
         failing = [f"{target}: {name}" for target, name, status in azure_checks() if status == "fail"]
         results.append(GateResult("azure", not failing, "; ".join(failing) or "every Azure check passes"))
     return results
+
+
+def _slot_evidence(loaded: LoadedPlan, journal: Journal) -> list[tuple[bool, str]]:
+    """Per item that reads the PostgreSQL log: (within max_retained_wal, evidence) from its last sync cycle."""
+    out = []
+    for item in loaded.plan.items:
+        if not isinstance(item, DatabaseItem) or not _uses_logical(item):
+            continue
+        seen = journal.get(item.name, "logical:slot")
+        if not isinstance(seen, dict) or "retained_bytes" not in seen:
+            out.append((False, f"{item.name}: no sync cycle has read its replication slot yet"))
+            continue
+        held, limit = int(seen["retained_bytes"]), item.max_retained_wal
+        newest = f", newest applied commit {str(seen['newest_commit'])[:19]}" if seen.get("newest_commit") else ""
+        out.append((held <= limit, f"{item.name}: slot {seen['slot']} holds {human_bytes(held)} of WAL (limit "
+                                   f"{human_bytes(limit)}) at {str(seen.get('read_at'))[:19]}{newest}"))
+    return out
+
+
+def _uses_logical(item: DatabaseItem) -> bool:
+    specs = [item.incremental, *(t.incremental for t in item.tables)]
+    return any(s is not None and s.method == "logical" for s in specs)
 
 
 def _health(url: str, status: int, timeout: float) -> GateResult:
