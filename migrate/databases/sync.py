@@ -15,8 +15,10 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import func, inspect, literal, select
+from sqlalchemy import column, func, inspect, literal, select, table
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import sqltypes
 
 from migrate.databases.checksum import KeyRangeChecksum, RowDifference
 from migrate.databases.dialects import raw_sql
@@ -102,12 +104,19 @@ def upsert_changed(pair: TablePair, journal: Journal, item: str) -> tuple[int, i
     old = read_watermark(journal, item, pair)
     since = _since(pair, old)
     # no ORDER BY: through a cursor it would walk the whole key index instead of scanning for the watermark
-    query = select(*pair.sync_columns(src))
+    same_postgres = _same_postgres(pair)  # set-based: COPY into a staging table, one merge, counted there
+    query = select(*(pair.source_columns() if same_postgres else pair.sync_columns(src)))
     if since is not None:
         if src.dialect == "sqlite" and kind.kind == "timestamp":  # stored as text in any of several formats
             query = query.where(raw_sql(src.norm(column)) >= canonical_text(kind, since))
         else:
             query = query.where(src.col(column) >= since)
+    if same_postgres:
+        created, updated, seen = merge_postgres(pair, query, column)
+        seen = as_watermark(seen, kind.kind)
+        if seen is not None and (old is None or seen > old):
+            record_watermark(journal, item, pair, seen)
+        return created, updated, seen
     wm_pos = pair.columns.index(column)
     newest = old
     seen = None
@@ -173,6 +182,12 @@ def find_differences(pair: TablePair, ranges: list[KeyRange], *, key_only: bool,
 def copy_rows(pair: TablePair, source_keys: Sequence[Key]) -> None:
     """Upsert the source rows with these keys onto the target."""
     src = pair.source
+    if _same_postgres(pair):
+        for start in range(0, len(source_keys), MERGE_KEYS):
+            part = list(source_keys[start:start + MERGE_KEYS])
+            merge_postgres(pair, select(*pair.source_columns()).where(
+                src.ops.key_in([src.col(k) for k in pair.key], part)))
+        return
     for start in range(0, len(source_keys), BATCH):
         part = list(source_keys[start:start + BATCH])
         query = select(*pair.sync_columns(src)).where(
@@ -180,6 +195,67 @@ def copy_rows(pair: TablePair, source_keys: Sequence[Key]) -> None:
         with src.endpoint.errors(f"sync read of {pair.label} failed"), src.endpoint.engine.connect() as conn:
             rows = [pair.convert_row(r) for r in conn.execute(query)]
         upsert(pair, rows)
+
+
+MERGE_KEYS = 5000  # keys per staged merge when copying rows by key
+STAGE = "migrate_stage"  # the staging table of a merge: temporary, dropped at commit
+
+
+def _same_postgres(pair: TablePair) -> bool:
+    return pair.source.dialect == pair.target.dialect == "postgresql"
+
+
+def merge_postgres(pair: TablePair, query: Any, watermark: str | None = None) -> tuple[int, int, Any]:
+    """PostgreSQL -> PostgreSQL: stream the rows `query` selects on the source (COPY, binary where the majors
+    match) into a temporary staging table on the target, then merge them in one statement, writing only rows
+    that are new or differ (`IS DISTINCT FROM`). Returns (created, updated, the staged rows' newest
+    `watermark` value). One target transaction: a failure leaves the target as it was."""
+    src, tgt = pair.source, pair.target
+    quote = tgt.ops.quote
+    cols = ", ".join(quote(c) for c in pair.columns)
+    target = tgt.ops.qualified(tgt.clause)
+    stage = table(STAGE, *[column(c) for c in pair.columns])
+    with tgt.endpoint.errors(f"merge into {pair.label} failed"), tgt.endpoint.engine.connect() as tconn, \
+            src.endpoint.errors(f"sync read of {pair.label} failed"), src.endpoint.engine.connect() as sconn:
+        tconn.begin()
+        tconn.exec_driver_sql(f"CREATE TEMP TABLE {STAGE} ON COMMIT DROP AS SELECT {cols} FROM {target} "
+                              "WITH NO DATA")
+        compiled = query.compile(dialect=sconn.dialect, compile_kwargs={"render_postcompile": True})
+        tgt.ops.copy_between(sconn, tconn, str(compiled), compiled.params, stage,  # type: ignore[attr-defined]
+                             pair.columns)
+        sconn.rollback()
+        newest = tconn.exec_driver_sql(f"SELECT max({quote(watermark)}) FROM {STAGE}").scalar() \
+            if watermark else None
+        keys = ", ".join(quote(k) for k in pair.key)
+        others = [c for c in pair.columns if c not in pair.key]
+        if _unique_on_target(pair, tconn):
+            action = "DO NOTHING" if not others else (
+                "DO UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in others)
+                + f" WHERE ({', '.join(_comparable(pair, 't', c) for c in others)}) IS DISTINCT FROM "
+                + f"({', '.join(_comparable(pair, 'EXCLUDED', c) for c in others)})")
+            counts = tconn.exec_driver_sql(
+                f"WITH written AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {STAGE} "
+                f"ON CONFLICT ({keys}) {action} RETURNING (xmax = 0) AS created) "
+                "SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM written").one()
+        else:  # the target does not enforce the key: replace the staged keys' rows
+            match = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in pair.key)
+            gone = tconn.exec_driver_sql(f"DELETE FROM {target} AS t USING {STAGE} AS s WHERE {match}").rowcount
+            added = tconn.exec_driver_sql(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {STAGE}").rowcount
+            counts = (max(0, added - gone), min(added, gone))  # type: ignore[assignment]
+        tconn.commit()
+    return int(counts[0]), int(counts[1]), newest
+
+
+def _comparable(pair: TablePair, alias: str, name: str) -> str:
+    """`alias.name` for a row comparison; as text for types PostgreSQL has no equality for (json, xml, geometry,
+    and types SQLAlchemy does not know)."""
+    quoted = f"{alias}.{pair.target.ops.quote(name)}"
+    kind = pair.target.info.column(name).type
+    no_equality = (isinstance(kind, sqltypes.JSON) and not isinstance(kind, postgresql.JSONB)) \
+        or isinstance(kind, sqltypes.NullType) \
+        or (pair.target.info.column(name).declared or "").lower() in ("xml", "point", "line", "lseg", "box", "path",
+                                                                      "polygon", "circle")
+    return f"{quoted}::text" if no_equality else quoted
 
 
 def upsert(pair: TablePair, rows: Sequence[tuple[Any, ...]]) -> None:
