@@ -27,7 +27,6 @@ from migrate.stages.guards import PlannedDeletes, check_deletes
 from migrate.state.journal import Journal
 
 SLOT_KEY = "logical:slot"  # item state: the slot's name, where it lives, and its last reading
-FETCH = 1000  # keys per source read when upserting changed rows
 
 
 @dataclass
@@ -115,8 +114,7 @@ class LogicalCapture:
             outcome.truncated.append(pair.label)
         for pair in pairs:  # parents first
             found = batch.upserts.get(names[pair.label], {})
-            for part in logical.chunks(list(found), FETCH):
-                syncing.copy_rows(pair, part)
+            syncing.copy_rows(pair, list(found))
             outcome.created += sum(1 for op in found.values() if op == "insert")
             outcome.updated += sum(1 for op in found.values() if op != "insert")
         order = {p.label: i for i, p in enumerate(pairs)}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -77,10 +77,13 @@ class Commit:
 
 
 class Decoder:
-    """Turns pgoutput messages into `Change`s and `Commit`s, remembering relations as they are announced."""
+    """Turns pgoutput messages into `Change`s and `Commit`s, remembering relations as they are announced.
+    With `only` (schema.name -> columns), changes to other tables are skipped and only those columns' values
+    are decoded (a cycle needs the keys; the rows are read from the source as they are now)."""
 
-    def __init__(self) -> None:
+    def __init__(self, only: dict[str, set[str]] | None = None) -> None:
         self.relations: dict[int, Relation] = {}
+        self.only = only
 
     def decode(self, data: bytes) -> Change | Commit | None:
         kind = data[:1]
@@ -113,16 +116,19 @@ class Decoder:
             columns.append(column)
         self.relations[relid] = Relation(schema, name, columns)
 
-    def _row_change(self, kind: bytes, data: bytes) -> Change:
+    def _row_change(self, kind: bytes, data: bytes) -> Change | None:
         (relid,) = struct.unpack_from("!i", data, 1)
         relation = self.relations[relid]
+        wanted = None if self.only is None else self.only.get(relation.label)
+        if self.only is not None and wanted is None:
+            return None
         pos = 5
         old: dict[str, str | None] | None = None
         new: dict[str, str | None] | None = None
         unchanged: set[str] = set()
         while pos < len(data):
             marker = data[pos:pos + 1]
-            values, pos, missing = _tuple(data, pos + 1, relation.columns)
+            values, pos, missing = _tuple(data, pos + 1, relation.columns, wanted)
             if marker == b"N":
                 new, unchanged = values, missing
             else:  # K (key columns) or O (the whole old row: REPLICA IDENTITY FULL)
@@ -136,7 +142,8 @@ def _cstring(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos:end].decode(), end + 1
 
 
-def _tuple(data: bytes, pos: int, columns: list[str]) -> tuple[dict[str, str | None], int, set[str]]:
+def _tuple(data: bytes, pos: int, columns: list[str],
+           wanted: set[str] | None = None) -> tuple[dict[str, str | None], int, set[str]]:
     (count,) = struct.unpack_from("!h", data, pos)
     pos += 2
     values: dict[str, str | None] = {}
@@ -152,7 +159,8 @@ def _tuple(data: bytes, pos: int, columns: list[str]) -> tuple[dict[str, str | N
         else:
             (length,) = struct.unpack_from("!i", data, pos)
             pos += 4
-            values[name] = data[pos:pos + length].decode()
+            if wanted is None or name in wanted:
+                values[name] = data[pos:pos + length].decode()
             pos += length
     return values, pos, missing
 
@@ -227,7 +235,7 @@ def read(conn: Connection, slot: str, publication: str, upto: str,
          keys: dict[str, tuple[list[str], dict[str, ColumnKind]]]) -> Batch:
     """Every change committed up to `upto` (an LSN) on the tables in `keys` (label -> key columns and kinds),
     reduced to the net change per key, without consuming anything from the slot."""
-    decoder = Decoder()
+    decoder = Decoder({table: set(columns) for table, (columns, _) in keys.items()})
     batch = Batch()
     result = conn.execution_options(stream_results=True, yield_per=2000).execute(
         text(PEEK), {"slot": slot, "upto": upto, "publication": publication})
@@ -386,8 +394,3 @@ def drop(conn: Connection, name: str) -> list[str]:
         dropped.append(f"publication {name}")
     conn.commit()
     return dropped
-
-
-def chunks(keys: Sequence[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
-    for start in range(0, len(keys), size):
-        yield list(keys[start:start + size])

@@ -197,7 +197,7 @@ def copy_rows(pair: TablePair, source_keys: Sequence[Key]) -> None:
         upsert(pair, rows)
 
 
-MERGE_KEYS = 5000  # keys per staged merge when copying rows by key
+MERGE_KEYS = 50_000  # keys per staged merge when copying rows by key
 STAGE = "migrate_stage"  # the staging table of a merge: temporary, dropped at commit
 
 
