@@ -3,6 +3,7 @@ for chunking, checksums and MERGE, and the bulk-copy call made on a double of th
 
 from __future__ import annotations
 
+import inspect
 from types import SimpleNamespace
 from typing import Any
 
@@ -187,10 +188,12 @@ class MssqlPythonCursor:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[tuple[Any, ...]], int]] = []
+        self.options: list[dict[str, Any]] = []
 
     def bulkcopy(self, table_name: str, data: list[tuple[Any, ...]], batch_size: int = 0,
-                 timeout: int = 30) -> dict[str, Any]:
+                 timeout: int = 30, **options: Any) -> dict[str, Any]:
         self.calls.append((table_name, data, batch_size))
+        self.options.append({"timeout": timeout, **options})
         return {"rows_copied": len(data), "batch_count": 1, "elapsed_time": 0.0}
 
 
@@ -228,6 +231,19 @@ def test_bulk_copy_with_mssql_python_sends_batches() -> None:
     assert raw.the_cursor.calls[0][1][1] == (1, 1, "v1")
 
 
+def test_bulk_copy_with_mssql_python_keeps_identity_values_and_nulls() -> None:
+    raw = MssqlPythonConnection()
+    bulk_copy(raw, "[dbo].[wards]", ["id", "name"], iter([(7, None)]))
+    options = raw.the_cursor.options[0]
+    # left to its defaults, mssql-python renumbers IDENTITY columns and puts column defaults in place of NULL
+    assert options["keep_identity"] is True and options["keep_nulls"] is True
+    assert options["timeout"] >= 600
+    assert not options.get("fire_triggers") and not options.get("check_constraints")
+    import mssql_python  # the test extra installs it: every option we pass is one the driver takes
+
+    assert set(options) <= set(inspect.signature(mssql_python.Cursor.bulkcopy).parameters)
+
+
 def test_bulk_copy_with_pymssql_names_the_columns() -> None:
     raw = PymssqlConnection()
     ops = MssqlOps(modern_mssql())
@@ -251,3 +267,35 @@ def test_sql_server_errors_are_classified_and_redacted(tmp_path: Any) -> None:
     assert str(error) == ("target connection 'azure_sql' (mssql+pymssql://sa:***@sql.example:1433/ppm): "
                           "cannot connect: bad credentials: (18456, b\"Login failed for user 'sa'.\")")
     assert ops_for("mssql", modern_mssql()).name == "mssql"
+
+
+def test_mssql_python_is_the_sql_server_driver(tmp_path: Any) -> None:
+    endpoint = Endpoint("azure_sql", "mssql+mssqlpython://svc:p%40ss;w0rd@sql.example:1433/ppm", tmp_path,
+                        role="target")
+    engine = endpoint.engine  # no connection is made: the dialect and the driver load
+    assert engine.dialect.driver == "mssqlpython"
+    (connection_string,), _ = engine.dialect.create_connect_args(engine.url)
+    assert connection_string == "Server=sql.example,1433;Database=ppm;UID=svc;PWD={p@ss;w0rd}"
+    endpoint.dispose()
+
+
+def test_mssql_python_connection_failures_are_classified() -> None:
+    # what mssql-python says when nothing listens on the server's port, and when the login times out
+    assert classify(Exception("Driver Error: Client unable to establish connection; DDBC Error: [Microsoft]TCP "
+                              "Provider: Error code 0x2749 Client unable to establish connection")) \
+        == "server unreachable"
+    assert classify(Exception("Driver Error: Login timeout expired")) == "server unreachable"
+    assert classify(Exception("Login failed for user '<token-identified principal>'.")) == "bad credentials"
+
+
+def test_a_missing_sql_server_driver_names_the_extra(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlalchemy.dialects.mssql.mssqlpython as dialect_module
+
+    def missing() -> None:
+        raise ImportError("No module named 'mssql_python'")
+
+    monkeypatch.setattr(dialect_module.MSDialect_mssqlpython, "import_dbapi", classmethod(lambda cls: missing()))
+    endpoint = Endpoint("azure_sql", "mssql+mssqlpython://svc@sql.example/ppm", tmp_path, role="target")
+    with pytest.raises(EndpointError) as caught:
+        endpoint.engine  # noqa: B018 - creating the engine is what fails
+    assert "migrate[mssql]" in (caught.value.hint or "")

@@ -24,6 +24,8 @@ from migrate.errors import EndpointError
 from migrate.redact import redact
 
 DIALECTS = ("sqlite", "postgresql", "mssql")
+_MSSQL_DRIVER_HINT = ("SQL Server needs Microsoft's driver: pip install 'migrate[mssql]' (mssql-python, for "
+                "mssql+mssqlpython URLs; 'migrate[pymssql]' for mssql+pymssql)")
 
 _CAUSES = [
     # (what we say, fragments of driver messages that mean it); checked in order
@@ -34,7 +36,8 @@ _CAUSES = [
     ("server unreachable", ("could not connect", "connection refused", "could not translate host",
                             "timeout expired", "timed out", "name or service not known", "network is unreachable",
                             "unable to open database file", "server closed the connection",
-                            "adaptive server is unavailable", "connection to server")),
+                            "adaptive server is unavailable", "connection to server",
+                            "client unable to establish connection", "login timeout expired")),
     ("missing object", ("does not exist", "no such table", "invalid object name", "unknown database",
                         "no such column")),
 ]
@@ -130,10 +133,14 @@ class Endpoint:
             interrupt.watch_engine(engine)
             return engine
         except NoSuchModuleError as exc:
-            raise EndpointError(f"{self.label}: no SQLAlchemy dialect for {self.url.drivername!r}"
-                                f" (install the driver, e.g. pymssql)") from exc
+            raise EndpointError(f"{self.label}: no SQLAlchemy dialect for {self.url.drivername!r}",
+                                hint=self._driver_hint()) from exc
         except ImportError as exc:
-            raise EndpointError(f"{self.label}: the database driver is not installed: {exc}") from exc
+            raise EndpointError(f"{self.label}: the database driver is not installed: {exc}",
+                                hint=self._driver_hint()) from exc
+
+    def _driver_hint(self) -> str | None:
+        return _MSSQL_DRIVER_HINT if self.dialect == "mssql" else None
 
     def read_only_engine(self) -> Engine:
         """An engine that cannot write (used by `preview`): SQLite opened with mode=ro."""
