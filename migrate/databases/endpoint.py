@@ -20,7 +20,8 @@ from sqlalchemy.pool import NullPool
 
 from migrate import interrupt
 from migrate.databases.values import canonical_field_sql_udf
-from migrate.errors import EndpointError
+from migrate.errors import EndpointError, MigrateError
+from migrate.plan.model import Connection
 from migrate.redact import redact
 
 DIALECTS = ("sqlite", "postgresql", "mssql")
@@ -67,7 +68,8 @@ def first_line(exc: BaseException) -> str:
 class Endpoint:
     """One side of a database item (a named connection in the plan)."""
 
-    def __init__(self, name: str, url: str, base_dir: Path, *, role: str = "source", pool_size: int = 4) -> None:
+    def __init__(self, name: str, url: str | URL, base_dir: Path, *, role: str = "source",
+                 pool_size: int = 4) -> None:
         self.name = name
         self.role = role
         self.pool_size = pool_size
@@ -83,6 +85,18 @@ class Endpoint:
         self._engine: Engine | None = None
         # replicated rows must not fire the target's triggers (nor its FK checks, which load order breaks)
         self.replica_role = False
+
+    @classmethod
+    def of(cls, name: str, connection: Connection | None, base_dir: Path, *, role: str = "source",
+           pool_size: int = 4) -> Endpoint:
+        """The endpoint of the plan's connection `name` (its URL from `Connection.database_url`)."""
+        if connection is None or connection.kind != "database":
+            raise MigrateError(f"connection {name!r} is not a database connection")
+        try:
+            url = connection.database_url()
+        except (ArgumentError, ValueError) as exc:
+            raise EndpointError(f"{role} connection {name!r}: not a database URL: {redact(exc)}") from exc
+        return cls(name, url, base_dir, role=role, pool_size=pool_size)
 
     @property
     def shown(self) -> str:
