@@ -215,3 +215,49 @@ def test_field_form_with_unset_variables_passes_validate_skip_env(tmp_path: Path
     plan = load_plan(path, env={}, require_env=False).plan
     assert plan.connections["pinned"].database_url().port == 5432  # `${PG_PORT}` unset: the default port
     assert len(problems(path, env={})) == 3  # without --skip-env each unset variable is named
+
+
+ENTRA = """
+version: 1
+component: entra
+connections:
+  src: {driver: sqlite, database: src.db}
+  azure_sql:
+    driver: mssql
+    host: sql-epr.database.usgovcloudapi.net
+    database: ppm
+    auth: entra
+    azure: {subscription_id: "0000", resource_group: rg-epr, cloud: AzureUSGovernment}
+  by_url: {url: "mssql://loader@sql-epr.database.windows.net/ppm", auth: entra}
+databases:
+  - {name: index, source: src, target: azure_sql}
+  - {name: again, source: src, target: by_url}
+"""
+
+
+def test_entra_connections_load_with_their_cloud_and_no_user(tmp_path: Path) -> None:
+    plan = load_plan(plan_tree(tmp_path, ENTRA), env={}).plan
+    azure_sql, by_url = plan.connections["azure_sql"], plan.connections["by_url"]
+    assert (azure_sql.auth, azure_sql.cloud, by_url.cloud) == ("entra", "AzureUSGovernment", "AzureCloud")
+    assert by_url.database_url().render_as_string() == "mssql+mssqlpython://sql-epr.database.windows.net/ppm"
+    assert plan.connections["src"].auth == "password"
+
+
+@pytest.mark.parametrize(("change", "line_col", "expected"), [
+    (("    auth: entra\n", "    auth: entra\n    password: \"${SQL_PW}\"\n"), ":6:5: connections.azure_sql:",
+     "`auth: entra` takes no password: the Entra ID token is the credential"),
+    (("    driver: mssql\n", "    driver: postgresql\n"), ":6:5: connections.azure_sql:",
+     "`auth: entra` signs in to SQL Server / Azure SQL only (this connection is postgresql)"),
+    (("mssql://loader@", "mssql+pymssql://loader@"), ":11:11: connections.by_url:",
+     "`auth: entra` needs the mssql+mssqlpython driver (pymssql cannot take an Entra ID token)"),
+    (("/ppm\", auth", "/ppm?Authentication=ActiveDirectoryDefault\", auth"), ":11:11: connections.by_url:",
+     "remove `authentication` from the query"),
+    (("  src: {driver: sqlite, database: src.db}", "  src: {path: letters, auth: entra}"),
+     ":4:8: connections.src:", "`auth: entra` belongs to SQL Server database connections"),
+    (("    auth: entra\n", "    auth: kerberos\n"), ":9:11: connections.azure_sql.auth:",
+     "input should be 'password' or 'entra'"),
+])
+def test_entra_plan_errors_are_located(tmp_path: Path, change: tuple[str, str], line_col: str,
+                                       expected: str) -> None:
+    found = problems(plan_tree(tmp_path, ENTRA.replace(*change)), env={"SQL_PW": "Sekrit-99"})
+    assert any(line_col in p and expected in p for p in found), found

@@ -25,6 +25,9 @@ from migrate.plan.model import Connection
 from migrate.redact import redact
 
 DIALECTS = ("sqlite", "postgresql", "mssql")
+_ENTRA_LOGIN_HINT = ("the token was refused: the identity DefaultAzureCredential chose needs a user in the "
+                     "database (CREATE USER [name] FROM EXTERNAL PROVIDER) and the server an Entra ID admin; "
+                     "AZURE_TOKEN_CREDENTIALS picks the identity")
 _MSSQL_DRIVER_HINT = ("SQL Server needs Microsoft's driver: pip install 'migrate[mssql]' (mssql-python, for "
                 "mssql+mssqlpython URLs; 'migrate[pymssql]' for mssql+pymssql)")
 
@@ -69,10 +72,11 @@ class Endpoint:
     """One side of a database item (a named connection in the plan)."""
 
     def __init__(self, name: str, url: str | URL, base_dir: Path, *, role: str = "source",
-                 pool_size: int = 4) -> None:
+                 pool_size: int = 4, entra_cloud: str | None = None) -> None:
         self.name = name
         self.role = role
         self.pool_size = pool_size
+        self.entra_cloud = entra_cloud  # `auth: entra`: sign in with an Entra ID token for this Azure cloud
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
@@ -96,7 +100,8 @@ class Endpoint:
             url = connection.database_url()
         except (ArgumentError, ValueError) as exc:
             raise EndpointError(f"{role} connection {name!r}: not a database URL: {redact(exc)}") from exc
-        return cls(name, url, base_dir, role=role, pool_size=pool_size)
+        return cls(name, url, base_dir, role=role, pool_size=pool_size,
+                   entra_cloud=connection.cloud if connection.auth == "entra" else None)
 
     @property
     def shown(self) -> str:
@@ -144,6 +149,8 @@ class Endpoint:
             kwargs["connect_args"] = {"options": options, "connect_timeout": 10}
         try:
             engine = create_engine(self.url, **kwargs)
+            if self.entra_cloud is not None:
+                _sign_in_with_entra(engine, self.entra_cloud)
             interrupt.watch_engine(engine)
             return engine
         except NoSuchModuleError as exc:
@@ -188,13 +195,27 @@ class Endpoint:
 
     def error(self, exc: BaseException, action: str = "failed") -> EndpointError:
         cause = classify(exc)
-        return EndpointError(f"{self.label} ({self.shown}): {action}: {cause}: {first_line(exc)}",
+        hint = _ENTRA_LOGIN_HINT if self.entra_cloud is not None and cause == "bad credentials" else None
+        return EndpointError(f"{self.label} ({self.shown}): {action}: {cause}: {first_line(exc)}", hint,
                              transient=cause == "server unreachable")
 
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+
+def _sign_in_with_entra(engine: Engine, cloud: str) -> None:
+    """Each new DBAPI connection of `engine` logs in with a fresh Entra ID token from DefaultAzureCredential
+    for `cloud`'s Azure SQL scope, handed to mssql-python as its `token_provider` (which bulk copy, logging
+    in on its own channel, asks again)."""
+    from migrate.azure.credentials import SqlAccessToken, default_credential
+
+    credential = default_credential(cloud)
+
+    @event.listens_for(engine, "do_connect")
+    def _token(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams["token_provider"] = SqlAccessToken(credential, cloud)
 
 
 def _is_driver_error(exc: BaseException) -> bool:

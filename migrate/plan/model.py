@@ -81,6 +81,7 @@ class Connection(Strict):
     sas_token: str | None = None
     container: str | None = None
     azure: AzureResource | None = None
+    auth: Literal["password", "entra"] = "password"  # entra: a token from DefaultAzureCredential (SQL Server)
 
     @field_validator("driver")
     @classmethod
@@ -111,6 +112,8 @@ class Connection(Strict):
                 raise ValueError("`container` must be 3 to 63 characters long")
         elif self.container or self.sas_token:
             raise ValueError("`container` and `sas_token` belong to blob connections only")
+        if self.auth == "entra":
+            self._check_entra()
         return self
 
     def _check_fields(self) -> None:
@@ -127,6 +130,23 @@ class Connection(Strict):
             if missing:
                 raise ValueError(f"a {self.backend} connection needs {' and '.join(f'`{k}`' for k in missing)}")
 
+    def _check_entra(self) -> None:
+        if self.kind != "database":
+            raise ValueError("`auth: entra` belongs to SQL Server database connections")
+        if self.url and "unset-" in self.url:  # nothing to check until the variable is set
+            return
+        url = self.database_url(with_password=True)
+        if url.get_backend_name() != "mssql":
+            raise ValueError(f"`auth: entra` signs in to SQL Server / Azure SQL only (this connection is "
+                             f"{url.get_backend_name()})")
+        if url.get_driver_name() != "mssqlpython":
+            raise ValueError(f"`auth: entra` needs the mssql+mssqlpython driver ({url.get_driver_name()} cannot "
+                             "take an Entra ID token)")
+        if url.password is not None:
+            raise ValueError("`auth: entra` takes no password: the Entra ID token is the credential")
+        if any(k.lower() == "authentication" for k in url.query):
+            raise ValueError("`auth: entra` hands the driver its token: remove `authentication` from the query")
+
     @property
     def kind(self) -> Literal["database", "folder", "blob"]:
         if self.url or self.driver:
@@ -142,10 +162,16 @@ class Connection(Strict):
             return self.driver.split("+", 1)[0]
         return self.url.split("+", 1)[0].split(":", 1)[0] if self.url else ""
 
-    def database_url(self) -> URL:
+    @property
+    def cloud(self) -> str:
+        """The Azure cloud this connection signs in to (its `azure:` block's, else AzureCloud)."""
+        return self.azure.cloud if self.azure else "AzureCloud"
+
+    def database_url(self, *, with_password: bool = False) -> URL:
         """The SQLAlchemy URL of a database connection: `url` as written, or built from the fields with
         `URL.create` (so a password holding `@ # / ?` stays a password). `mssql` without a driver means
-        mssql-python."""
+        mssql-python. With `auth: entra` the URL names no user or password (the token names the identity,
+        and the driver refuses a token beside UID/PWD); `with_password=True` keeps them, for the plan's checks."""
         from sqlalchemy.engine import URL, make_url
 
         if self.url:
@@ -160,6 +186,8 @@ class Connection(Strict):
             raise ValueError(f"a {self.kind} connection has no database URL")
         if url.drivername == "mssql":
             url = url.set(drivername=DEFAULT_DRIVERS["mssql"])
+        if self.auth == "entra" and not with_password:
+            url = url._replace(username=None, password=None)  # `set` keeps a field given None
         return url
 
 
