@@ -29,7 +29,7 @@ _ENTRA_LOGIN_HINT = ("the token was refused: the identity DefaultAzureCredential
                      "database (CREATE USER [name] FROM EXTERNAL PROVIDER) and the server an Entra ID admin; "
                      "AZURE_TOKEN_CREDENTIALS picks the identity")
 _MSSQL_DRIVER_HINT = ("SQL Server needs Microsoft's driver: pip install 'migrate[mssql]' (mssql-python, for "
-                "mssql+mssqlpython URLs; 'migrate[pymssql]' for mssql+pymssql)")
+                      "mssql+mssqlpython URLs; 'migrate[pymssql]' for mssql+pymssql)")
 
 _CAUSES = [
     # (what we say, fragments of driver messages that mean it); checked in order
