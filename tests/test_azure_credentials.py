@@ -1,8 +1,7 @@
-"""Credentials: cloud endpoints, one clear message when no identity works, SQL access-token struct."""
+"""Credentials: cloud endpoints, one clear message when no identity works, Azure SQL access tokens per cloud."""
 
 from __future__ import annotations
 
-import struct
 import time
 from typing import Any
 
@@ -13,13 +12,11 @@ from azure.identity import CredentialUnavailableError
 
 from migrate.azure.clouds import CLOUDS, get_cloud
 from migrate.azure.credentials import (
-    SQL_COPT_SS_ACCESS_TOKEN,
     CredentialError,
+    SqlAccessToken,
     default_credential,
     get_token_or_explain,
     parse_attempts,
-    sql_access_token_attrs,
-    sql_connect_attrs,
 )
 from migrate.errors import EndpointError, MigrateError, UsageError
 from migrate.redact import redact, register_secret
@@ -185,19 +182,21 @@ def test_parse_attempts_without_chain_text() -> None:
     assert parse_attempts("Azure CLI not found on path") == []
 
 
-def test_sql_access_token_struct() -> None:
-    token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.payload.signature"
-    attrs = sql_access_token_attrs(token)
-    assert list(attrs) == [SQL_COPT_SS_ACCESS_TOKEN] == [1256]
-    packed = attrs[1256]
-    (length,) = struct.unpack("<I", packed[:4])
-    assert length == len(token) * 2 == len(packed) - 4
-    assert packed[4:].decode("utf-16-le") == token
-    assert redact(f"token={token}") == "token=***"  # the token is a secret from now on
-
-
-def test_sql_connect_attrs_asks_for_the_cloud_sql_scope() -> None:
+def test_sql_access_token_asks_for_the_cloud_scope_and_fetches_afresh_after_the_login() -> None:
     credential = Issuing()
-    attrs = sql_connect_attrs(credential, "AzureChinaCloud")
-    assert credential.scopes == ["https://database.chinacloudapi.cn/.default"]
-    assert attrs[1256][4:].decode("utf-16-le").endswith(".sql-token")
+    provider = SqlAccessToken(credential, "AzureChinaCloud")  # fetched at once: a failure shows at connect
+    china = "https://database.chinacloudapi.cn/.default"
+    assert credential.scopes == [china]
+    # mssql-python always asks for the public cloud's scope; the answer is a token for the plan's cloud
+    login = provider.get_token("https://database.windows.net/.default")
+    assert credential.scopes == [china] and login.token.endswith(".sql-token")
+    provider.get_token("https://database.windows.net/.default")  # a bulk copy's own login: a fresh token
+    assert credential.scopes == [china, china]
+    assert redact(f"token={login.token}") == "token=***"  # the token is a secret from now on
+
+
+def test_sql_access_token_without_an_identity_names_the_sources_tried() -> None:
+    with pytest.raises(CredentialError) as raised:
+        SqlAccessToken(Raising(ClientAuthenticationError(CHAIN_FAILURE)), "AzureUSGovernment")
+    assert "for https://database.usgovcloudapi.net/.default in AzureUSGovernment" in raised.value.message
+    assert raised.value.sources[0] == "EnvironmentCredential"

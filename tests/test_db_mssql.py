@@ -3,6 +3,8 @@ for chunking, checksums and MERGE, and the bulk-copy call made on a double of th
 
 from __future__ import annotations
 
+import inspect
+import struct
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,6 +23,7 @@ from migrate.databases.schema import ColumnInfo, TableInfo, build_target
 from migrate.databases.typemap import map_type
 from migrate.databases.values import ColumnKind, kind_of
 from migrate.errors import EndpointError
+from migrate.plan.model import Connection
 
 
 def compiled(element: Any, dialect: Any = None) -> str:
@@ -187,10 +190,12 @@ class MssqlPythonCursor:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[tuple[Any, ...]], int]] = []
+        self.options: list[dict[str, Any]] = []
 
     def bulkcopy(self, table_name: str, data: list[tuple[Any, ...]], batch_size: int = 0,
-                 timeout: int = 30) -> dict[str, Any]:
+                 timeout: int = 30, **options: Any) -> dict[str, Any]:
         self.calls.append((table_name, data, batch_size))
+        self.options.append({"timeout": timeout, **options})
         return {"rows_copied": len(data), "batch_count": 1, "elapsed_time": 0.0}
 
 
@@ -228,6 +233,19 @@ def test_bulk_copy_with_mssql_python_sends_batches() -> None:
     assert raw.the_cursor.calls[0][1][1] == (1, 1, "v1")
 
 
+def test_bulk_copy_with_mssql_python_keeps_identity_values_and_nulls() -> None:
+    raw = MssqlPythonConnection()
+    bulk_copy(raw, "[dbo].[wards]", ["id", "name"], iter([(7, None)]))
+    options = raw.the_cursor.options[0]
+    # left to its defaults, mssql-python renumbers IDENTITY columns and puts column defaults in place of NULL
+    assert options["keep_identity"] is True and options["keep_nulls"] is True
+    assert options["timeout"] >= 600
+    assert not options.get("fire_triggers") and not options.get("check_constraints")
+    import mssql_python  # the test extra installs it: every option we pass is one the driver takes
+
+    assert set(options) <= set(inspect.signature(mssql_python.Cursor.bulkcopy).parameters)
+
+
 def test_bulk_copy_with_pymssql_names_the_columns() -> None:
     raw = PymssqlConnection()
     ops = MssqlOps(modern_mssql())
@@ -251,3 +269,152 @@ def test_sql_server_errors_are_classified_and_redacted(tmp_path: Any) -> None:
     assert str(error) == ("target connection 'azure_sql' (mssql+pymssql://sa:***@sql.example:1433/ppm): "
                           "cannot connect: bad credentials: (18456, b\"Login failed for user 'sa'.\")")
     assert ops_for("mssql", modern_mssql()).name == "mssql"
+
+
+def test_mssql_python_is_the_sql_server_driver(tmp_path: Any) -> None:
+    endpoint = Endpoint("azure_sql", "mssql+mssqlpython://svc:p%40ss;w0rd@sql.example:1433/ppm", tmp_path,
+                        role="target")
+    engine = endpoint.engine  # no connection is made: the dialect and the driver load
+    assert engine.dialect.driver == "mssqlpython"
+    (connection_string,), _ = engine.dialect.create_connect_args(engine.url)
+    assert connection_string == "Server=sql.example,1433;Database=ppm;UID=svc;PWD={p@ss;w0rd}"
+    endpoint.dispose()
+
+
+def test_mssql_python_connection_failures_are_classified() -> None:
+    # what mssql-python says when nothing listens on the server's port, and when the login times out
+    assert classify(Exception("Driver Error: Client unable to establish connection; DDBC Error: [Microsoft]TCP "
+                              "Provider: Error code 0x2749 Client unable to establish connection")) \
+        == "server unreachable"
+    assert classify(Exception("Driver Error: Login timeout expired")) == "server unreachable"
+    assert classify(Exception("Login failed for user '<token-identified principal>'.")) == "bad credentials"
+
+
+def test_a_missing_sql_server_driver_names_the_extra(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlalchemy.dialects.mssql.mssqlpython as dialect_module
+
+    def missing() -> None:
+        raise ImportError("No module named 'mssql_python'")
+
+    monkeypatch.setattr(dialect_module.MSDialect_mssqlpython, "import_dbapi", classmethod(lambda cls: missing()))
+    endpoint = Endpoint("azure_sql", "mssql+mssqlpython://svc@sql.example/ppm", tmp_path, role="target")
+    with pytest.raises(EndpointError) as caught:
+        endpoint.engine  # noqa: B018 - creating the engine is what fails
+    assert "migrate[mssql]" in (caught.value.hint or "")
+
+
+class MintingCredential:
+    """Stand-in for DefaultAzureCredential (the Azure identity boundary): a new token on every call."""
+
+    def __init__(self) -> None:
+        self.scopes: list[tuple[str, ...]] = []
+        self.clouds: list[str] = []  # the cloud each DefaultAzureCredential was made for
+
+    def get_token(self, *scopes: str, **_options: Any) -> Any:
+        self.scopes.append(scopes)
+        return SimpleNamespace(token=f"eyJ0eXAiOiJKV1QifQ.token-{len(self.scopes)}.sig", expires_on=4102444800)
+
+
+@pytest.fixture
+def minting(monkeypatch: pytest.MonkeyPatch) -> MintingCredential:
+    import migrate.azure.credentials
+
+    credential = MintingCredential()
+    monkeypatch.setattr(migrate.azure.credentials, "default_credential",
+                        lambda cloud="AzureCloud": credential.clouds.append(cloud) or credential)
+    return credential
+
+
+@pytest.fixture
+def driver_logins(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[int, Any]]]:
+    """What mssql-python hands its native ODBC layer at each login (connection string, pre-connect attributes);
+    the login itself then fails, as no SQL Server exists here."""
+    import mssql_python.connection
+
+    logins: list[tuple[str, dict[int, Any]]] = []
+
+    class NativeLogin:
+        def __init__(self, connection_string: str, _pooling: Any, attrs_before: dict[int, Any], *_: Any) -> None:
+            logins.append((connection_string, dict(attrs_before)))
+            raise RuntimeError("no SQL Server here")
+
+    monkeypatch.setattr(mssql_python.connection.ddbc_bindings, "Connection", NativeLogin)
+    return logins
+
+
+def token_struct(token: str) -> bytes:
+    raw = token.encode("utf-16-le")
+    return struct.pack("<I", len(raw)) + raw
+
+
+SQL_COPT_SS_ACCESS_TOKEN = 1256  # the ODBC pre-connect attribute that carries an Entra ID access token
+
+
+def entra_endpoint(tmp_path: Any, **connection: Any) -> Endpoint:
+    plan_connection = Connection(**{"driver": "mssql", "host": "sql-epr.database.windows.net", "database": "ppm",
+                                    "auth": "entra", **connection})
+    return Endpoint.of("azure_sql", plan_connection, tmp_path, role="target")
+
+
+def test_entra_logs_in_with_a_fresh_token_on_every_new_connection(tmp_path: Any, minting: MintingCredential,
+                                                                    driver_logins: list) -> None:
+    endpoint = entra_endpoint(tmp_path, user="loader@example.org")
+    for _ in range(2):
+        with pytest.raises(EndpointError, match="cannot connect"), endpoint.errors("cannot connect"), \
+                endpoint.engine.connect():
+            pass
+    assert minting.clouds == ["AzureCloud"]
+    assert [attrs[SQL_COPT_SS_ACCESS_TOKEN] for _, attrs in driver_logins] == [
+        token_struct("eyJ0eXAiOiJKV1QifQ.token-1.sig"), token_struct("eyJ0eXAiOiJKV1QifQ.token-2.sig")]
+    assert minting.scopes == [("https://database.windows.net/.default",)] * 2
+    for connection_string, _ in driver_logins:  # the token is the identity: no user, no password
+        assert "Server=sql-epr.database.windows.net,1433" in connection_string and "Database=ppm" in connection_string
+        assert "UID=" not in connection_string and "PWD=" not in connection_string
+    assert "loader" not in endpoint.shown
+    endpoint.dispose()
+
+
+@pytest.mark.parametrize(("cloud", "scope"), [
+    ("AzureCloud", "https://database.windows.net/.default"),
+    ("AzureUSGovernment", "https://database.usgovcloudapi.net/.default"),
+    ("AzureChinaCloud", "https://database.chinacloudapi.cn/.default"),
+])
+def test_entra_token_scope_follows_the_plan_s_cloud(tmp_path: Any, minting: MintingCredential, driver_logins: list,
+                                                    cloud: str, scope: str) -> None:
+    endpoint = entra_endpoint(tmp_path, azure={"subscription_id": "0000", "resource_group": "rg-epr",
+                                               "cloud": cloud})
+    with pytest.raises(EndpointError), endpoint.errors("cannot connect"), endpoint.engine.connect():
+        pass
+    assert minting.clouds == [cloud]  # DefaultAzureCredential signs in at that cloud's authority
+    assert minting.scopes == [(scope,)]
+    assert driver_logins[0][1][SQL_COPT_SS_ACCESS_TOKEN] == token_struct("eyJ0eXAiOiJKV1QifQ.token-1.sig")
+    endpoint.dispose()
+
+
+def test_entra_without_an_identity_fails_at_connect_naming_the_sources(tmp_path: Any, driver_logins: list,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from azure.core.exceptions import ClientAuthenticationError
+
+    import migrate.azure.credentials
+
+    class NoIdentity:
+        def get_token(self, *_scopes: str, **_options: Any) -> Any:
+            raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token from the included "
+                                            "credentials.\nAttempted credentials:\n\tEnvironmentCredential: "
+                                            "EnvironmentCredential authentication unavailable.\n")
+
+    monkeypatch.setattr(migrate.azure.credentials, "default_credential", lambda cloud="AzureCloud": NoIdentity())
+    endpoint = entra_endpoint(tmp_path)
+    with pytest.raises(EndpointError) as raised, endpoint.errors("cannot connect"), endpoint.engine.connect():
+        pass
+    assert "no Azure credential produced a token for https://database.windows.net/.default" in str(raised.value)
+    assert "az login" in (raised.value.hint or "") and driver_logins == []  # the driver never tried
+    endpoint.dispose()
+
+
+def test_a_refused_entra_token_says_what_the_identity_needs(tmp_path: Any, minting: MintingCredential) -> None:
+    endpoint = entra_endpoint(tmp_path)
+    error = endpoint.error(Exception("Login failed for user '<token-identified principal>'."), "cannot connect")
+    assert "bad credentials" in str(error) and "FROM EXTERNAL PROVIDER" in (error.hint or "")
+    password_endpoint = Endpoint("sql", "mssql+mssqlpython://sa:pw@sql.example/ppm", tmp_path)
+    assert password_endpoint.error(Exception("Login failed for user 'sa'."), "cannot connect").hint is None

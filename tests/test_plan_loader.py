@@ -146,3 +146,118 @@ def test_example_plans_validate(monkeypatch: pytest.MonkeyPatch) -> None:
     code, _, err = cli("validate", "--skip-env", str(root))
     assert code == 0, err
     assert err.count("ok   ") == len(list(root.glob("*.yaml"))) >= 3
+
+
+FIELD_FORM = """
+version: 1
+component: field-form
+connections:
+  src:
+    driver: postgresql
+    host: db.internal
+    database: ppm
+    user: app
+    password: "${PPM_PW}"
+    query: {sslmode: require, connect_timeout: 10}
+  dst: {driver: mssql, host: sql-epr.database.windows.net, database: ppm, user: loader, password: "${SQL_PW}"}
+  lite: {driver: sqlite, database: local.db}
+  pinned: {driver: "postgresql+psycopg", host: 127.0.0.1, port: "${PG_PORT}", database: other}
+databases:
+  - {name: index, source: src, target: dst}
+  - {name: local, source: lite, target: pinned}
+"""
+FIELD_ENV = {"PPM_PW": "p@ss#w/rd?x", "SQL_PW": "Sql;Pw}1", "PG_PORT": "6543"}
+
+
+def test_field_form_connections_build_their_url(tmp_path: Path) -> None:
+    plan = load_plan(plan_tree(tmp_path, FIELD_FORM), env=FIELD_ENV).plan
+    src, dst, lite, pinned = (plan.connections[n] for n in ("src", "dst", "lite", "pinned"))
+    assert {c.kind for c in (src, dst, lite, pinned)} == {"database"}
+    url = src.database_url()
+    assert (url.drivername, url.host, url.port, url.database, url.username) == \
+        ("postgresql+psycopg", "db.internal", 5432, "ppm", "app")
+    assert url.password == "p@ss#w/rd?x"  # URL.create: no splicing, the metacharacters stay in the password
+    assert dict(url.query) == {"sslmode": "require", "connect_timeout": "10"}
+    sql = dst.database_url()
+    assert (sql.drivername, sql.port, sql.password) == ("mssql+mssqlpython", 1433, "Sql;Pw}1")
+    assert lite.database_url().render_as_string() == "sqlite:///local.db"
+    assert (pinned.database_url().drivername, pinned.database_url().port) == ("postgresql+psycopg", 6543)
+    assert "p@ss#w/rd?x" not in redact(url.render_as_string(hide_password=False))
+    assert redact("p%40ss%23w%2Frd%3Fx") == "***"  # the URL's spelling of the password is a secret too
+
+
+@pytest.mark.parametrize(("change", "line_col", "expected"), [
+    (("  lite: {driver: sqlite, database: local.db}", "  lite: {url: 'sqlite:///a.db', driver: sqlite}"),
+     ":12:9: connections.lite:", "give exactly one of url, the fields driver/host/port/database/user/password/"
+     "query, path, account_url or connection_string (found: url, fields (driver))"),
+    (("  lite: {driver: sqlite, database: local.db}", "  lite: {database: local.db}"),
+     ":12:9: connections.lite:", "a connection written as fields needs `driver` (postgresql, mssql or sqlite)"),
+    (("  lite: {driver: sqlite, database: local.db}", "  lite: {driver: oracle, database: x}"),
+     ":12:18: connections.lite.driver:", "`driver` is postgresql, mssql or sqlite"),
+    (("  lite: {driver: sqlite, database: local.db}", "  lite: {driver: sqlite, database: x.db, host: h}"),
+     ":12:9: connections.lite:", "a sqlite connection takes no host: only `database` (the file)"),
+    (("    host: db.internal\n", ""), ":5:5: connections.src:", "a postgresql connection needs `host`"),
+    (("connect_timeout: 10}", "connect_timeout: 10, ApplicationIntent: true}"),
+     ":10:71: connections.src.query.ApplicationIntent:", "write the value in quotes"),
+    (("port: \"${PG_PORT}\"", "port: 70000"), ":13:65: connections.pinned.port:", "less than or equal to 65535"),
+    (("    user: app\n", "    usr: app\n"), ":8:5: connections.src.usr:", "unknown key `usr` (did you mean `user`?)"),
+])
+def test_field_form_problems_are_located(tmp_path: Path, change: tuple[str, str], line_col: str,
+                                         expected: str) -> None:
+    path = plan_tree(tmp_path, FIELD_FORM.replace(*change))
+    found = problems(path, env=FIELD_ENV)
+    assert any(line_col in p and expected in p for p in found), found
+    assert all("p@ss#w/rd?x" not in p for p in found)
+
+
+def test_field_form_with_unset_variables_passes_validate_skip_env(tmp_path: Path) -> None:
+    path = plan_tree(tmp_path, FIELD_FORM)
+    plan = load_plan(path, env={}, require_env=False).plan
+    assert plan.connections["pinned"].database_url().port == 5432  # `${PG_PORT}` unset: the default port
+    assert len(problems(path, env={})) == 3  # without --skip-env each unset variable is named
+
+
+ENTRA = """
+version: 1
+component: entra
+connections:
+  src: {driver: sqlite, database: src.db}
+  azure_sql:
+    driver: mssql
+    host: sql-epr.database.usgovcloudapi.net
+    database: ppm
+    auth: entra
+    azure: {subscription_id: "0000", resource_group: rg-epr, cloud: AzureUSGovernment}
+  by_url: {url: "mssql://loader@sql-epr.database.windows.net/ppm", auth: entra}
+databases:
+  - {name: index, source: src, target: azure_sql}
+  - {name: again, source: src, target: by_url}
+"""
+
+
+def test_entra_connections_load_with_their_cloud_and_no_user(tmp_path: Path) -> None:
+    plan = load_plan(plan_tree(tmp_path, ENTRA), env={}).plan
+    azure_sql, by_url = plan.connections["azure_sql"], plan.connections["by_url"]
+    assert (azure_sql.auth, azure_sql.cloud, by_url.cloud) == ("entra", "AzureUSGovernment", "AzureCloud")
+    assert by_url.database_url().render_as_string() == "mssql+mssqlpython://sql-epr.database.windows.net/ppm"
+    assert plan.connections["src"].auth == "password"
+
+
+@pytest.mark.parametrize(("change", "line_col", "expected"), [
+    (("    auth: entra\n", "    auth: entra\n    password: \"${SQL_PW}\"\n"), ":6:5: connections.azure_sql:",
+     "`auth: entra` takes no password: the Entra ID token is the credential"),
+    (("    driver: mssql\n", "    driver: postgresql\n"), ":6:5: connections.azure_sql:",
+     "`auth: entra` signs in to SQL Server / Azure SQL only (this connection is postgresql)"),
+    (("mssql://loader@", "mssql+pymssql://loader@"), ":11:11: connections.by_url:",
+     "`auth: entra` needs the mssql+mssqlpython driver (pymssql cannot take an Entra ID token)"),
+    (("/ppm\", auth", "/ppm?Authentication=ActiveDirectoryDefault\", auth"), ":11:11: connections.by_url:",
+     "remove `authentication` from the query"),
+    (("  src: {driver: sqlite, database: src.db}", "  src: {path: letters, auth: entra}"),
+     ":4:8: connections.src:", "`auth: entra` belongs to SQL Server database connections"),
+    (("    auth: entra\n", "    auth: kerberos\n"), ":9:11: connections.azure_sql.auth:",
+     "input should be 'password' or 'entra'"),
+])
+def test_entra_plan_errors_are_located(tmp_path: Path, change: tuple[str, str], line_col: str,
+                                       expected: str) -> None:
+    found = problems(plan_tree(tmp_path, ENTRA.replace(*change)), env={"SQL_PW": "Sekrit-99"})
+    assert any(line_col in p and expected in p for p in found), found

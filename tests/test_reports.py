@@ -13,7 +13,7 @@ import pytest
 from helpers import build_tree, cli
 from migrate import commands
 from migrate.plan.model import Plan
-from migrate.reports.build import build_report, headline
+from migrate.reports.build import build_report, describe_connection, headline
 from migrate.reports.limits import stated_limits
 from migrate.reports.mask import Masker
 from migrate.state.journal import Journal, now
@@ -129,6 +129,18 @@ def test_not_migrated_list_states_the_plan_s_limits() -> None:
     assert found == {("db", "sync of every table (watermark updated_at)"), ("db", "deletes on the source"),
                      ("db", "SQL Server path (a)"), ("files", "files outside the include/exclude filters"),
                      ("files", "deletes on the source")}
+
+
+def test_a_field_form_sql_server_is_a_stated_limit_and_shown_without_its_password() -> None:
+    plan = Plan.model_validate({
+        "version": 1, "component": "limits",
+        "connections": {"a": {"driver": "mssql", "host": "onprem", "database": "epr", "user": "reader",
+                              "password": "pw/with@signs"},
+                        "b": {"driver": "sqlite", "database": "b.db"}},
+        "databases": [{"name": "db", "source": "a", "target": "b"}]})
+    assert ("db", "SQL Server path (a)") in {(x.item, x.what) for x in stated_limits(plan, None)}
+    assert describe_connection(plan.connections["a"]) == "mssql+mssqlpython://reader:***@onprem:1433/epr"
+    assert describe_connection(plan.connections["b"]) == "sqlite:///b.db"
 
 
 def test_masker_hashes_full_paths_and_bare_file_names_stably() -> None:

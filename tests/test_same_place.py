@@ -109,3 +109,23 @@ def test_postgres_identity_sees_through_tcp_and_socket_spellings(pg_cluster, pg_
     finally:
         for endpoint in (tcp, by_socket, other):
             endpoint.dispose()
+
+
+def test_a_field_form_connection_is_the_same_place_as_its_url(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(textwrap.dedent("""\
+        version: 1
+        component: same-place
+        connections:
+          src: {url: "postgresql+psycopg://u@127.0.0.1/epr"}
+          dst: {driver: postgresql, host: localhost, database: epr, user: other, password: x-secret}
+          sql_a: {driver: mssql, host: SQL.example, database: ppm}
+          sql_b: {url: "mssql+pymssql://sa@sql.example:1433/ppm"}
+        databases:
+          - {name: epr, source: src, target: dst}
+          - {name: ppm, source: sql_a, target: sql_b}
+        """), encoding="utf-8")
+    checked = cli_process("validate", str(plan))
+    assert checked.returncode == 2, checked.stderr
+    assert f"{plan}:9:" in checked.stderr and f"{plan}:10:" in checked.stderr
+    assert checked.stderr.count("source and target are the same place") == 2

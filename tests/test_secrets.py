@@ -131,3 +131,45 @@ def test_canary_secrets_never_show_in_any_verb_or_failure(tmp_path: Path, azurit
         for text in texts:
             for piece in pieces:
                 assert piece not in text, (name, piece, text[max(0, text.find(piece) - 300):text.find(piece) + 300])
+
+
+@pytest.mark.postgres
+def test_a_field_form_password_with_url_metacharacters_connects_and_never_shows(tmp_path: Path, pg_url: str,
+                                                                                  pg_url2: str) -> None:
+    fill(pg_url, patients=30, encounters=30)
+    pg(pg_url, "DROP ROLE IF EXISTS fielded")
+    pg(pg_url, f"CREATE ROLE fielded LOGIN SUPERUSER PASSWORD '{SECRET}'")
+    src, dst = make_url(pg_url), make_url(pg_url2)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(textwrap.dedent(f"""\
+        version: 1
+        component: fielded
+        connections:
+          src: {{driver: postgresql, host: {src.host}, port: {src.port}, database: {src.database},
+                user: fielded, password: "${{AT_PW}}"}}
+          dst:
+            driver: postgresql+psycopg
+            host: {dst.host}
+            port: "${{DST_PORT}}"
+            database: {dst.database}
+            user: fielded
+            password: "${{AT_PW}}"
+            query: {{application_name: migrate-fielded}}
+        databases:
+          - {{name: epr, source: src, target: dst}}
+        """), encoding="utf-8")
+    env = {**os.environ, "AT_PW": SECRET, "DST_PORT": str(dst.port)}
+    ran = cli_process("run", str(plan), "--json", env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert pg(pg_url2, "SELECT count(*) FROM patients") == [(30,)]
+    outputs = [ran, cli_process("verify", str(plan), env=env), cli_process("status", str(plan), env=env)]
+    assert outputs[1].returncode == 0, outputs[1].stderr
+    for fmt in ("md", "json"):
+        outputs.append(cli_process("report", str(plan), "--format", fmt, env=env))
+    texts = [o.stdout + o.stderr for o in outputs]
+    texts += [p.read_text(errors="replace") for p in (tmp_path / "reports").iterdir()]
+    texts.append((tmp_path / ".migrate" / "fielded.db").read_bytes().decode("latin-1"))
+    assert any("postgresql+psycopg://fielded:***@" in text for text in texts)  # the report names the endpoint
+    for text in texts:
+        for piece in slices(SECRET) | slices("Tr1cky%40Pass%23word"):
+            assert piece not in text, (piece, text[:2000])

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 
@@ -22,8 +21,6 @@ from migrate.redact import redact, register_secret
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken, TokenCredential
-
-SQL_COPT_SS_ACCESS_TOKEN = 1256  # pyodbc / mssql-python connection attribute for an Entra ID token
 
 _SIGN_IN_HINT = (
     "sign in with `az login`{cloud_step}, or set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET "
@@ -109,18 +106,26 @@ def _short(reason: str, name: str = "") -> str:
     return short if len(short) <= 160 else short[:157] + "..."
 
 
-def sql_access_token_attrs(token: str) -> dict[int, bytes]:
-    """`attrs_before` for pyodbc / mssql-python: the token as a length-prefixed UTF-16-LE struct.
+class SqlAccessToken:
+    """mssql-python's `token_provider` for one database connection signing in with Entra ID.
 
-    Use it with a connection string that has no UID, PWD or Authentication keyword.
+    Made when the connection is opened, it fetches a token at once (so a missing identity fails with the
+    sources tried, not as a driver error) and hands that token to the driver's login; any later call (a bulk
+    copy logs in on its own channel) fetches a fresh one. Every token is for the Azure SQL scope of `cloud`:
+    the driver asks for the public cloud's scope, which the sovereign clouds' servers refuse.
     """
-    register_secret(token)
-    raw = token.encode("utf-16-le")
-    return {SQL_COPT_SS_ACCESS_TOKEN: struct.pack("<I", len(raw)) + raw}
 
+    def __init__(self, credential: TokenCredential, cloud: str = "AzureCloud") -> None:
+        self.credential = credential
+        self.cloud = cloud
+        self.scope = get_cloud(cloud).sql_scope
+        self._unused: AccessToken | None = self.fetch()
 
-def sql_connect_attrs(credential: TokenCredential, cloud: str = "AzureCloud") -> dict[int, bytes]:
-    """Fetch an Azure SQL token for `cloud` and return it as `attrs_before`."""
-    endpoints = get_cloud(cloud)
-    token = get_token_or_explain(credential, endpoints.sql_scope, cloud=cloud)
-    return sql_access_token_attrs(token.token)
+    def fetch(self) -> AccessToken:
+        token = get_token_or_explain(self.credential, self.scope, cloud=self.cloud)
+        register_secret(token.token)
+        return token
+
+    def get_token(self, *_scopes: str, **_options: Any) -> AccessToken:
+        token, self._unused = self._unused, None
+        return token or self.fetch()

@@ -20,10 +20,16 @@ from sqlalchemy.pool import NullPool
 
 from migrate import interrupt
 from migrate.databases.values import canonical_field_sql_udf
-from migrate.errors import EndpointError
+from migrate.errors import EndpointError, MigrateError
+from migrate.plan.model import Connection
 from migrate.redact import redact
 
 DIALECTS = ("sqlite", "postgresql", "mssql")
+_ENTRA_LOGIN_HINT = ("the token was refused: the identity DefaultAzureCredential chose needs a user in the "
+                     "database (CREATE USER [name] FROM EXTERNAL PROVIDER) and the server an Entra ID admin; "
+                     "AZURE_TOKEN_CREDENTIALS picks the identity")
+_MSSQL_DRIVER_HINT = ("SQL Server needs Microsoft's driver: pip install 'migrate[mssql]' (mssql-python, for "
+                      "mssql+mssqlpython URLs; 'migrate[pymssql]' for mssql+pymssql)")
 
 _CAUSES = [
     # (what we say, fragments of driver messages that mean it); checked in order
@@ -34,7 +40,8 @@ _CAUSES = [
     ("server unreachable", ("could not connect", "connection refused", "could not translate host",
                             "timeout expired", "timed out", "name or service not known", "network is unreachable",
                             "unable to open database file", "server closed the connection",
-                            "adaptive server is unavailable", "connection to server")),
+                            "adaptive server is unavailable", "connection to server",
+                            "client unable to establish connection", "login timeout expired")),
     ("missing object", ("does not exist", "no such table", "invalid object name", "unknown database",
                         "no such column")),
 ]
@@ -64,10 +71,12 @@ def first_line(exc: BaseException) -> str:
 class Endpoint:
     """One side of a database item (a named connection in the plan)."""
 
-    def __init__(self, name: str, url: str, base_dir: Path, *, role: str = "source", pool_size: int = 4) -> None:
+    def __init__(self, name: str, url: str | URL, base_dir: Path, *, role: str = "source",
+                 pool_size: int = 4, entra_cloud: str | None = None) -> None:
         self.name = name
         self.role = role
         self.pool_size = pool_size
+        self.entra_cloud = entra_cloud  # `auth: entra`: sign in with an Entra ID token for this Azure cloud
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
@@ -80,6 +89,19 @@ class Endpoint:
         self._engine: Engine | None = None
         # replicated rows must not fire the target's triggers (nor its FK checks, which load order breaks)
         self.replica_role = False
+
+    @classmethod
+    def of(cls, name: str, connection: Connection | None, base_dir: Path, *, role: str = "source",
+           pool_size: int = 4) -> Endpoint:
+        """The endpoint of the plan's connection `name` (its URL from `Connection.database_url`)."""
+        if connection is None or connection.kind != "database":
+            raise MigrateError(f"connection {name!r} is not a database connection")
+        try:
+            url = connection.database_url()
+        except (ArgumentError, ValueError) as exc:
+            raise EndpointError(f"{role} connection {name!r}: not a database URL: {redact(exc)}") from exc
+        return cls(name, url, base_dir, role=role, pool_size=pool_size,
+                   entra_cloud=connection.cloud if connection.auth == "entra" else None)
 
     @property
     def shown(self) -> str:
@@ -127,13 +149,19 @@ class Endpoint:
             kwargs["connect_args"] = {"options": options, "connect_timeout": 10}
         try:
             engine = create_engine(self.url, **kwargs)
+            if self.entra_cloud is not None:
+                _sign_in_with_entra(engine, self.entra_cloud)
             interrupt.watch_engine(engine)
             return engine
         except NoSuchModuleError as exc:
-            raise EndpointError(f"{self.label}: no SQLAlchemy dialect for {self.url.drivername!r}"
-                                f" (install the driver, e.g. pymssql)") from exc
+            raise EndpointError(f"{self.label}: no SQLAlchemy dialect for {self.url.drivername!r}",
+                                hint=self._driver_hint()) from exc
         except ImportError as exc:
-            raise EndpointError(f"{self.label}: the database driver is not installed: {exc}") from exc
+            raise EndpointError(f"{self.label}: the database driver is not installed: {exc}",
+                                hint=self._driver_hint()) from exc
+
+    def _driver_hint(self) -> str | None:
+        return _MSSQL_DRIVER_HINT if self.dialect == "mssql" else None
 
     def read_only_engine(self) -> Engine:
         """An engine that cannot write (used by `preview`): SQLite opened with mode=ro."""
@@ -167,13 +195,27 @@ class Endpoint:
 
     def error(self, exc: BaseException, action: str = "failed") -> EndpointError:
         cause = classify(exc)
-        return EndpointError(f"{self.label} ({self.shown}): {action}: {cause}: {first_line(exc)}",
+        hint = _ENTRA_LOGIN_HINT if self.entra_cloud is not None and cause == "bad credentials" else None
+        return EndpointError(f"{self.label} ({self.shown}): {action}: {cause}: {first_line(exc)}", hint,
                              transient=cause == "server unreachable")
 
     def dispose(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+
+def _sign_in_with_entra(engine: Engine, cloud: str) -> None:
+    """Each new DBAPI connection of `engine` logs in with a fresh Entra ID token from DefaultAzureCredential
+    for `cloud`'s Azure SQL scope, handed to mssql-python as its `token_provider` (which bulk copy, logging
+    in on its own channel, asks again)."""
+    from migrate.azure.credentials import SqlAccessToken, default_credential
+
+    credential = default_credential(cloud)
+
+    @event.listens_for(engine, "do_connect")
+    def _token(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams["token_provider"] = SqlAccessToken(credential, cloud)
 
 
 def _is_driver_error(exc: BaseException) -> bool:

@@ -65,8 +65,8 @@ class DatabaseEngine(ItemEngine):
         pool = item.parallel * 2 + 2
         # reverse replication (after cutover) reads the plan's target and writes its source
         source, target = (item.target, item.source) if reverse else (item.source, item.target)
-        self.source = Endpoint(source, _url(connections, source), loaded.base_dir, role="source", pool_size=pool)
-        self.target = Endpoint(target, _url(connections, target), loaded.base_dir, role="target", pool_size=pool)
+        self.source = Endpoint.of(source, connections.get(source), loaded.base_dir, role="source", pool_size=pool)
+        self.target = Endpoint.of(target, connections.get(target), loaded.base_dir, role="target", pool_size=pool)
         self.target.replica_role = self.native_schema
         self._sources: list[tuple[TableInfo, Incremental | None]] | None = None
         self._globbed: set[str] = set()  # tables a glob of `tables` matched (not named one by one)
@@ -725,13 +725,6 @@ def _table(pair: TablePair) -> Table:
 def _qualified(label: str, default_schema: str | None) -> str:
     """A table's name with its schema (PostgreSQL's default schema for a bare name)."""
     return label if "." in label or default_schema is None else f"{default_schema}.{label}"
-
-
-def _url(connections: dict[str, Any], name: str) -> str:
-    connection = connections.get(name)
-    if connection is None or not connection.url:
-        raise MigrateError(f"connection {name!r} is not a database URL")
-    return str(connection.url)
 
 
 def _writable(path: Any) -> bool:

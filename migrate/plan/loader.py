@@ -255,6 +255,10 @@ class _PlanChecker:
     # -- meaning --
 
     def check_semantics(self, plan: Plan, base_dir: Path) -> None:
+        for fields in plan.connections.values():
+            if fields.password:  # field form: a secret however it was written, also as a URL spells it
+                register_secret(fields.password)
+                register_secret(quote(fields.password, safe=""))
         seen: dict[str, str] = {}
         for section in ("databases", "blobs"):
             wanted = "database" if section == "databases" else ("folder", "blob")
@@ -324,13 +328,16 @@ def _unknown_key_message(loc: tuple) -> str:
 def _allowed_keys(loc: tuple) -> list[str]:
     """The keys the model accepts at `loc`, found by walking the model's field annotations."""
     model: Any = Plan
+    keyed = False  # the next part is a key of a dict[str, Model] (a connection's name), not a field
     for part in loc:
-        if isinstance(part, int) or not (isinstance(model, type) and issubclass(model, BaseModel)):
+        if isinstance(part, int) or keyed or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            keyed = False
             continue
         field = model.model_fields.get(part)
         if field is None:
             return []
         model = _model_in(field.annotation)
+        keyed = getattr(field.annotation, "__origin__", None) is dict
     return sorted(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
 
 

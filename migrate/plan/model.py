@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from migrate.plan.durations import parse_duration
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
@@ -44,27 +47,64 @@ def _check_url(url: str) -> None:
                          "postgresql+psycopg://user@host:5432/db") from None
 
 
+# what a field-form `driver` without a `+dbapi` suffix means, and the port when the plan names none
+DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "mssql": "mssql+mssqlpython", "sqlite": "sqlite"}
+DEFAULT_PORTS = {"postgresql": 5432, "mssql": 1433}
+FIELD_KEYS = ("driver", "host", "port", "database", "user", "password", "query")
+_DRIVER = re.compile(r"^(postgresql|mssql|sqlite)(\+[A-Za-z0-9_]+)?$")
+
+
+def _port(value: object) -> object:
+    return None if isinstance(value, str) and value.startswith("unset-") else value  # unset ${VAR} (--skip-env)
+
+
+def _query_value(value: object) -> object:
+    if isinstance(value, bool):  # YAML reads yes/no/true as booleans; drivers want their own spelling
+        raise ValueError("write the value in quotes (\"yes\", \"true\"): drivers want it as text")
+    return str(value) if isinstance(value, int | float) else value
+
+
 class Connection(Strict):
-    """A named endpoint: a database URL, a local folder, or an Azure Blob container."""
+    """A named endpoint: a database (a URL, or its fields), a local folder, or an Azure Blob container."""
 
     url: str | None = None
+    driver: str | None = None  # field form: postgresql | mssql | sqlite, optionally +dbapi
+    host: str | None = None
+    port: Annotated[Annotated[int, Field(ge=1, le=65535)] | None, BeforeValidator(_port)] = None
+    database: str | None = None
+    user: str | None = None
+    password: str | None = None
+    query: dict[str, Annotated[str, BeforeValidator(_query_value)]] | None = None  # e.g. sslmode, Encrypt
     path: str | None = None
     account_url: str | None = None
     connection_string: str | None = None
     sas_token: str | None = None
     container: str | None = None
     azure: AzureResource | None = None
+    auth: Literal["password", "entra"] = "password"  # entra: a token from DefaultAzureCredential (SQL Server)
+
+    @field_validator("driver")
+    @classmethod
+    def _known_driver(cls, value: str | None) -> str | None:
+        if value is not None and not _DRIVER.match(value):
+            raise ValueError("`driver` is postgresql, mssql or sqlite, optionally with a SQLAlchemy driver "
+                             "such as postgresql+psycopg")
+        return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> Connection:
+        fields = [k for k in FIELD_KEYS if getattr(self, k) is not None]
         kinds = [k for k in ("url", "path", "account_url", "connection_string") if getattr(self, k)]
+        if fields:
+            kinds.insert(1, "fields (" + ", ".join(fields) + ")")
         if len(kinds) != 1:
             found = ", ".join(kinds) if kinds else "none"
-            raise ValueError(
-                f"give exactly one of url, path, account_url or connection_string (found: {found})"
-            )
+            raise ValueError(f"give exactly one of url, the fields {'/'.join(FIELD_KEYS)}, path, account_url or "
+                             f"connection_string (found: {found})")
         if self.url and "unset-" not in self.url:  # a stand-in for an unset ${VAR} (validate --skip-env)
             _check_url(self.url)
+        if fields:
+            self._check_fields()
         if self.kind == "blob":
             if not self.container:
                 raise ValueError("a blob connection needs `container`")
@@ -72,15 +112,83 @@ class Connection(Strict):
                 raise ValueError("`container` must be 3 to 63 characters long")
         elif self.container or self.sas_token:
             raise ValueError("`container` and `sas_token` belong to blob connections only")
+        if self.auth == "entra":
+            self._check_entra()
         return self
+
+    def _check_fields(self) -> None:
+        if self.driver is None:
+            raise ValueError("a connection written as fields needs `driver` (postgresql, mssql or sqlite)")
+        if self.backend == "sqlite":
+            extra = [k for k in ("host", "port", "user", "password") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"a sqlite connection takes no {', '.join(extra)}: only `database` (the file)")
+            if not self.database:
+                raise ValueError("a sqlite connection needs `database` (the file)")
+        else:
+            missing = [k for k in ("host", "database") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"a {self.backend} connection needs {' and '.join(f'`{k}`' for k in missing)}")
+
+    def _check_entra(self) -> None:
+        if self.kind != "database":
+            raise ValueError("`auth: entra` belongs to SQL Server database connections")
+        if self.url and "unset-" in self.url:  # nothing to check until the variable is set
+            return
+        url = self.database_url(with_password=True)
+        if url.get_backend_name() != "mssql":
+            raise ValueError(f"`auth: entra` signs in to SQL Server / Azure SQL only (this connection is "
+                             f"{url.get_backend_name()})")
+        if url.get_driver_name() != "mssqlpython":
+            raise ValueError(f"`auth: entra` needs the mssql+mssqlpython driver ({url.get_driver_name()} cannot "
+                             "take an Entra ID token)")
+        if url.password is not None:
+            raise ValueError("`auth: entra` takes no password: the Entra ID token is the credential")
+        if any(k.lower() == "authentication" for k in url.query):
+            raise ValueError("`auth: entra` hands the driver its token: remove `authentication` from the query")
 
     @property
     def kind(self) -> Literal["database", "folder", "blob"]:
-        if self.url:
+        if self.url or self.driver:
             return "database"
         if self.path:
             return "folder"
         return "blob"
+
+    @property
+    def backend(self) -> str:
+        """postgresql, mssql or sqlite for a database connection ("" for any other kind)."""
+        if self.driver:
+            return self.driver.split("+", 1)[0]
+        return self.url.split("+", 1)[0].split(":", 1)[0] if self.url else ""
+
+    @property
+    def cloud(self) -> str:
+        """The Azure cloud this connection signs in to (its `azure:` block's, else AzureCloud)."""
+        return self.azure.cloud if self.azure else "AzureCloud"
+
+    def database_url(self, *, with_password: bool = False) -> URL:
+        """The SQLAlchemy URL of a database connection: `url` as written, or built from the fields with
+        `URL.create` (so a password holding `@ # / ?` stays a password). `mssql` without a driver means
+        mssql-python. With `auth: entra` the URL names no user or password (the token names the identity,
+        and the driver refuses a token beside UID/PWD); `with_password=True` keeps them, for the plan's checks."""
+        from sqlalchemy.engine import URL, make_url
+
+        if self.url:
+            url = make_url(self.url)
+        elif self.driver:
+            backend = self.backend
+            url = URL.create(self.driver if "+" in self.driver else DEFAULT_DRIVERS[backend],
+                             username=self.user, password=self.password, host=self.host,
+                             port=self.port or DEFAULT_PORTS.get(backend), database=self.database,
+                             query=self.query or {})
+        else:
+            raise ValueError(f"a {self.kind} connection has no database URL")
+        if url.drivername == "mssql":
+            url = url.set(drivername=DEFAULT_DRIVERS["mssql"])
+        if self.auth == "entra" and not with_password:
+            url = url._replace(username=None, password=None)  # `set` keeps a field given None
+        return url
 
 
 class Incremental(Strict):

@@ -12,12 +12,11 @@ import os
 import re
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 
-from migrate.plan.model import Connection
+from migrate.plan.model import DEFAULT_PORTS, Connection
 
-_DEFAULT_PORTS = {"postgresql": 5432, "mssql": 1433}
 _LOOPBACK = re.compile(r"^(localhost|127(\.\d{1,3}){3}|::1|0:0:0:0:0:0:0:1|)$", re.IGNORECASE)
 
 
@@ -25,17 +24,17 @@ def place(connection: Connection, base_dir: Path) -> str | None:
     """A spelling-independent name for where `connection` points; None when it cannot be told offline."""
     if connection.path:
         return f"folder:{os.path.realpath(base_dir / Path(connection.path).expanduser())}"
-    if connection.url:
-        return _database_place(connection.url, base_dir)
+    if connection.kind == "database":
+        try:
+            url = connection.database_url()
+        except (ArgumentError, ValueError):
+            return None
+        return _database_place(url, base_dir)
     account = _account(connection)
     return f"blob:{account}/{(connection.container or '').lower()}" if account else None
 
 
-def _database_place(url: str, base_dir: Path) -> str | None:
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        return None
+def _database_place(parsed: URL, base_dir: Path) -> str | None:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
@@ -44,7 +43,7 @@ def _database_place(url: str, base_dir: Path) -> str | None:
     host = (parsed.host or "").strip("[]").lower()
     host = "loopback" if _LOOPBACK.match(host) else host
     try:
-        port = parsed.port or _DEFAULT_PORTS.get(backend, 0)
+        port = parsed.port or DEFAULT_PORTS.get(backend, 0)
     except ValueError:
         return None
     return f"{backend}://{host}:{port}/{parsed.database or ''}"

@@ -117,6 +117,8 @@ def describe_connection(connection: Connection) -> str:
     """Where an endpoint is, with any secret masked."""
     if connection.url:
         return redact(connection.url)
+    if connection.kind == "database":  # field form: the URL built from it, password masked
+        return redact(connection.database_url().render_as_string(hide_password=True))
     if connection.path:
         return f"folder {connection.path}"
     where = connection.account_url or "connection string"

@@ -39,8 +39,7 @@ def stated_limits(plan: Plan, journal: Journal) -> list[Limit]:
                 out.append(Limit(item.name, "deletes on the source", "not mirrored during sync (delete: false)"))
             for side in (item.source, item.target):
                 connection = plan.connections[side]
-                url = connection.url or str(getattr(connection, "driver", None) or "")  # field form: driver
-                if url.startswith("mssql"):
+                if connection.backend == "mssql":
                     out.append(Limit(item.name, f"SQL Server path ({side})",
                                      "not exercised against a real SQL Server in this tool's test suite; rehearse "
                                      "it on a copy before the change"))

@@ -20,6 +20,7 @@ from migrate.databases.values import ColumnKind
 
 UTF8_COLLATION = "Latin1_General_100_BIN2_UTF8"  # SQL Server 2019+ and Azure SQL
 BATCH = 10_000
+BULK_TIMEOUT = 600  # seconds for one batch (mssql-python's default, 30 s, is short for wide rows on a slow link)
 LOW60 = (1 << 60) - 1
 
 
@@ -121,15 +122,18 @@ def bulk_copy(raw: Any, table_name: str, columns: Sequence[str], rows: Iterable[
     """Send rows with the driver's bulk-copy API; return how many went (None: the driver has none).
 
     mssql-python: `cursor.bulkcopy(table, rows, batch_size=...)` (its own channel, so the caller commits any
-    DDL or DELETE first); pymssql: `conn.bulk_copy(table, rows, column_ids=[...], batch_size=...)`.
-    Rows carry every column of the target table, in table order.
+    DDL or DELETE first), told to keep the source's identity values and NULLs (by default it would number
+    identity columns afresh and put column defaults where the source has NULL); pymssql:
+    `conn.bulk_copy(table, rows, column_ids=[...], batch_size=...)`. Rows carry every column of the target
+    table, in table order. Triggers do not fire and constraints are not checked (both drivers' defaults).
     """
     cursor = raw.cursor()
     total = 0
     iterator = iter(rows)
     if hasattr(cursor, "bulkcopy"):
         while batch := [tuple(r) for r in islice(iterator, BATCH)]:
-            result = cursor.bulkcopy(table_name, batch, batch_size=len(batch))
+            result = cursor.bulkcopy(table_name, batch, batch_size=len(batch), timeout=BULK_TIMEOUT,
+                                     keep_identity=True, keep_nulls=True)
             total += int(result.get("rows_copied", len(batch))) if isinstance(result, dict) else len(batch)
         return total
     if hasattr(raw, "bulk_copy"):
