@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from migrate.plan.durations import parse_duration
+from migrate.plan.urls import UrlParts
+from migrate.plan.urls import parse as parse_url
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -37,12 +40,9 @@ class AzureResource(Strict):
 
 def _check_url(url: str) -> None:
     """A database URL SQLAlchemy can read, with a numeric port (said here, not as a crash at connect time)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
-        make_url(url).port  # noqa: B018 - parsing the port is part of the check
-    except (ArgumentError, ValueError):
+        parse_url(url)
+    except ValueError:
         raise ValueError("`url` is not a database URL with a numeric port, like "
                          "postgresql+psycopg://user@host:5432/db") from None
 
@@ -135,12 +135,12 @@ class Connection(Strict):
             raise ValueError("`auth: entra` belongs to SQL Server database connections")
         if self.url and "unset-" in self.url:  # nothing to check until the variable is set
             return
-        url = self.database_url(with_password=True)
-        if url.get_backend_name() != "mssql":
+        url = self.url_parts()
+        if url.backend != "mssql":
             raise ValueError(f"`auth: entra` signs in to SQL Server / Azure SQL only (this connection is "
-                             f"{url.get_backend_name()})")
-        if url.get_driver_name() != "mssqlpython":
-            raise ValueError(f"`auth: entra` needs the mssql+mssqlpython driver ({url.get_driver_name()} cannot "
+                             f"{url.backend})")
+        if url.driver != "mssqlpython":
+            raise ValueError(f"`auth: entra` needs the mssql+mssqlpython driver ({url.driver} cannot "
                              "take an Entra ID token)")
         if url.password is not None:
             raise ValueError("`auth: entra` takes no password: the Entra ID token is the credential")
@@ -166,6 +166,21 @@ class Connection(Strict):
     def cloud(self) -> str:
         """The Azure cloud this connection signs in to (its `azure:` block's, else AzureCloud)."""
         return self.azure.cloud if self.azure else "AzureCloud"
+
+    def url_parts(self) -> UrlParts:
+        """The database URL's parts, read without SQLAlchemy (validate): as `database_url`, with the password."""
+        if self.url:
+            parts = parse_url(self.url)
+        elif self.driver:
+            backend = self.backend
+            parts = UrlParts(self.driver if "+" in self.driver else DEFAULT_DRIVERS[backend], self.user,
+                             self.password, self.host, self.port or DEFAULT_PORTS.get(backend), self.database,
+                             dict(self.query or {}))
+        else:
+            raise ValueError(f"a {self.kind} connection has no database URL")
+        if parts.drivername == "mssql":
+            parts = replace(parts, drivername=DEFAULT_DRIVERS["mssql"])
+        return parts
 
     def database_url(self, *, with_password: bool = False) -> URL:
         """The SQLAlchemy URL of a database connection: `url` as written, or built from the fields with

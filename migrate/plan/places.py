@@ -12,10 +12,8 @@ import os
 import re
 from pathlib import Path
 
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError
-
 from migrate.plan.model import DEFAULT_PORTS, Connection
+from migrate.plan.urls import UrlParts
 
 _LOOPBACK = re.compile(r"^(localhost|127(\.\d{1,3}){3}|::1|0:0:0:0:0:0:0:1|)$", re.IGNORECASE)
 
@@ -26,26 +24,23 @@ def place(connection: Connection, base_dir: Path) -> str | None:
         return f"folder:{os.path.realpath(base_dir / Path(connection.path).expanduser())}"
     if connection.kind == "database":
         try:
-            url = connection.database_url()
-        except (ArgumentError, ValueError):
+            url = connection.url_parts()
+        except ValueError:
             return None
         return _database_place(url, base_dir)
     account = _account(connection)
     return f"blob:{account}/{(connection.container or '').lower()}" if account else None
 
 
-def _database_place(parsed: URL, base_dir: Path) -> str | None:
-    backend = parsed.get_backend_name()
+def _database_place(parsed: UrlParts, base_dir: Path) -> str | None:
+    backend = parsed.backend
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             return None
         return f"sqlite:{os.path.realpath(base_dir / parsed.database)}"
     host = (parsed.host or "").strip("[]").lower()
     host = "loopback" if _LOOPBACK.match(host) else host
-    try:
-        port = parsed.port or DEFAULT_PORTS.get(backend, 0)
-    except ValueError:
-        return None
+    port = parsed.port or DEFAULT_PORTS.get(backend, 0)
     return f"{backend}://{host}:{port}/{parsed.database or ''}"
 
 
