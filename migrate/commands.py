@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migrate.errors import (
     EXIT_CHANGES_PENDING,
@@ -28,7 +28,6 @@ from migrate.errors import (
 from migrate.plan.check import FileValidation, ValidateResult, validate  # noqa: F401 - part of this API
 from migrate.plan.loader import LoadedPlan, load_plan, plan_files
 from migrate.plan.model import Plan
-from migrate.reports.estate import EstateResult
 from migrate.stages.cutover import (
     PLAN_ITEM,
     Cutover,
@@ -52,6 +51,9 @@ from migrate.state.direction import read_direction
 from migrate.state.journal import Journal
 from migrate.state.lock import LockInfo, PlanLock, break_lock, current_lock
 from migrate.state.sync_state import SyncState
+
+if TYPE_CHECKING:
+    from migrate.reports.estate import EstateResult
 
 WATCH_BACKOFF_CAP = 300.0  # seconds: the longest wait between sync --watch cycles after transient faults
 
@@ -559,7 +561,7 @@ def estate(folder: Path) -> EstateResult:
     """One row per plan in `folder` (stage, lag, last verification, gates, cutover), most in need of attention
     first; a plan that does not load is a row saying why."""
     from migrate.reports.build import build_report
-    from migrate.reports.estate import component_row, invalid_row, sort_rows
+    from migrate.reports.estate import EstateResult, component_row, invalid_row, sort_rows
     from migrate.state.journal import now
 
     rows = []
