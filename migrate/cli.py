@@ -106,6 +106,9 @@ EXAMPLES = {  # shown at the foot of each verb's help, one per line
                "migrate report plans/   (the estate)"],
     "unlock": ["migrate unlock PLAN", "migrate unlock PLAN --force"],
     "finish": ["migrate finish PLAN", "migrate finish PLAN --yes"],
+    "throttle": ["migrate throttle PLAN   (the effective limits and why)", "migrate throttle PLAN --pause",
+                 "migrate throttle PLAN --rows-per-second 2000", "migrate throttle PLAN --bytes-per-second 50MiB",
+                 "migrate throttle PLAN --clear"],
     "abandon": ["migrate abandon PLAN", "migrate abandon PLAN --yes"],
     "schema": ["migrate schema > plan.schema.json", "migrate schema --report"],
     "demo": ["migrate demo", "migrate demo --workdir /tmp/demo --patients 20000",
@@ -440,6 +443,42 @@ def unlock(plan: PlanArg, as_json: JsonOpt = False,
     """Release a stale lock (`--force` to break another owner's)."""
     _execute("unlock", as_json, lambda p: commands.unlock(plan, force=force),
              lambda c, r: c.print(r.message, highlight=False))
+
+
+@_command()
+def throttle(plan: PlanArg, as_json: JsonOpt = False,
+             pause: Annotated[bool, typer.Option("--pause", help="Hold every runner of the plan (they keep their "
+                                                 "lock and resume where they were).")] = False,
+             resume: Annotated[bool, typer.Option("--resume", help="Undo --pause.")] = False,
+             rows_per_second: Annotated[float | None, typer.Option("--rows-per-second", metavar="N",
+                                                                   help="Limit rows per second, per item.")] = None,
+             bytes_per_second: Annotated[str | None, typer.Option("--bytes-per-second", metavar="SIZE",
+                                                                  help="Limit bytes per second, per item (50MiB).")]
+             = None,
+             clear: Annotated[bool, typer.Option("--clear", help="Drop the manual override: the plan's limits and "
+                                                 "schedule apply.")] = False) -> None:
+    """Slow down, pause or resume the running work of a plan without restarting it; with no option, show the
+    effective limits of each item and why. Runners pick the change up within two seconds."""
+
+    def work(progress: ConsoleProgress) -> Any:
+        if pause and resume:
+            raise UsageError("--pause and --resume contradict each other: choose one")
+        if clear and (pause or rows_per_second or bytes_per_second):
+            raise UsageError("--clear drops every override: give it alone")
+        size = None
+        if bytes_per_second is not None:
+            from migrate.plan.model import parse_size
+
+            try:
+                size = int(parse_size(bytes_per_second))  # type: ignore[call-overload]
+            except ValueError as exc:
+                raise UsageError(f"--bytes-per-second: {exc}") from None
+        if rows_per_second is not None and rows_per_second <= 0:
+            raise UsageError("--rows-per-second takes a positive number (use --pause to stop)")
+        return commands.throttle(plan, pause=pause, resume=resume, rows_per_second=rows_per_second,
+                                 bytes_per_second=size, clear=clear)
+
+    _execute("throttle", as_json, work, views.show_throttle)
 
 
 def _release(verb: str, plan: Path, as_json: bool, yes: bool, lock_timeout: str | None) -> None:

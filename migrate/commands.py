@@ -74,7 +74,8 @@ class LockWait:
 
 @contextmanager
 def session(plan_path: Path | str, command: str, *, lock: bool = True, progress: Progress | None = None,
-            lock_wait: LockWait = LockWait(), allow_mass_delete: bool = False) -> Iterator[StageContext]:
+            lock_wait: LockWait = LockWait(), allow_mass_delete: bool = False,
+            unthrottled: bool = False) -> Iterator[StageContext]:
     """Load the plan, open its journal, hold its lock, and record the run with its outcome."""
     loaded = load_plan(plan_path)
     journal = Journal(loaded.state_url, command=command)
@@ -83,8 +84,11 @@ def session(plan_path: Path | str, command: str, *, lock: bool = True, progress:
             run_id = journal.begin_run(loaded.fingerprint)
             outcome = "failed"
             try:
+                from migrate.throttle import Throttles
+
                 yield StageContext(loaded=loaded, journal=journal, progress=progress or NullProgress(),
-                                   run_id=run_id, allow_mass_delete=allow_mass_delete)
+                                   run_id=run_id, allow_mass_delete=allow_mass_delete,
+                                   throttles=Throttles(loaded, journal, unthrottled))
                 outcome = "ok"
             except (VerificationFailed, GateRefused):
                 outcome = "refused" if command == "cutover" else "differences"
@@ -339,6 +343,7 @@ class ItemStatus:
     last_sync: dict[str, Any] | None = None
     last_verification: dict[str, Any] | None = None
     slot: dict[str, Any] | None = None  # logical decoding: the replication slot as the last sync saw it
+    throttle: dict[str, Any] | None = None  # the limits in force now and why (None: none)
 
 
 @dataclass
@@ -353,10 +358,17 @@ class StatusResult:
 
 def status(plan_path: Path) -> StatusResult:
     """Stage, progress, lag and last verification per item, straight from the journal."""
+    from datetime import UTC, datetime
+
     from migrate.databases.capture import slot_summary
+    from migrate.state.direction import PLAN_ITEM
+    from migrate.throttle import OVERRIDE_KEY, effective_limits
+    from migrate.throttle.control import spec_of
 
     with session(plan_path, "status", lock=False) as ctx:
         journal = ctx.journal
+        override = journal.get(PLAN_ITEM, OVERRIDE_KEY)
+        moment = datetime.now(UTC)
         target_side = read_direction(journal).target_authoritative
         items = []
         for item in ctx.loaded.plan.items:
@@ -377,10 +389,16 @@ def status(plan_path: Path) -> StatusResult:
                     "at": last.at.isoformat(), "clean": last.clean, "checked": last.checked,
                     "differences": last.differences},
                 slot=slot_summary(journal, item.name),
+                throttle=_limits_now(spec_of(ctx.loaded, item), override, moment, effective_limits),
             ))
         return StatusResult(ctx.loaded.plan.component, items, current_lock(journal, ctx.loaded.plan.component),
                             cutover_state(ctx), _fingerprint_warnings(ctx.loaded, journal),
                             "target" if target_side else "source")
+
+
+def _limits_now(spec: Any, override: Any, moment: Any, evaluate: Callable[..., Any]) -> dict[str, Any] | None:
+    limits = evaluate(spec, override if isinstance(override, dict) else None, moment)
+    return limits.to_dict() if limits.limited else None
 
 
 # --- cutover / rollback --------------------------------------------------------------------------------
@@ -429,7 +447,9 @@ def not_confirmed(verb: str) -> CutoverResult:
 def cutover(plan_path: Path, approved_by: str | None = None, check_only: bool = False,
             progress: Progress | None = None, lock_wait: LockWait = LockWait()) -> CutoverResult:
     """Evaluate every gate; if all pass (and not `check_only`), run the cutover steps."""
-    with session(plan_path, "cutover", lock=not check_only, progress=progress, lock_wait=lock_wait) as ctx:
+    # the window is short and the source frozen: the final sync runs unthrottled (and is never paused)
+    with session(plan_path, "cutover", lock=not check_only, progress=progress, lock_wait=lock_wait,
+                 unthrottled=True) as ctx:
         return Cutover(ctx, _azure_checks(ctx.loaded)).run(approved_by=approved_by, check_only=check_only)
 
 
@@ -462,6 +482,57 @@ def unlock(plan_path: Path, force: bool = False) -> UnlockResult:
     finally:
         journal.close()
     return UnlockResult(held, f"released the lock held by {held.describe()}" if held else "the plan was not locked")
+
+
+@dataclass
+class ThrottleResult:
+    """The plan's manual override (None: none) and each item's effective limits now, with why."""
+
+    component: str
+    override: dict[str, Any] | None
+    items: dict[str, dict[str, Any]]
+    message: str = ""
+
+
+def throttle(plan_path: Path, *, pause: bool = False, resume: bool = False, rows_per_second: float | None = None,
+             bytes_per_second: int | None = None, clear: bool = False) -> ThrottleResult:
+    """Set (or with no change asked, show) the plan's manual throttle override. It needs no lock: every runner of
+    the plan reads it within two seconds (`migrate.throttle`); it is journaled with who and when."""
+    from datetime import UTC, datetime
+
+    from migrate.state.direction import PLAN_ITEM
+    from migrate.state.journal import who
+    from migrate.throttle import OVERRIDE_KEY, effective_limits
+    from migrate.throttle.control import spec_of
+
+    loaded = load_plan(plan_path)
+    journal = Journal(loaded.state_url, command="throttle")
+    try:
+        current = journal.get(PLAN_ITEM, OVERRIDE_KEY)
+        override: dict[str, Any] | None = current if isinstance(current, dict) else None
+        message = ""
+        if clear or pause or resume or rows_per_second is not None or bytes_per_second is not None:
+            user, host, _ = who()
+            changed: dict[str, Any] = {} if clear else {k: v for k, v in (override or {}).items()
+                                                         if k in ("pause", "rows_per_second", "bytes_per_second")}
+            if pause or resume:
+                changed["pause"] = pause
+            if rows_per_second is not None:
+                changed["rows_per_second"] = rows_per_second
+            if bytes_per_second is not None:
+                changed["bytes_per_second"] = bytes_per_second
+            changed = {k: v for k, v in changed.items() if v}
+            override = {**changed, "by": f"{user}@{host}", "at": datetime.now(UTC).isoformat()} if changed else None
+            journal.put(PLAN_ITEM, OVERRIDE_KEY, override)
+            message = ("manual override cleared: the plan's limits and schedule apply" if override is None else
+                       "manual override set: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in changed.items()))
+            journal.event("throttle", f"{message} (by {user}@{host})", data={"override": override})
+        now = datetime.now(UTC)
+        items = {item.name: effective_limits(spec_of(loaded, item), override, now).to_dict()
+                 for item in loaded.plan.items}
+        return ThrottleResult(loaded.plan.component, override, items, message)
+    finally:
+        journal.close()
 
 
 @dataclass

@@ -152,6 +152,15 @@ def show_status(console: Console, result: Any) -> None:
         table.add_row(i.item, i.kind, i.stage, i.status, progress, lag, verified)
     console.print(table)
     for i in result.items:
+        if i.throttle:
+            t = i.throttle
+            limits = ", ".join(x for x in (
+                "paused" if t["paused"] else "",
+                f"{t['rows_per_second']:,.0f} rows/s" if t["rows_per_second"] else "",
+                f"{human_bytes(t['bytes_per_second'])}/s" if t["bytes_per_second"] else "",
+                f"{t['max_connections']} connections" if t["max_connections"] else "") if x)
+            console.print(f"{i.item}: throttled to {limits or 'its verify limit'} ({t['why']})", highlight=False,
+                          markup=False)
         if i.slot:
             held = human_bytes(i.slot["retained_bytes"]) if "retained_bytes" in i.slot else "not read yet"
             console.print(f"{i.item}: replication slot {i.slot['slot']} on {i.slot['source']}: {held} of WAL "
@@ -221,3 +230,20 @@ def show_cutover(console: Console, result: CutoverResult) -> None:
 def _warnings(console: Console, warnings: list[str]) -> None:
     for w in warnings:
         console.print(f"[yellow]warning[/] {escape(w)}", highlight=False)
+
+
+def show_throttle(console: Console, result: Any) -> None:
+    if result.message:
+        console.print(result.message, highlight=False, markup=False)
+    table = _table(f"Throttle of {result.component}", "item", "rows/s", "bytes/s", "connections", "paused", "why")
+    for name, e in result.items.items():
+        table.add_row(escape(name), _limit(e["rows_per_second"]), _limit(e["bytes_per_second"], True),
+                      _limit(e["max_connections"]), "yes" if e["paused"] else "no", escape(e["why"]))
+    console.print(table)
+
+
+def _limit(value: float | None, size: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{human_bytes(value)}/s" if size else f"{value:,.0f}"
+

@@ -8,6 +8,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -77,3 +79,11 @@ def loaded_estate(folder: Path, patients: int, letters: int) -> Path:
     ran = cli_process("run", str(plan))
     assert ran.returncode == 0, ran.stderr
     return plan
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float = 60) -> None:
+    """Poll `predicate` until it holds (fails the test after `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from fixtures_postgres import PostgresCluster, find_pg_bin
 
-from helpers import build_tree, cli_process
+from helpers import build_tree, cli_process, wait_for
 from migrate.plan.loader import load_plan
 from migrate.state.journal import Journal
 
@@ -95,12 +95,6 @@ class Runner:
         self.reader.join(5)
         return elapsed
 
-
-def wait_for(predicate: Callable[[], bool], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
 
 
 def stage_running(plan: Path, stage: str) -> Callable[[], bool]:

@@ -47,3 +47,16 @@ def test_each_shipped_plan_names_its_own_runbook() -> None:
         path = ROOT / runbook
         assert path.is_file(), f"{plan.name}: runbook {runbook} does not exist"
         assert body["component"] in path.read_text(), f"{plan.name}: {runbook} is not {body['component']}'s runbook"
+
+
+def test_the_protecting_the_source_example_is_a_valid_plan(tmp_path: Path) -> None:
+    from helpers import cli_process
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Protecting the source", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("version: 1\ncomponent: wards\nconnections:\n"
+                    '  onprem_ppm: {url: "postgresql+psycopg://app@onprem.example:5432/ppm"}\n'
+                    '  azure_ppm: {url: "postgresql+psycopg://app@azure.example:5432/ppm"}\n' + block)
+    checked = cli_process("validate", str(plan))
+    assert checked.returncode == 0, checked.stderr

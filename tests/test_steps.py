@@ -11,12 +11,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from helpers import build_tree, cli_process
+from helpers import build_tree, cli_process, wait_for
 from migrate import commands
 from migrate.errors import StepFailed
 from migrate.plan.loader import load_plan
@@ -70,12 +69,6 @@ def make_plan(tmp_path: Path, *, seconds: float = 3, timeout: str = "30s", switc
     assert done.returncode == 0, done.stderr
     return tmp_path / "plan.yaml"
 
-
-def wait_for(predicate: Callable[[], bool], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:

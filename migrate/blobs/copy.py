@@ -103,8 +103,9 @@ class BlobCopier:
     """Copies, touches, adopts and deletes, recording each path in the journal once it is durable."""
 
     def __init__(self, source: BlobStore, target: BlobStore, book: RecordBook, *, concurrency: int,
-                 block_size: int, progress: Progress, description: str) -> None:
+                 block_size: int, progress: Progress, description: str, throttle: Any = None) -> None:
         self.source = source
+        self.throttle = throttle  # the item's limiter: bytes written count against bytes_per_second
         self.target = target
         self.book = book
         self.concurrency = concurrency
@@ -124,6 +125,8 @@ class BlobCopier:
         if self._bar is not None and (n or files):
             with self._lock:
                 self._bar.advance(n, items=files)
+        if self.throttle is not None and n:
+            self.throttle.bytes(n)  # outside the lock: a waiting worker holds nobody else up
 
     def _problem(self, path: str, text: str, since_ns: int | None = None) -> None:
         with self._lock:
@@ -200,6 +203,8 @@ class BlobCopier:
 
     def _transfer(self, transfer: Transfer) -> None:
         path = transfer.entry.path
+        if self.throttle is not None:
+            self.throttle.hold()  # paused (`migrate throttle --pause`): no new file starts
         last = ""
         for attempt in range(SOURCE_ATTEMPTS):
             try:

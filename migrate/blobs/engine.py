@@ -253,9 +253,10 @@ class BlobEngine(ItemEngine):
                           ctx.allow_mass_delete)
         resolve(changes, lambda e: self.source.hash(e.path), lambda e: self.target.hash(e.path),
                 self.item.concurrency)
-        copier = BlobCopier(self.source, self.target, book, concurrency=self.item.concurrency,
+        throttle = ctx.throttle(self.item)
+        copier = BlobCopier(self.source, self.target, book, concurrency=throttle.workers(self.item.concurrency),
                             block_size=self.item.block_size, progress=ctx.progress,
-                            description=f"{label} {self.name}")
+                            description=f"{label} {self.name}", throttle=throttle)
         outcome = copier.run(changes)
         if not changes.problems and not outcome.problems and target.litter:
             self.target.clean_litter(target.litter)

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
+from functools import partial
 from typing import Any
 
 from sqlalchemy import MetaData, Table, delete, false, func, insert, inspect, select, text, update
@@ -23,6 +24,7 @@ from migrate.databases.capture import LogicalCapture
 from migrate.databases.checksum import KeyRangeChecksum, RowDifference
 from migrate.databases.dialects import ops_for, raw_sql
 from migrate.databases.endpoint import Endpoint
+from migrate.databases.health import source_health
 from migrate.databases.identity import database_identity
 from migrate.databases.keyranges import KeyRange, decode_key, decode_ranges, split
 from migrate.databases.schema import (
@@ -383,9 +385,10 @@ class DatabaseEngine(ItemEngine):
                 (loading.chunk_id(pair.label, index), "done", rows, None) for pair, index, rows in chunks])
             task.advance(sum(rows for _, _, rows in chunks))
 
-        workers = 1 if self.target.dialect == "sqlite" else self.item.parallel
+        throttle = self.throttle(ctx)
+        workers = 1 if self.target.dialect == "sqlite" else throttle.workers(self.item.parallel)
         try:
-            moved = loading.run_chunks(work, workers, pending, mark)
+            moved = loading.run_chunks(work, workers, pending, mark, throttle)
         finally:
             task.close()
         post = []
@@ -445,6 +448,15 @@ class DatabaseEngine(ItemEngine):
         seqs.advance(tconn, self.target.dialect, counter, value)
         return [f"{counter.label} -> {value}"]
 
+    def throttle(self, ctx: StageContext) -> Any:
+        """This item's limiter; a probe reads this source's health (see `migrate.throttle`)."""
+        from migrate.throttle.control import spec_of
+
+        spec = spec_of(self.loaded, self.item)
+        probe = spec.probe if spec is not None else None
+        return ctx.throttle(self.item, None if probe is None or self.reverse else partial(source_health,
+                                                                                         self.source, probe))
+
     def _ranges(self, ctx: StageContext, pair: TablePair) -> list[KeyRange]:
         stored = ctx.journal.get(self.name, f"ranges:{pair.label}")
         if stored is not None:
@@ -459,11 +471,21 @@ class DatabaseEngine(ItemEngine):
         tables: dict[str, Any] = {}
         pairs = self._pairs()
         task = ctx.progress.task(f"{self.name}: verify", total=len(pairs), unit="tables")
+        throttle = self.throttle(ctx)
+        gentle = throttle.effective().verify_rows_per_second is not None
         try:
             for pair in pairs:
                 checker = KeyRangeChecksum(pair, workers=self.item.parallel * 2,
                                            leaf_rows=200 if deep else 2000)
-                found = [self._difference(d) for d in checker.compare(self._ranges(ctx, pair))]
+                ranges = self._ranges(ctx, pair)
+                if gentle:  # range by range, each counted against verify_rows_per_second before the next
+                    found = []
+                    for rng in ranges:
+                        before = checker.stats.source_rows
+                        found += [self._difference(d) for d in checker.compare([rng], top=True)]
+                        throttle.verify_rows(checker.stats.source_rows - before)
+                else:
+                    found = [self._difference(d) for d in checker.compare(ranges)]
                 result.differences.extend(found)
                 result.checked += checker.stats.source_rows
                 tables[pair.label] = {"rows": checker.stats.source_rows, "target_rows": checker.stats.target_rows,
@@ -482,6 +504,9 @@ class DatabaseEngine(ItemEngine):
     def sync(self, ctx: StageContext) -> SyncResult:
         started = time.monotonic()
         pairs = self._pairs()
+        throttle = self.throttle(ctx)
+        for pair in pairs:
+            pair.throttle = throttle
         if self.reverse:
             self._seed_reverse_watermarks(ctx, pairs)
         result = SyncResult(self.name)

@@ -90,7 +90,8 @@ def _copy_postgres(pair: TablePair, tconn: Connection, query: Any, rng: KeyRange
 
 def run_chunks(work: list[tuple[TablePair, int, KeyRange, bool]], workers: int,
                start: Callable[[list[tuple[TablePair, int]]], None],
-               done: Callable[[list[tuple[TablePair, int, int]]], None]) -> int:
+               done: Callable[[list[tuple[TablePair, int, int]]], None],
+               throttle: Any = None) -> int:
     """Copy every (pair, index, range, fresh) with `workers` threads.
 
     In this thread, `start` journals chunks as pending before they are submitted (a few at a time, in one
@@ -126,6 +127,8 @@ def run_chunks(work: list[tuple[TablePair, int, KeyRange, bool]], workers: int,
                     total += rows
                     batch.append((pair, index, rows))
                 done(batch)
+                if throttle is not None:  # new chunks wait while the item is over its rate or paused
+                    throttle.rows(sum(rows for _, _, rows in batch))
                 submit_upto(workers * 2)
         except BaseException:
             for future in running:

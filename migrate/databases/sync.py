@@ -131,7 +131,9 @@ def upsert_changed(pair: TablePair, journal: Journal, item: str) -> tuple[int, i
                     newest = value
                 if value is not None and (seen is None or value > seen):
                     seen = value
+            _hold(pair)
             new, changed = _apply_batch(pair, batch)
+            _moved(pair, len(batch))
             created += new
             updated += changed
     if newest is not None and newest != old:
@@ -194,7 +196,9 @@ def copy_rows(pair: TablePair, source_keys: Sequence[Key]) -> None:
             src.ops.key_in([src.col(k) for k in pair.key], part))
         with src.endpoint.errors(f"sync read of {pair.label} failed"), src.endpoint.engine.connect() as conn:
             rows = [pair.convert_row(r) for r in conn.execute(query)]
+        _hold(pair)
         upsert(pair, rows)
+        _moved(pair, len(rows))
 
 
 MERGE_KEYS = 50_000  # keys per staged merge when copying rows by key
@@ -215,14 +219,15 @@ def merge_postgres(pair: TablePair, query: Any, watermark: str | None = None) ->
     cols = ", ".join(quote(c) for c in pair.columns)
     target = tgt.ops.qualified(tgt.clause)
     stage = table(STAGE, *[column(c) for c in pair.columns])
+    _hold(pair)
     with tgt.endpoint.errors(f"merge into {pair.label} failed"), tgt.endpoint.engine.connect() as tconn, \
             src.endpoint.errors(f"sync read of {pair.label} failed"), src.endpoint.engine.connect() as sconn:
         tconn.begin()
         tconn.exec_driver_sql(f"CREATE TEMP TABLE {STAGE} ON COMMIT DROP AS SELECT {cols} FROM {target} "
                               "WITH NO DATA")
         compiled = query.compile(dialect=sconn.dialect, compile_kwargs={"render_postcompile": True})
-        tgt.ops.copy_between(sconn, tconn, str(compiled), compiled.params, stage,  # type: ignore[attr-defined]
-                             pair.columns)
+        staged = tgt.ops.copy_between(sconn, tconn, str(compiled), compiled.params,  # type: ignore[attr-defined]
+                                      stage, pair.columns)
         sconn.rollback()
         newest = tconn.exec_driver_sql(f"SELECT max({quote(watermark)}) FROM {STAGE}").scalar() \
             if watermark else None
@@ -243,7 +248,20 @@ def merge_postgres(pair: TablePair, query: Any, watermark: str | None = None) ->
             added = tconn.exec_driver_sql(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {STAGE}").rowcount
             counts = (max(0, added - gone), min(added, gone))  # type: ignore[assignment]
         tconn.commit()
+    _moved(pair, staged)
     return int(counts[0]), int(counts[1]), newest
+
+
+def _hold(pair: TablePair) -> None:
+    """Before writing: wait while the item is paused (`migrate throttle --pause`) or over its rate."""
+    if pair.throttle is not None:
+        pair.throttle.hold()
+
+
+def _moved(pair: TablePair, rows: int) -> None:
+    """Count rows read from the source against the item's limits (waits while over them, or paused)."""
+    if pair.throttle is not None:
+        pair.throttle.rows(rows)
 
 
 def _comparable(pair: TablePair, alias: str, name: str) -> str:

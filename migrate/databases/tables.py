@@ -79,6 +79,7 @@ class TablePair:
     as_text: frozenset[str] = frozenset()  # columns with no target type: read from the source as its text
     sync_text: frozenset[str] = frozenset()  # same dialect: values a driver reads but cannot write back as read
     unique_on_target: bool | None = None  # the target enforces the key (ON CONFLICT works); None: not looked yet
+    throttle: Any = None  # the item's limiter during sync (migrate.throttle.Throttle)
 
     @property
     def cross(self) -> bool:

@@ -253,6 +253,80 @@ class TableSpec(Strict):
     incremental: Incremental | None = None
 
 
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _days(value: object) -> object:
+    """'mon-fri', 'sat,sun', 'mon-sun' -> the set of day names; a day range may wrap (fri-mon)."""
+    if not isinstance(value, str):
+        return value
+    out: list[str] = []
+    for part in value.lower().replace(" ", "").split(","):
+        first, _, last = part.partition("-")
+        if first not in DAYS or (last and last not in DAYS):
+            raise ValueError(f"bad days {value!r}: write mon-fri, sat,sun or mon-sun")
+        start, end = DAYS.index(first), DAYS.index(last or first)
+        out += [DAYS[(start + i) % 7] for i in range((end - start) % 7 + 1)]
+    return sorted(set(out), key=DAYS.index)
+
+
+class Limits(Strict):
+    """How fast an item may go; unset: as fast as it can."""
+
+    rows_per_second: float | None = Field(default=None, gt=0)
+    bytes_per_second: Size | None = Field(default=None, gt=0)
+    max_connections: int | None = Field(default=None, ge=1, le=64)
+    pause: bool = False  # a schedule window may hold the work entirely
+
+
+class Window(Limits):
+    """A schedule window: from-to in the schedule's time zone (may cross midnight), on these days."""
+
+    at: str
+    days: Annotated[list[str], BeforeValidator(_days)] = Field(default_factory=lambda: list(DAYS))
+
+    @field_validator("at")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        if not _WINDOW.match(value):
+            raise ValueError(f"bad window {value!r}: write HH:MM-HH:MM, like 07:00-19:00 (may cross midnight)")
+        return value
+
+
+class Probe(Strict):
+    """Source health, as gh-ost's max-load: over a ceiling, the limits are halved; healthy, they recover."""
+
+    sql: str | None = None  # a query whose latency is measured (e.g. a typical ward lookup)
+    max_latency: Duration = 0.5
+    max_active_sessions: int | None = Field(default=None, ge=1)  # PostgreSQL: active sessions on the source
+    max_replica_lag: Duration | None = None  # PostgreSQL: replay lag of the source's own standbys
+    every: Duration = 5.0
+
+
+class Throttle(Limits):
+    """Limits for an item (or every item, at the top level), a schedule of windows with their own limits, and
+    a source-health probe. `verify_rows_per_second` limits verify's reads of the source on its own."""
+
+    verify_rows_per_second: float | None = Field(default=None, gt=0)
+    timezone: str | None = None  # the schedule's zone (default: the runner's)
+    schedule: list[Window] = Field(default_factory=list)
+    probe: Probe | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r}: write an IANA name like Europe/London") from None
+        return value
+
+
+
 class DatabaseItem(Strict):
     name: Name
     source: str
@@ -271,6 +345,7 @@ class DatabaseItem(Strict):
     exclude: list[str] = Field(default_factory=list)  # table names or globs left out of `*` and other globs
     skip_without_key: bool = False  # a table without a primary key matched by a glob is skipped, not refused
     max_retained_wal: Size = 10 * 1024**3  # logical decoding: warn (plan) and refuse (gate) above this WAL held
+    throttle: Throttle | None = None
 
 
 class BlobItem(Strict):
@@ -283,6 +358,14 @@ class BlobItem(Strict):
     delete: bool = False
     concurrency: int = Field(default=16, ge=1, le=256)
     block_size: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=4000 * 1024 * 1024)
+    throttle: Throttle | None = None
+
+    @model_validator(mode="after")
+    def _no_probe(self) -> BlobItem:
+        if self.throttle is not None and self.throttle.probe is not None:
+            raise ValueError("a probe reads a database's health: give it to database items (bytes_per_second and "
+                             "schedules work here)")
+        return self
 
 
 class VirtualMachine(Strict):
@@ -356,6 +439,19 @@ class Plan(Strict):
     dual_run: DualRun = Field(default_factory=DualRun)
     cutover: Cutover = Field(default_factory=Cutover)
     rollback: Rollback = Field(default_factory=Rollback)
+    throttle: Throttle | None = None  # for every item; an item's own throttle overrides it key by key
+
+    @model_validator(mode="after")
+    def _probes_scale_limits(self) -> Plan:
+        top = self.throttle
+        for item in self.databases:
+            spec = item.throttle
+            probe = (spec.probe if spec else None) or (top.probe if top else None)
+            limits = [x for t in (top, spec) if t for x in (t.rows_per_second, t.bytes_per_second) if x]
+            if probe is not None and not limits:
+                raise ValueError(f"databases: {item.name}: a probe scales the limits: give rows_per_second or "
+                                 "bytes_per_second too (on the item or at the top level)")
+        return self
 
     @property
     def items(self) -> list[DatabaseItem | BlobItem]:

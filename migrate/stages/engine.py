@@ -58,6 +58,15 @@ class StageContext:
     progress: Progress = field(default_factory=NullProgress)
     run_id: int | None = None
     allow_mass_delete: bool = False  # --allow-mass-delete: let a cycle delete past the guard (stages/guards.py)
+    throttles: Any = None  # migrate.throttle.Throttles: the limiters of this process (None: no limits)
+
+    def throttle(self, item: Any, probe: Any = None) -> Any:
+        """The item's limiter (`migrate.throttle.Throttle`), shared by all its workers in this process."""
+        if self.throttles is None:
+            from migrate.throttle.control import NO_THROTTLE
+
+            return NO_THROTTLE
+        return self.throttles.item(item, probe)
 
 
 @dataclass

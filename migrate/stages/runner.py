@@ -82,6 +82,8 @@ class StageRunner:
         journal = self.ctx.journal
         journal.set_stage(engine.name, engine.kind, stage, "running", run_id=self.ctx.run_id)
         started = time.monotonic()
+        throttle = self.ctx.throttle(engine.item)
+        waited_before = throttle.waited()
         try:
             result = work()
         except BaseException as exc:
@@ -91,6 +93,13 @@ class StageRunner:
             raise
         seconds = round(time.monotonic() - started, 3)
         detail = {"seconds": seconds, **extra, **_summary(result)}
+        throttled = {why: round(s - waited_before.get(why, 0.0), 3) for why, s in throttle.waited().items()
+                     if s - waited_before.get(why, 0.0) >= 0.01}
+        if throttled:  # the board sees the source was protected, and why
+            detail["throttled"] = throttled
+            journal.event("throttle", f"{stage}: {sum(throttled.values()):.1f} s throttled ("
+                          + "; ".join(f"{why}: {s:.1f} s" for why, s in throttled.items()) + ")",
+                          item=engine.name, data={"stage": stage, "throttled": throttled})
         ok = not getattr(result, "problems", None) and getattr(result, "ok", True)
         journal.set_stage(engine.name, engine.kind, stage, "done" if ok else "failed", run_id=self.ctx.run_id,
                           detail=detail, fingerprint=self.ctx.loaded.fingerprint if stage == "load" else None)
