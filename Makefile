@@ -57,6 +57,8 @@ bench: install services rclone
 	$(PY) bench/bench_db_load.py
 	$(PY) bench/bench_db_verify.py
 	$(PY) bench/bench_report.py
+	$(PY) bench/bench_sync.py
+	$(PY) bench/bench_throttle.py
 
 clean:
 	rm -rf demo-work .pytest_cache .ruff_cache .mypy_cache
