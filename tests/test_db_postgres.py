@@ -119,6 +119,9 @@ def test_postgres_to_postgres_keeps_types_constraints_and_rows(pg_url: str, pg_u
                   "'public'::regnamespace ORDER BY 1"
     assert {r[2] for r in pg(pg_url2, constraints)} == {r[2] for r in pg(pg_url, constraints)}
     assert ("ix_encounters_patient",) in pg(pg_url2, "SELECT indexname FROM pg_indexes")
+    # analyzed after the load: column statistics exist only once ANALYZE ran (an index build does not make them)
+    assert pg(pg_url2, "SELECT DISTINCT tablename FROM pg_stats WHERE schemaname = 'public' ORDER BY 1") == \
+        [("encounters",), ("observations",), ("patients",)]
     result = h.engine.verify(h.ctx)
     assert result.clean and result.checked == total
     h.close()

@@ -401,6 +401,12 @@ class DatabaseEngine(ItemEngine):
                 for pair in pairs:
                     post += create_post_load(conn, target_schema.tables[pair.label], self.target.dialect)
                     conn.commit()
+        if self.target.dialect == "postgresql":  # statistics now, so the target plans well from the first query
+            with self.target.errors("cannot analyze"), self.target.engine.connect() as conn:
+                for pair in pairs:
+                    conn.exec_driver_sql(f"ANALYZE {pair.target.ops.qualified(pair.target.clause)}")
+                conn.commit()
+            post.append(f"analyzed {len(pairs)} table(s)")
         seconds = time.monotonic() - started
         total = already + moved
         return StageResult(self.name, "load", summary=f"{moved} rows in {len(work)} chunks ({total} in all)",
