@@ -54,6 +54,9 @@ def test_a_load_limited_to_n_rows_per_second_keeps_to_it(tmp_path: Path) -> None
     events = json.loads(cli_process("report", str(plan), "--format", "json", "--out", "-").stdout)["events"]
     assert any(e["kind"] == "throttle" and "load:" in e["message"] and "plan limits" in e["message"]
                for e in events)
+    board = cli_process("report", str(plan), "--out", "-").stdout
+    row = next(line for line in board.splitlines() if line.startswith("| patient-record | load | plan limits |"))
+    assert float(row.split("|")[4].strip().removesuffix(" s")) >= 1.0  # the board sees the source was protected
 
 
 def test_pause_holds_a_running_load_flat_until_resume(tmp_path: Path) -> None:

@@ -104,6 +104,7 @@ class ReportData:
     events_left_out: int = 0  # older folded lines not shown (the log is bounded)
     lag_series: dict[str, list[tuple[datetime, float]]] = field(default_factory=dict)
     throughput_series: dict[str, list[tuple[datetime, float]]] = field(default_factory=dict)
+    throttled: list[dict[str, Any]] = field(default_factory=list)  # item, stage, why, seconds: the source protected
 
     @property
     def clean(self) -> bool:
@@ -178,6 +179,7 @@ def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, s
         signoff=list(change.signoff) if change else [],
         events_total=len(events), events_left_out=left_out,
         lag_series=lag_series(events), throughput_series=throughput_series(events),
+        throttled=throttled_time(events),
     )
     data.phase, data.headline = headline(data)
     if mask if mask is not None else bool(change and change.mask_identifiers):
@@ -185,6 +187,18 @@ def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, s
         data = masker.apply(data)
         data.masked = True
     return data
+
+
+def throttled_time(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Seconds each item's stages waited on its limits, by reason, summed over every run (from the journal)."""
+    totals: dict[tuple[str, str, str], float] = {}
+    for event in events:
+        data = event.get("data") or {}
+        if event["kind"] == "throttle" and isinstance(data.get("throttled"), dict):
+            for why, seconds in data["throttled"].items():
+                key = (event["item"] or "", str(data.get("stage", "")), why)
+                totals[key] = totals.get(key, 0.0) + float(seconds)
+    return [{"item": i, "stage": s, "why": w, "seconds": round(v, 1)} for (i, s, w), v in sorted(totals.items())]
 
 
 def headline(data: ReportData) -> tuple[str, str]:

@@ -85,6 +85,7 @@ def _details(data: ReportData, events_all: bool) -> list[tuple[str, list[str], l
     differences = [[i.name, d.get("kind", ""), d.get("key", ""), d.get("detail", "")]
                    for i in data.items if i.verification for d in i.verification["sample"]]
     limits = [[x.item, x.what, x.why] for x in data.not_migrated]
+    protected = [[t["item"], t["stage"], t["why"], f"{t['seconds']:.1f} s"] for t in data.throttled]
     slots = [[i.name, i.slot["slot"], i.slot.get("source", ""),
               human_bytes(i.slot["retained_bytes"]) if "retained_bytes" in i.slot else "not read yet",
               str(i.slot.get("newest_commit") or "-")[:19], str(i.slot.get("read_at") or "-")[:19]]
@@ -109,6 +110,8 @@ def _details(data: ReportData, events_all: bool) -> list[tuple[str, list[str], l
         ("Verification history", ["item", "at (UTC)", "what", "checked", "differences", "resolved"], history),
         ("Differences (latest verification, first 20 per item)", ["item", "kind", "key", "detail"], differences),
         ("Not migrated / not verified", ["item", "what", "why"], limits),
+        *([("Source protection (time spent throttled, by item and reason)", ["item", "stage", "why", "waited"],
+            protected)] if protected else []),
         *([("Replication slots (logical decoding; dropped by `migrate finish` after cutover)",
             ["item", "slot", "on", "WAL retained", "newest applied commit (UTC)", "read at (UTC)"], slots)]
           if slots else []),
