@@ -104,9 +104,10 @@ class LogicalCapture:
             conn.rollback()
         outcome.changes, outcome.commits = batch.changes, batch.commits
         truncated = [by_name[t] for t in batch.truncated]
-        deletes = [(by_name[t], [p for k in keys if (p := by_name[t].key_on(by_name[t].target, k,
-                                                                              by_name[t].source)) is not None])
-                   for t, keys in batch.deletes.items() if keys]
+        deletes: list[tuple[TablePair, list[Any]]] = []
+        for table, gone in batch.deletes.items():
+            pair = by_name[table]
+            deletes.append((pair, [pair.key_on(pair.target, key, pair.source) for key in gone]))
         check_deletes([_planned_truncate(pair) for pair in truncated]
                       + [syncing.planned_deletes(pair, keys) for pair, keys in deletes], allow_mass_delete)
         for pair in reversed([p for p in pairs if p in truncated]):  # children first
