@@ -84,6 +84,7 @@ class Decoder:
     def __init__(self, only: dict[str, set[str]] | None = None) -> None:
         self.relations: dict[int, Relation] = {}
         self.only = only
+        self._stops: dict[int, int | None] = {}  # relation -> how many columns of its last section to read
 
     def decode(self, data: bytes) -> Change | Commit | None:
         kind = data[:1]
@@ -115,6 +116,7 @@ class Decoder:
             pos += 8  # type oid, type modifier
             columns.append(column)
         self.relations[relid] = Relation(schema, name, columns)
+        self._stops.pop(relid, None)  # announced again (its columns may have changed)
 
     def _row_change(self, kind: bytes, data: bytes) -> Change | None:
         (relid,) = struct.unpack_from("!i", data, 1)
@@ -126,13 +128,21 @@ class Decoder:
         old: dict[str, str | None] | None = None
         new: dict[str, str | None] | None = None
         unchanged: set[str] = set()
+        # the last section (N, or a delete's K/O) is read only up to the last wanted column
+        if relid not in self._stops:
+            self._stops[relid] = None if wanted is None else \
+                1 + max((i for i, c in enumerate(relation.columns) if c in wanted), default=len(relation.columns))
+        stop = self._stops[relid]
         while pos < len(data):
             marker = data[pos:pos + 1]
-            values, pos, missing = _tuple(data, pos + 1, relation.columns, wanted)
+            last = marker == b"N" or kind == b"D"
+            values, pos, missing = _tuple(data, pos + 1, relation.columns, wanted, stop if last else None)
             if marker == b"N":
                 new, unchanged = values, missing
             else:  # K (key columns) or O (the whole old row: REPLICA IDENTITY FULL)
                 old = values
+            if last:
+                break
         op = {b"I": "insert", b"U": "update", b"D": "delete"}[kind]
         return Change(op, [relation.label], new=new, old=old, unchanged=frozenset(unchanged))
 
@@ -142,25 +152,30 @@ def _cstring(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos:end].decode(), end + 1
 
 
-def _tuple(data: bytes, pos: int, columns: list[str],
-           wanted: set[str] | None = None) -> tuple[dict[str, str | None], int, set[str]]:
-    (count,) = struct.unpack_from("!h", data, pos)
+_INT16, _INT32 = struct.Struct("!h"), struct.Struct("!i")
+
+
+def _tuple(data: bytes, pos: int, columns: list[str], wanted: set[str] | None = None,
+           stop: int | None = None) -> tuple[dict[str, str | None], int, set[str]]:
+    """Column values of one TupleData (only `wanted` ones decoded; reading ends after column `stop`, when
+    nothing after it is needed: the returned position is then not the end of the tuple)."""
+    (count,) = _INT16.unpack_from(data, pos)
     pos += 2
     values: dict[str, str | None] = {}
     missing: set[str] = set()
-    for index in range(count):
-        kind = data[pos:pos + 1]
+    length_of = _INT32.unpack_from
+    for index in range(count if stop is None else min(count, stop)):
+        kind = data[pos]
         pos += 1
-        name = columns[index]
-        if kind == b"n":
-            values[name] = None
-        elif kind == b"u":
-            missing.add(name)
-        else:
-            (length,) = struct.unpack_from("!i", data, pos)
+        if kind == 0x6E:  # n: NULL
+            values[columns[index]] = None
+        elif kind == 0x75:  # u: an unchanged TOASTed value, not sent
+            missing.add(columns[index])
+        else:  # t (text) or b (binary)
+            (length,) = length_of(data, pos)
             pos += 4
-            if wanted is None or name in wanted:
-                values[name] = data[pos:pos + length].decode()
+            if wanted is None or columns[index] in wanted:
+                values[columns[index]] = data[pos:pos + length].decode()
             pos += length
     return values, pos, missing
 
@@ -252,6 +267,16 @@ def read(conn: Connection, slot: str, publication: str, upto: str,
     return batch
 
 
+def _key_of(values: dict[str, str | None] | None, columns: list[str],
+            kinds: dict[str, ColumnKind]) -> tuple[Any, ...] | None:
+    if values is None:
+        return None
+    try:
+        return tuple(key_value(kinds[c], values[c]) for c in columns)
+    except KeyError:  # a key column the change did not carry
+        return None
+
+
 def _reduce(batch: Batch, change: Change, keys: dict[str, tuple[list[str], dict[str, ColumnKind]]]) -> None:
     if change.op == "truncate":
         for table in change.tables:
@@ -262,23 +287,16 @@ def _reduce(batch: Batch, change: Change, keys: dict[str, tuple[list[str], dict[
     if table not in keys:
         return
     columns, kinds = keys[table]
-
-    def key_of(values: dict[str, str | None] | None) -> tuple[Any, ...] | None:
-        if values is None or any(c not in values for c in columns):
-            return None
-        return tuple(key_value(kinds[c], values[c]) for c in columns)
-
+    old = _key_of(change.old, columns, kinds)
     if change.op == "delete":
-        old = key_of(change.old)
         if old is None:
             raise MigrateError(f"{table}: a delete arrived without the key columns {', '.join(columns)}",
                                hint=f"ALTER TABLE {quoted_table(table)} REPLICA IDENTITY FULL;")
         batch.delete(table, old)
         return
-    new = key_of(change.new) or key_of(change.old)
+    new = _key_of(change.new, columns, kinds) or old
     if new is None:
         raise MigrateError(f"{table}: a change arrived without its key columns {', '.join(columns)}")
-    old = key_of(change.old)
     if change.op == "update" and old is not None and old != new:  # the key itself changed
         batch.delete(table, old)
     batch.upsert(table, new, change.op)
