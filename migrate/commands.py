@@ -28,7 +28,7 @@ from migrate.errors import (
     VerificationFailed,
 )
 from migrate.plan.loader import LoadedPlan, load_plan, plan_files
-from migrate.plan.model import Plan
+from migrate.plan.schema import plan_json_schema
 from migrate.reports.estate import EstateResult
 from migrate.stages.cutover import (
     PLAN_ITEM,
@@ -158,11 +158,8 @@ def validate(paths: list[Path], require_env: bool = True) -> ValidateResult:
 
 
 def plan_schema() -> dict[str, Any]:
-    """JSON Schema of the plan format, for editors and CI."""
-    schema = Plan.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "migrate plan (version 1)"
-    return schema
+    """JSON Schema of the plan format as people write it, for editors and CI."""
+    return plan_json_schema()
 
 
 # --- plan (dry-run) ------------------------------------------------------------------------------------

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from migrate.plan.durations import parse_duration
+from migrate.plan.durations import DURATION_PATTERN, parse_duration
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# `${VAR}`: the loader replaces it by the variable's value in any string value of a plan, before validation.
+ENV_REF_PATTERN = r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}"
+INTERPOLATED_JSON_SCHEMA = {"type": "string", "pattern": ENV_REF_PATTERN,
+                            "description": "`${VAR}`: the value of an environment variable, filled in when loading"}
+
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema({
+    "description": "A duration: a number and a unit (500ms, 30s, 5m, 72h, 2d), or a number of seconds",
+    "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "number", "minimum": 0},
+              INTERPOLATED_JSON_SCHEMA],
+}, mode="validation")]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 
 
@@ -100,13 +109,15 @@ class TableSpec(Strict):
     incremental: Incremental | None = None
 
 
+TableEntry = Annotated[TableSpec, BeforeValidator(_table_from_name, json_schema_input_type=str | TableSpec)]
+
+
 class DatabaseItem(Strict):
     name: Name
     source: str
     target: str
-    tables: list[Annotated[TableSpec, BeforeValidator(_table_from_name)]] = Field(
-        default_factory=lambda: [TableSpec(name="*")]
-    )
+    tables: list[TableEntry] = Field(default_factory=lambda: [TableSpec(name="*")],
+                                     json_schema_extra={"default": ["*"]})
     incremental: Incremental | None = None
     chunk_rows: int = Field(default=50_000, ge=1)
     parallel: int = Field(default=2, ge=1, le=64)
