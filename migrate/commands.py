@@ -27,7 +27,7 @@ from migrate.errors import (
 )
 from migrate.plan.check import FileValidation, ValidateResult, validate  # noqa: F401 - part of this API
 from migrate.plan.loader import LoadedPlan, load_plan, plan_files
-from migrate.plan.model import Plan
+from migrate.plan.schema import plan_json_schema
 from migrate.stages.cutover import (
     PLAN_ITEM,
     Cutover,
@@ -130,11 +130,8 @@ def _fingerprint_warnings(loaded: LoadedPlan, journal: Journal) -> list[str]:
 
 
 def plan_schema() -> dict[str, Any]:
-    """JSON Schema of the plan format, for editors and CI."""
-    schema = Plan.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "migrate plan (version 1)"
-    return schema
+    """JSON Schema of the plan format as people write it, for editors and CI."""
+    return plan_json_schema()
 
 
 # --- plan (dry-run) ------------------------------------------------------------------------------------

@@ -60,3 +60,9 @@ def test_the_protecting_the_source_example_is_a_valid_plan(tmp_path: Path) -> No
                     '  azure_ppm: {url: "postgresql+psycopg://app@azure.example:5432/ppm"}\n' + block)
     checked = cli_process("validate", str(plan))
     assert checked.returncode == 0, checked.stderr
+    from jsonschema import Draft202012Validator
+
+    from migrate.commands import plan_schema
+
+    errors = list(Draft202012Validator(plan_schema()).iter_errors(YAML(typ="safe").load(plan.read_text())))
+    assert not errors, [e.message for e in errors]  # `migrate schema` knows what a person writes here too

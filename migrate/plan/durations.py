@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# Also the `pattern` of a written duration in `migrate schema`, so the schema and the parser cannot drift apart.
+DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$"
+_DURATION = re.compile(DURATION_PATTERN)
 
 
 def parse_duration(value: object) -> float:

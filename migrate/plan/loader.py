@@ -22,11 +22,11 @@ from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.events import AliasEvent
 
 from migrate.errors import PlanError, PlanProblem
-from migrate.plan.model import Plan, Step
+from migrate.plan.model import ENV_REF_PATTERN, Plan, Step
 from migrate.plan.places import place
 from migrate.redact import redact, register_secret
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_REF = re.compile(ENV_REF_PATTERN)
 PLAN_SUFFIXES = (".yaml", ".yml")
 BUILTIN_PREFIX = "migrate:"
 BUILTIN_STEPS = ("migrate:final-sync", "migrate:final-verify", "migrate:sequences")

@@ -6,16 +6,25 @@ import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from migrate.plan.durations import parse_duration
+from migrate.plan.durations import DURATION_PATTERN, parse_duration
 from migrate.plan.urls import UrlParts
 from migrate.plan.urls import parse as parse_url
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# `${VAR}`: the loader replaces it by the variable's value in any string value of a plan, before validation.
+ENV_REF_PATTERN = r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}"
+INTERPOLATED_JSON_SCHEMA = {"type": "string", "pattern": ENV_REF_PATTERN,
+                            "description": "`${VAR}`: the value of an environment variable, filled in when loading"}
+
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema({
+    "description": "A duration: a number and a unit (500ms, 30s, 5m, 72h, 2d), or a number of seconds",
+    "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "number", "minimum": 0},
+              INTERPOLATED_JSON_SCHEMA],
+}, mode="validation")]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 
 
@@ -237,7 +246,11 @@ def parse_size(value: object) -> object:
     return int(float(match.group(1)) * (1024 if "I" in unit or unit == "B" else 1000) ** power)
 
 
-Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0), WithJsonSchema({
+    "description": "A size: a number and a unit (512 MiB, 10 GiB, 2GB), or a number of bytes",
+    "anyOf": [{"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KkMmGgTt][Ii]?[Bb]|[Bb])?\s*$"},
+              {"type": "integer", "minimum": 0}, INTERPOLATED_JSON_SCHEMA],
+}, mode="validation")]
 
 
 def _table_from_name(value: object) -> object:
@@ -284,7 +297,8 @@ class Window(Limits):
     """A schedule window: from-to in the schedule's time zone (may cross midnight), on these days."""
 
     at: str
-    days: Annotated[list[str], BeforeValidator(_days)] = Field(default_factory=lambda: list(DAYS))
+    days: Annotated[list[str], BeforeValidator(_days, json_schema_input_type=str | list[str])] = Field(
+        default_factory=lambda: list(DAYS))
 
     @field_validator("at")
     @classmethod
@@ -326,14 +340,15 @@ class Throttle(Limits):
         return value
 
 
+TableEntry = Annotated[TableSpec, BeforeValidator(_table_from_name, json_schema_input_type=str | TableSpec)]
+
 
 class DatabaseItem(Strict):
     name: Name
     source: str
     target: str
-    tables: list[Annotated[TableSpec, BeforeValidator(_table_from_name)]] = Field(
-        default_factory=lambda: [TableSpec(name="*")]
-    )
+    tables: list[TableEntry] = Field(default_factory=lambda: [TableSpec(name="*")],
+                                     json_schema_extra={"default": ["*"]})
     incremental: Incremental | None = None
     chunk_rows: int = Field(default=50_000, ge=1)
     parallel: int = Field(default=2, ge=1, le=64)
