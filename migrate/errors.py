@@ -37,7 +37,14 @@ class PlanProblem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}:" if self.line else f"{self.file}:"
-        return f"{where} {self.key_path}: {self.message}" if self.key_path else f"{where} {self.message}"
+        key_path, message = _one_line(self.key_path), _one_line(self.message)
+        return f"{where} {key_path}: {message}" if key_path else f"{where} {message}"
+
+
+def _one_line(text: str) -> str:
+    """Text quoted from a plan, shown on one line: a newline, tab or other control character in a key or value
+    is written as its escape (`\\n`, `\\x1e`), so one problem stays one line and a terminal is not driven by it."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class PlanError(MigrateError):

@@ -261,3 +261,23 @@ def test_entra_plan_errors_are_located(tmp_path: Path, change: tuple[str, str], 
                                        expected: str) -> None:
     found = problems(plan_tree(tmp_path, ENTRA.replace(*change)), env={"SQL_PW": "Sekrit-99"})
     assert any(line_col in p and expected in p for p in found), found
+
+
+# --- found by tests/test_plan_fuzz.py: each the input that broke, now a located problem on one line ---
+
+
+def load_problems(tmp_path: Path, content: str | bytes) -> list[str]:
+    path = tmp_path / "fuzz.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return problems(path)
+
+
+def test_a_control_character_in_a_key_is_shown_escaped_on_one_line(tmp_path: Path) -> None:
+    found = load_problems(tmp_path, "component: ''\ndescription: null\nrollback: {\"\\x1E\": null}\nversion: 1\n")
+    unknown = [p for p in found if "unknown key" in p]
+    assert unknown == [f"{tmp_path}/fuzz.yaml:3:12: rollback.\\x1e: unknown key `\\x1e` "
+                       "(allowed: reverse_sync, steps)"]
+    found = load_problems(tmp_path, 'version: 1\ncomponent: x\nconnections: {}\n"a\\nb": 1\n')
+    assert found == [f"{tmp_path}/fuzz.yaml:4:1: a\\nb: unknown key `a\\nb` (allowed: blobs, change, component, "
+                     "connections, cutover, databases, depends_on, description, dual_run, rollback, state, "
+                     "version, vms)"]
