@@ -281,3 +281,13 @@ def test_a_control_character_in_a_key_is_shown_escaped_on_one_line(tmp_path: Pat
     assert found == [f"{tmp_path}/fuzz.yaml:4:1: a\\nb: unknown key `a\\nb` (allowed: blobs, change, component, "
                      "connections, cutover, databases, depends_on, description, dual_run, rollback, state, "
                      "version, vms)"]
+
+
+@pytest.mark.parametrize(("text", "where", "character"), [
+    ("\x00", "1:1", "'\\x00'"),
+    ("version: 1\ncomponent: x\x07\n", "2:13", "'\\x07'"),
+    ("\ufeffversion: 1\n\x1b[31m: red\n", "2:1", "'\\x1b'"),
+])
+def test_a_character_yaml_forbids_is_located(tmp_path: Path, text: str, where: str, character: str) -> None:
+    assert load_problems(tmp_path, text) == [f"{tmp_path}/fuzz.yaml:{where}: YAML syntax: character {character} "
+                                             "is not allowed in a YAML file"]

@@ -20,6 +20,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.events import AliasEvent
+from ruamel.yaml.reader import ReaderError
 
 from migrate.errors import PlanError, PlanProblem
 from migrate.plan.model import ENV_REF_PATTERN, Plan, Step
@@ -116,6 +117,10 @@ def load_plan(path: Path | str, env: dict[str, str] | None = None, require_env: 
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         raise PlanError([PlanProblem(shown, line, col, "", f"YAML syntax: {exc.problem or exc}")]) from None
+    except ReaderError as exc:  # a character YAML does not allow anywhere (NUL, most control characters)
+        line, col = _line_and_column(text, exc.position)
+        raise PlanError([PlanProblem(shown, line, col, "", f"YAML syntax: character {chr(exc.character)!r} "
+                                     "is not allowed in a YAML file")]) from None
     if not isinstance(tree, CommentedMap):
         raise PlanError([PlanProblem(shown, 1, 1, "", "a plan is a YAML mapping (version, component, ...)")])
 
@@ -132,6 +137,15 @@ def load_plan(path: Path | str, env: dict[str, str] | None = None, require_env: 
         raise PlanError(sorted(checker.problems, key=lambda p: (p.line, p.column)))
     assert plan is not None
     return LoadedPlan(plan=plan, path=path.resolve(), fingerprint=hashlib.sha256(text.encode()).hexdigest())
+
+
+_LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")  # as the YAML reader counts lines
+
+
+def _line_and_column(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of the character at `index`, counted as the YAML library counts them."""
+    breaks = list(_LINE_BREAK.finditer(text, 0, index))
+    return len(breaks) + 1, index - (breaks[-1].end() if breaks else 0) + 1
 
 
 MAX_NESTING = 64  # a plan is a few levels deep; deeper input is hostile (or a mistake) and costly to parse
