@@ -291,3 +291,8 @@ def test_a_control_character_in_a_key_is_shown_escaped_on_one_line(tmp_path: Pat
 def test_a_character_yaml_forbids_is_located(tmp_path: Path, text: str, where: str, character: str) -> None:
     assert load_problems(tmp_path, text) == [f"{tmp_path}/fuzz.yaml:{where}: YAML syntax: character {character} "
                                              "is not allowed in a YAML file"]
+
+
+def test_bytes_that_are_not_utf8_are_located(tmp_path: Path) -> None:
+    assert load_problems(tmp_path, b"version: 1\ncomponent: x\n  ab\x80") == [
+        f"{tmp_path}/fuzz.yaml:3:5: byte 0x80 is not UTF-8 text: save the plan as UTF-8"]

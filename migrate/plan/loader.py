@@ -105,11 +105,18 @@ def load_plan(path: Path | str, env: dict[str, str] | None = None, require_env: 
     env = dict(os.environ) if env is None else env
     shown = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise PlanError([PlanProblem(shown, 0, 0, "", "no such plan file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise PlanError([PlanProblem(shown, 0, 0, "", f"cannot read plan: {exc}")]) from None
+    try:  # newlines as `read_text` gives them, so the fingerprint of a plan is what it always was
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        before = data[:exc.start].decode("utf-8")
+        line, col = _line_and_column(before, len(before))
+        raise PlanError([PlanProblem(shown, line, col, "", f"byte 0x{data[exc.start]:02x} is not UTF-8 text: "
+                                     "save the plan as UTF-8")]) from None
     try:
         _refuse_hostile_yaml(text, shown)
         tree = YAML(typ="rt").load(text)
