@@ -296,3 +296,34 @@ def test_a_character_yaml_forbids_is_located(tmp_path: Path, text: str, where: s
 def test_bytes_that_are_not_utf8_are_located(tmp_path: Path) -> None:
     assert load_problems(tmp_path, b"version: 1\ncomponent: x\n  ab\x80") == [
         f"{tmp_path}/fuzz.yaml:3:5: byte 0x80 is not UTF-8 text: save the plan as UTF-8"]
+
+
+@pytest.mark.parametrize(("text", "where", "tag"), [
+    ("!!set ", "1:1", "!!set"),
+    ("version: 1\ncomponent: !!python/object:os.system ls\n", "2:12", "!!python/object:os.system"),
+    ("version: 1\nconnections: !!omap [a: 1]\n", "2:14", "!!omap"),
+    ("version: 1\nconnections: !local {}\n", "2:14", "!local"),
+    ("version: 1\ncomponent: !!str x\n", "2:12", "!!str"),  # read as an object of the YAML library's own
+])
+def test_yaml_tags_are_refused(tmp_path: Path, text: str, where: str, tag: str) -> None:
+    assert load_problems(tmp_path, text) == [f"{tmp_path}/fuzz.yaml:{where}: YAML tags ({tag}) are not allowed "
+                                             "in a plan: write the value plainly (in quotes for text)"]
+
+
+@pytest.mark.parametrize("text", [
+    "? " * 14 + "state",  # each level hashes the one inside it again: 14 levels took 8 s, 16 took 76 s
+    "version: 1\ncomponent: x\nz: " + "{? " * 14 + "a" + "}" * 14 + "\n",
+    "version: 1\ncomponent: x\nconnections: {}\n? [a, b]\n: c\n",
+])
+def test_a_mapping_or_list_as_a_key_is_refused_at_once(tmp_path: Path, text: str) -> None:
+    import time
+
+    started = time.monotonic()
+    found = load_problems(tmp_path, text)
+    assert time.monotonic() - started < 2
+    assert len(found) == 1 and found[0].endswith("a key must be a name, not a mapping or a list")
+
+
+def test_nesting_by_dashes_on_one_line_is_refused(tmp_path: Path) -> None:
+    found = load_problems(tmp_path, "version: 1\ncomponent: x\nz:\n  " + "- " * 3000 + "x\n")
+    assert found == [f"{tmp_path}/fuzz.yaml:4:129: nested deeper than 64 levels"]

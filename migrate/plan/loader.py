@@ -19,7 +19,14 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.events import AliasEvent
+from ruamel.yaml.events import (
+    AliasEvent,
+    CollectionEndEvent,
+    CollectionStartEvent,
+    Event,
+    MappingStartEvent,
+    ScalarEvent,
+)
 from ruamel.yaml.reader import ReaderError
 
 from migrate.errors import PlanError, PlanProblem
@@ -159,9 +166,11 @@ MAX_NESTING = 64  # a plan is a few levels deep; deeper input is hostile (or a m
 
 
 def _refuse_hostile_yaml(text: str, shown: str) -> None:
-    """Refuse, in linear time and before the YAML parser sees it, what would make loading hang or crash:
-    nesting deeper than MAX_NESTING (flow brackets or indentation), and aliases (`*name`: a few lines of
-    nested aliases expand to billions of nodes)."""
+    """Refuse, in linear time and before the YAML constructor sees it, what would make loading hang or crash:
+    nesting deeper than MAX_NESTING (flow brackets, indentation or `- - -` on one line); aliases (`*name`: a few
+    lines of nested aliases expand to billions of nodes); a mapping or list used as a key (nested ones take
+    exponential time to hash); and tags (`!!set`, `!!python/object`, `!!str`, `!custom`), which a plan never
+    needs and which reach corners of the YAML library that crash or hand back objects of its own."""
     depth, quote = 0, ""
     line, col = 1, 0
     for char in text:
@@ -180,15 +189,37 @@ def _refuse_hostile_yaml(text: str, shown: str) -> None:
                 raise PlanError([PlanProblem(shown, line, col, "", f"nested deeper than {MAX_NESTING} levels")])
         elif char in "]}":
             depth = max(0, depth - 1)
-    for number, row in enumerate(text.splitlines(), start=1):
+    for number, row in enumerate(text.split("\n"), start=1):
         indent = len(row) - len(row.lstrip(" "))
         if indent > 2 * MAX_NESTING:
             raise PlanError([PlanProblem(shown, number, 1, "", f"nested deeper than {MAX_NESTING} levels")])
+    open_nodes: list[list[int]] = []  # per open mapping or list: [is a mapping, nodes seen in it]
     for event in YAML(typ="safe").parse(text):  # the events alone: the faster parser will do
-        if isinstance(event, AliasEvent):
+        message = _hostile_event(event, open_nodes)
+        if message:
             mark = event.start_mark
-            raise PlanError([PlanProblem(shown, mark.line + 1, mark.column + 1, "",
-                                         "YAML aliases (*name) are not allowed in a plan: write the value out")])
+            raise PlanError([PlanProblem(shown, mark.line + 1, mark.column + 1, "", message)])
+
+
+def _hostile_event(event: Event, open_nodes: list[list[int]]) -> str | None:
+    """Why this parser event has no place in a plan, if it has none; keeps `open_nodes` up to date."""
+    if isinstance(event, AliasEvent):
+        return "YAML aliases (*name) are not allowed in a plan: write the value out"
+    if isinstance(event, CollectionStartEvent | ScalarEvent) and event.tag is not None:
+        return (f"YAML tags ({event.tag.replace('tag:yaml.org,2002:', '!!')}) are not allowed in a plan: write the "
+                "value plainly (in quotes for text)")
+    if isinstance(event, CollectionStartEvent):
+        if open_nodes and open_nodes[-1][0] and open_nodes[-1][1] % 2 == 0:
+            return "a key must be a name, not a mapping or a list"
+        open_nodes.append([isinstance(event, MappingStartEvent), 0])
+        if len(open_nodes) > MAX_NESTING:
+            return f"nested deeper than {MAX_NESTING} levels"
+    elif isinstance(event, CollectionEndEvent | ScalarEvent):
+        if isinstance(event, CollectionEndEvent):
+            open_nodes.pop()
+        if open_nodes:
+            open_nodes[-1][1] += 1
+    return None
 
 
 def _key_path(loc: tuple) -> str:
