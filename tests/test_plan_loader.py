@@ -327,3 +327,17 @@ def test_a_mapping_or_list_as_a_key_is_refused_at_once(tmp_path: Path, text: str
 def test_nesting_by_dashes_on_one_line_is_refused(tmp_path: Path) -> None:
     found = load_problems(tmp_path, "version: 1\ncomponent: x\nz:\n  " + "- " * 3000 + "x\n")
     assert found == [f"{tmp_path}/fuzz.yaml:4:129: nested deeper than 64 levels"]
+
+
+@pytest.mark.parametrize("text", [
+    GOOD.replace("component: ppm-documents", "component: &c ppm-documents").replace("description:", "x:"),
+    "%YAML 1.1\n---\n" + GOOD.replace("{interval: 5m}", "{interval: 1e3}"),
+])
+def test_the_yaml_librarys_warnings_do_not_reach_the_output(tmp_path: Path, text: str) -> None:
+    import warnings
+
+    text = text.replace("  azure: {path: azure-letters}", "  azure: &c {path: azure-letters}")  # a reused anchor
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        load_plan(plan_tree(tmp_path, text), env={"TARGET_DB_URL": "sqlite:///t.db"})
+    assert [str(w.message) for w in warned] == []

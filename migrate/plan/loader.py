@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import shlex
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLFutureWarning, YAMLWarning
 from ruamel.yaml.events import (
     AliasEvent,
     CollectionEndEvent,
@@ -125,8 +126,11 @@ def load_plan(path: Path | str, env: dict[str, str] | None = None, require_env: 
         raise PlanError([PlanProblem(shown, line, col, "", f"byte 0x{data[exc.start]:02x} is not UTF-8 text: "
                                      "save the plan as UTF-8")]) from None
     try:
-        _refuse_hostile_yaml(text, shown)
-        tree = YAML(typ="rt").load(text)
+        with warnings.catch_warnings():  # the library's advice (a reused &anchor, YAML 1.1 floats) is not ours
+            warnings.simplefilter("ignore", YAMLWarning)
+            warnings.simplefilter("ignore", YAMLFutureWarning)
+            _refuse_hostile_yaml(text, shown)
+            tree = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
