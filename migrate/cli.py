@@ -124,7 +124,7 @@ def _command() -> Callable[[Callable[..., Any]], Any]:
         return app.command(cls=_Command, epilog=epilog)(verb)
 
     return register
-err = Console(stderr=True, soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True, emoji=False)  # `path:100:5:` is not the 💯 emoji
 if not err.is_terminal:  # CI logs and pipes: wide enough that tables do not fold every cell
     err.width = 160
 _debug = {"on": False}

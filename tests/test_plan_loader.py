@@ -341,3 +341,10 @@ def test_the_yaml_librarys_warnings_do_not_reach_the_output(tmp_path: Path, text
         warnings.simplefilter("always")
         load_plan(plan_tree(tmp_path, text), env={"TARGET_DB_URL": "sqlite:///t.db"})
     assert [str(w.message) for w in warned] == []
+
+
+def test_a_problem_on_line_100_is_not_an_emoji(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text("version: 1\ncomponent: x\nconnections: {}\n" + "\n" * 96 + "bogus: 1\n", encoding="utf-8")
+    code, _, err = cli("validate", str(path))
+    assert code == 2 and f"{path}:100:1: bogus: unknown key `bogus`" in err
