@@ -147,24 +147,28 @@ def validate_in_process(path: Path, content: str | bytes) -> None:
     check_answer(path, result.exit_code, result.stdout + result.stderr, cpu_seconds)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(document=documents())
 def test_generated_yaml_documents(plan_file: Path, document: object) -> None:
     validate_in_process(plan_file, rendered(document))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(text=raw_texts)
 def test_raw_text_with_yaml_sharp_edges(plan_file: Path, text: str) -> None:
     validate_in_process(plan_file, text)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(content=st.binary(max_size=60).map(lambda b: b"version: 1\ncomponent: x\n" + b))
 def test_bytes_that_are_not_utf8(plan_file: Path, content: bytes) -> None:
     validate_in_process(plan_file, content)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=600)
 @given(text=mutated_plans())
 def test_mutated_shipped_plans(plan_file: Path, text: str) -> None:
