@@ -11,27 +11,33 @@ import re
 import time
 import warnings
 from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
 from helpers import cli_process
 from migrate.cli import app
+from migrate.plan.model import Plan
 
 ROOT = Path(__file__).parent.parent
 SHIPPED = [p.read_text(encoding="utf-8") for p in
            [*sorted((ROOT / "plans").glob("*.yaml")), ROOT / "migrate" / "demo" / "plan.yaml"]]
 SECONDS_PER_CALL = 2.0
+HUGE = "1" + "0" * 400  # more than a float holds
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 PLAN_KEYS = ["version", "component", "description", "change", "state", "connections", "databases", "blobs",
              "vms", "dual_run", "cutover", "rollback", "depends_on", "url", "path", "container", "azure", "name",
              "source", "target", "tables", "key", "incremental", "column", "overlap", "interval", "gates",
-             "max_lag", "steps", "run", "timeout", "health", "status", "window", "chunk_rows", "delete"]
+             "max_lag", "steps", "run", "timeout", "health", "status", "window", "chunk_rows", "delete",
+             "max_retained_wal", "throttle", "bytes_per_second", "rows_per_second", "port", "concurrency"]
 SHARP = ["\t", "&a ", "*a", "&", "*", "!!python/object:os.system ", "!!python/object/apply:os.system ", "!!binary ",
          "!!set ", "!!omap ", "!!timestamp ", "!ruby ", "? ", ": ", "- ", "-", ":", "{", "}", "[", "]", ",", "#",
          "'", '"', "|", ">", "%YAML 1.1\n", "%TAG ! tag:x,2000:\n", "---\n", "...\n", "\n", "  ", "\ufeff",
@@ -41,7 +47,8 @@ SHARP = ["\t", "&a ", "*a", "&", "*", "!!python/object:os.system ", "!!python/ob
 
 def scalars() -> st.SearchStrategy[object]:
     return st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                     st.text(max_size=20), st.sampled_from(["30s", "-5m", "${X}", "*", "sqlite:///x.db", "1"]))
+                     st.sampled_from([10**400, -10**400]), st.text(max_size=20),
+                     st.sampled_from(["30s", "-5m", "${X}", "*", "sqlite:///x.db", "1", "10 GiB", HUGE + "s"]))
 
 
 def keys() -> st.SearchStrategy[str]:
@@ -58,6 +65,32 @@ def documents() -> st.SearchStrategy[object]:
     return st.one_of(planlike, tree)
 
 
+def tricky_scalars() -> st.SearchStrategy[object]:
+    """What a value may be written as, right or wrong: numbers too large for a float, not finite, negative;
+    durations and sizes, right and overflowing; `${VAR}`; the wrong shape."""
+    return st.one_of(scalars(), st.sampled_from([float("inf"), float("-inf"), float("nan"), -1, 0, 2**63, HUGE,
+                                                 f"{HUGE} GiB", f"{HUGE}ms", "1.5", "mon-fri", "22:00-04:00",
+                                                 "Europe/London", "postgresql", [], {}, [1], {"a": 1}]))
+
+
+def values_for(annotation: Any) -> st.SearchStrategy[object]:
+    """Values for a field of the plan model, its own shape mostly, any scalar at the leaves (so new fields are
+    fuzzed as soon as the model has them)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return st.fixed_dictionaries({}, optional={name: st.deferred(lambda f=field: values_for(f.annotation))
+                                                   for name, field in annotation.model_fields.items()})
+    if origin is Annotated:
+        return values_for(args[0])
+    if origin is list:
+        return st.lists(values_for(args[0]), max_size=2) | tricky_scalars()
+    if origin is dict:
+        return st.dictionaries(st.sampled_from(["a", "b"]), values_for(args[1]), max_size=2) | tricky_scalars()
+    if origin in (Union, UnionType):
+        return st.one_of([values_for(a) for a in args if a is not type(None)] + [tricky_scalars()])
+    return tricky_scalars()
+
+
 def rendered(document: object) -> str:
     import io
 
@@ -71,7 +104,8 @@ raw_texts = st.lists(st.one_of(st.sampled_from(SHARP), st.sampled_from(PLAN_KEYS
                                          ).map(lambda t: t[0] * t[1])),
                      max_size=40).map("".join)
 
-VALUES = ["[]", "{}", "1", "-1", "0", "true", "null", "~", '"x"', "''", "1.5e300", ".nan", ".inf", "${X}", "${",
+VALUES = ["[]", "{}", "1", "-1", "0", "true", "null", "~", '"x"', "''", "1.5e300", ".nan", ".inf", "-.inf", HUGE,
+          f"'{HUGE} GiB'", f"{HUGE}ms", "10 GiB", "${X}", "${",
           "&a x", "*a", "!!python/object:os.system x", "[a, b]", "{a: 1}", "30", "30s", "99999999999999999999999",
           "2024-01-01", "|\n  text", "'unterminated", "\t", "k" * 500]
 
@@ -83,7 +117,7 @@ def mutated_plans(draw: st.DrawFn) -> str:
         if not lines:
             break
         at = draw(st.integers(0, len(lines) - 1))
-        kind = draw(st.sampled_from(["delete", "duplicate", "swap", "retype", "garbage", "indent"]))
+        kind = draw(st.sampled_from(["delete", "duplicate", "swap", "retype", "garbage", "indent", "add"]))
         if kind == "delete":
             del lines[at]
         elif kind == "duplicate":
@@ -98,6 +132,9 @@ def mutated_plans(draw: st.DrawFn) -> str:
             column = draw(st.integers(0, len(lines[at])))
             garbage = draw(st.one_of(st.sampled_from(SHARP), st.text(min_size=1, max_size=4)))
             lines[at] = lines[at][:column] + garbage + lines[at][column:]
+        elif kind == "add":  # a key beside this line's, with any value
+            indent = lines[at][:len(lines[at]) - len(lines[at].lstrip(" -"))].replace("-", " ")
+            lines.insert(at + 1, f"{indent}{draw(st.sampled_from(PLAN_KEYS))}: {draw(st.sampled_from(VALUES))}")
         elif kind == "indent":
             lines[at] = draw(st.sampled_from([" ", "  ", "\t", "    "])) + lines[at]
     return "\n".join(lines) + "\n"
@@ -151,6 +188,13 @@ def validate_in_process(path: Path, content: str | bytes) -> None:
 @FUZZ
 @given(document=documents())
 def test_generated_yaml_documents(plan_file: Path, document: object) -> None:
+    validate_in_process(plan_file, rendered(document))
+
+
+@pytest.mark.slow
+@FUZZ
+@given(document=values_for(Plan).map(lambda fields: {**fields, "version": 1, "component": "fuzz"}))
+def test_every_field_of_the_model_with_any_value(plan_file: Path, document: dict[str, object]) -> None:
     validate_in_process(plan_file, rendered(document))
 
 

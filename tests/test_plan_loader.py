@@ -346,3 +346,23 @@ def test_a_problem_on_line_100_is_not_an_emoji(tmp_path: Path) -> None:
     path.write_text("version: 1\ncomponent: x\nconnections: {}\n" + "\n" * 96 + "bogus: 1\n", encoding="utf-8")
     code, _, err = cli("validate", str(path))
     assert code == 2 and f"{path}:100:1: bogus: unknown key `bogus`" in err
+
+
+@pytest.mark.parametrize(("where", "value"), [
+    ("dual_run: {interval: %s}", "1" + "0" * 400),  # the fuzzer's: 'int too large to convert to float'
+    ("dual_run: {interval: %s}", ".inf"),  # accepted, then `sleep(inf)` in sync --watch
+    ("dual_run: {interval: %s}", ".nan"),
+    ("cutover: {gates: {max_lag: %s}}", "'1" + "0" * 400 + "ms'"),
+    ("cutover: {gates: {min_dual_run: %s}}", "3651d"),
+])
+def test_a_duration_too_long_or_not_finite_is_a_problem(tmp_path: Path, where: str, value: str) -> None:
+    found = load_problems(tmp_path, "version: 1\ncomponent: x\nconnections: {}\n" + where % value + "\n")
+    assert len(found) == 1 and found[0].endswith(": a duration is at most 3650d"), found
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "'1" + "0" * 400 + " GiB'"])
+def test_a_size_that_is_not_finite_is_a_problem(tmp_path: Path, value: str) -> None:
+    text = GOOD.replace("    incremental: {column: updated_at}", f"    max_retained_wal: {value}")
+    found = problems(plan_tree(tmp_path, text))
+    assert len(found) == 1 and found[0].endswith("databases[0].max_retained_wal: a size is a finite number of "
+                                                 "bytes, like 10 GiB"), found

@@ -10,6 +10,9 @@ DURATION_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$"
 _DURATION = re.compile(DURATION_PATTERN)
 
 
+MAX_DURATION = 3650 * 86400.0  # ten years: far past any interval, lag or timeout, well inside sleep and datetime
+
+
 def parse_duration(value: object) -> float:
     """Return seconds; raise ValueError with a message that says what is accepted."""
     if isinstance(value, bool):
@@ -17,11 +20,15 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"bad duration {str(value)!r}: write a number and a unit, like 30s, 5m or 72h")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        seconds = float(value) if value <= MAX_DURATION else float("inf")  # (an int too large for a float)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"bad duration {str(value)!r}: write a number and a unit, like 30s, 5m or 72h")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if not seconds <= MAX_DURATION:  # also NaN
+        raise ValueError(f"a duration is at most {MAX_DURATION / 86400:.0f}d")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from migrate.plan.durations import DURATION_PATTERN, parse_duration
+from migrate.plan.durations import DURATION_PATTERN, MAX_DURATION, parse_duration
 from migrate.plan.urls import UrlParts
 from migrate.plan.urls import parse as parse_url
 
@@ -22,7 +23,8 @@ INTERPOLATED_JSON_SCHEMA = {"type": "string", "pattern": ENV_REF_PATTERN,
 
 Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema({
     "description": "A duration: a number and a unit (500ms, 30s, 5m, 72h, 2d), or a number of seconds",
-    "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "number", "minimum": 0},
+    "anyOf": [{"type": "string", "pattern": DURATION_PATTERN}, {"type": "number", "minimum": 0,
+                                                                 "maximum": MAX_DURATION},
               INTERPOLATED_JSON_SCHEMA],
 }, mode="validation")]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
@@ -234,16 +236,21 @@ class Incremental(Strict):
 
 def parse_size(value: object) -> object:
     """'10 GiB', '512MiB', '2GB', 1048576 -> bytes."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    if not isinstance(value, str):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", value, re.IGNORECASE)
-    if not match:
-        raise ValueError(f"bad size {value!r}: write a number and a unit, like 10 GiB or 512 MiB")
-    unit = (match.group(2) or "B").upper()
-    power = "BKMGT".index(unit[0])
-    return int(float(match.group(1)) * (1024 if "I" in unit or unit == "B" else 1000) ** power)
+    if isinstance(value, float):
+        size = value
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", value, re.IGNORECASE)
+        if not match:
+            raise ValueError(f"bad size {value!r}: write a number and a unit, like 10 GiB or 512 MiB")
+        unit = (match.group(2) or "B").upper()
+        size = float(match.group(1)) * (1024 if "I" in unit or unit == "B" else 1000) ** "BKMGT".index(unit[0])
+    else:
+        return value
+    if not math.isfinite(size):  # .inf, .nan, or more digits than a float holds
+        raise ValueError("a size is a finite number of bytes, like 10 GiB")
+    return int(size)
 
 
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0), WithJsonSchema({
