@@ -187,3 +187,17 @@ def test_a_probe_over_its_ceiling_slows_the_work_and_recovery_speeds_it_up() -> 
     fast = rate_over(20_000)  # healthy readings: +10% of the limit each, back to the full rate
     assert throttle.factor == 1.0 and fast > 2 * slow
     assert throttle.effective().rows_per_second == 1000
+
+
+def test_a_probe_without_a_limit_is_a_located_plan_problem(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("version: 1\ncomponent: wards\nconnections:\n"
+                    '  a: {url: "postgresql+psycopg://app@onprem.example:5432/ppm"}\n'
+                    '  b: {url: "postgresql+psycopg://app@azure.example:5432/ppm"}\n'
+                    "databases:\n  - name: x\n    source: a\n    target: b\n"
+                    "    throttle: {probe: {sql: SELECT 1}}\n")
+    checked = cli_process("validate", str(plan))
+    assert checked.returncode == 2
+    assert f"{plan}:10:23: databases[0].throttle.probe: a probe scales the limits" in checked.stderr
+    plan.write_text(plan.read_text().replace("{probe:", "{rows_per_second: 500, probe:"))
+    assert cli_process("validate", str(plan)).returncode == 0

@@ -336,6 +336,15 @@ class _PlanChecker:
                 elif (where := _same_place(plan, base_dir, item.source, item.target)) is not None:
                     self.add((*loc, "target"), f"source and target are the same place ({where}), spelled "
                              "differently: the load would overwrite the source")
+        top = plan.throttle
+        for index, item in enumerate(plan.databases):  # a probe scales limits, the item's or the plan's
+            spec = item.throttle
+            limits = [x for t in (top, spec) if t for x in (t.rows_per_second, t.bytes_per_second) if x]
+            if spec is not None and spec.probe is not None and not limits:
+                self.add(("databases", index, "throttle", "probe"), "a probe scales the limits: give "
+                         "rows_per_second or bytes_per_second too (on the item or in the plan's throttle)")
+        if top is not None and top.probe is not None and not (top.rows_per_second or top.bytes_per_second):
+            self.add(("throttle", "probe"), "a probe scales the limits: give rows_per_second or bytes_per_second")
         for index, component in enumerate(plan.depends_on):
             if component == plan.component:
                 self.add(("depends_on", index), "a component cannot depend on itself")

@@ -463,18 +463,6 @@ class Plan(Strict):
     rollback: Rollback = Field(default_factory=Rollback)
     throttle: Throttle | None = None  # for every item; an item's own throttle overrides it key by key
 
-    @model_validator(mode="after")
-    def _probes_scale_limits(self) -> Plan:
-        top = self.throttle
-        for item in self.databases:
-            spec = item.throttle
-            probe = (spec.probe if spec else None) or (top.probe if top else None)
-            limits = [x for t in (top, spec) if t for x in (t.rows_per_second, t.bytes_per_second) if x]
-            if probe is not None and not limits:
-                raise ValueError(f"databases: {item.name}: a probe scales the limits: give rows_per_second or "
-                                 "bytes_per_second too (on the item or at the top level)")
-        return self
-
     @property
     def items(self) -> list[DatabaseItem | BlobItem]:
         return [*self.databases, *self.blobs]
