@@ -366,3 +366,25 @@ def test_a_size_that_is_not_finite_is_a_problem(tmp_path: Path, value: str) -> N
     found = problems(plan_tree(tmp_path, text))
     assert len(found) == 1 and found[0].endswith("databases[0].max_retained_wal: a size is a finite number of "
                                                  "bytes, like 10 GiB"), found
+
+
+def test_skip_env_accepts_a_variable_standing_for_a_number_a_boolean_or_a_duration(tmp_path: Path) -> None:
+    """What `migrate schema` allows (`chunk_rows: ${CHUNK_ROWS}`) `validate --skip-env` accepts too; a wrong value
+    next to it is still a problem, and with the variables set their values are checked."""
+    text = GOOD.replace("    incremental: {column: updated_at}", "    incremental: {column: updated_at}\n"
+                        "    chunk_rows: ${CHUNK_ROWS}\n    delete: ${MIRROR_DELETES}")
+    text = text.replace("{interval: 5m}", "{interval: '${DUAL_RUN_INTERVAL}'}")
+    path = plan_tree(tmp_path, text)
+    plan = load_plan(path, env={}, require_env=False).plan
+    assert plan.databases[0].chunk_rows == 50_000  # the default stands in for the unset variable
+    loaded = load_plan(path, env={"TARGET_DB_URL": "sqlite:///t.db", "CHUNK_ROWS": "5000", "MIRROR_DELETES": "false",
+                                  "DUAL_RUN_INTERVAL": "2m"})
+    assert (loaded.plan.databases[0].chunk_rows, loaded.plan.databases[0].delete) == (5000, False)
+    assert loaded.plan.dual_run.interval == 120.0
+    found = problems(path, env={"TARGET_DB_URL": "sqlite:///t.db", "CHUNK_ROWS": "many", "MIRROR_DELETES": "no",
+                                "DUAL_RUN_INTERVAL": "2m"})
+    assert len(found) == 1 and "databases[0].chunk_rows: input should be a valid integer" in found[0]
+    with pytest.raises(PlanError) as caught:
+        load_plan(plan_tree(tmp_path, text.replace("    delete: ${MIRROR_DELETES}", "    delete: maybe")),
+                  env={}, require_env=False)
+    assert [p.key_path for p in caught.value.problems] == ["databases[0].delete"]

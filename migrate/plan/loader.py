@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import warnings
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,14 @@ def load_plan(path: Path | str, env: dict[str, str] | None = None, require_env: 
     try:
         plan = Plan.model_validate(data)
     except ValidationError as exc:
-        checker.add_validation_errors(exc)
+        standing_in = checker.stand_ins_refused(exc)
+        if not standing_in:
+            checker.add_validation_errors(exc)
+        else:  # an unset ${VAR} stood in for a number, boolean or choice: check the rest with defaults there
+            try:
+                plan = Plan.model_validate(_without(data, standing_in))
+            except ValidationError as again:
+                checker.add_validation_errors(again)
     if plan is not None:
         checker.check_semantics(plan, path.parent)
     if checker.problems:
@@ -258,6 +266,7 @@ class _PlanChecker:
         self.env = env
         self.require_env = require_env
         self.problems: list[PlanProblem] = []
+        self.unset: set[tuple] = set()  # where an unset ${VAR} was replaced by its stand-in
 
     def add(self, loc: tuple, message: str, at_key: bool = False) -> None:
         line, col = self.locate(loc, at_key)
@@ -291,11 +300,21 @@ class _PlanChecker:
         if name not in self.env:
             if self.require_env:
                 self.add(loc, f"environment variable {name} is not set")
+            self.unset.add(loc)
             return f"unset-{name}"  # a stand-in that keeps later checks from piling on
         register_secret(self.env[name])
         return self.env[name]
 
     # -- pydantic --
+
+    def stand_ins_refused(self, exc: ValidationError) -> set[tuple]:
+        """Where the model refused the stand-in of an unset variable (with `--skip-env`, `chunk_rows: ${CHUNK_ROWS}`
+        is no mistake): those places, each a mapping key."""
+        if self.require_env:
+            return set()
+        locs = [tuple(error["loc"]) for error in exc.errors(include_input=False, include_url=False)]
+        return {at for at in self.unset if at and not isinstance(at[-1], int)
+                and any(loc[:len(at)] == at for loc in locs)}
 
     def add_validation_errors(self, exc: ValidationError) -> None:
         for error in exc.errors(include_input=False, include_url=False):
@@ -365,6 +384,17 @@ class _PlanChecker:
                              f"step script {first!r} not found (looked beside the plan and in its parent folder)")
         if plan.cutover.runbook and not _exists_near(base_dir, plan.cutover.runbook):
             self.add(("cutover", "runbook"), f"runbook {plan.cutover.runbook!r} not found")
+
+
+def _without(data: dict, places: set[tuple]) -> dict:
+    """A copy of the interpolated plan without the keys at `places`, so their defaults apply."""
+    out = deepcopy(data)
+    for where in places:
+        node: Any = out
+        for part in where[:-1]:
+            node = node[part]
+        del node[where[-1]]
+    return out
 
 
 def _exists_near(base_dir: Path, relative: str) -> bool:
