@@ -20,12 +20,25 @@ def slices(secret: str) -> set[str]:
     return {secret[i:i + 6] for i in range(len(secret) - 5)}
 
 
+def tricky_role(url: str, role: str, rows: int) -> None:
+    """A source with `rows` patients and a login role whose password is SECRET."""
+    fill(url, patients=rows, encounters=rows)
+    pg(url, f"DROP ROLE IF EXISTS {role}")
+    pg(url, f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{SECRET}'")
+
+
+def everything_written(outputs: list, folder: Path, component: str) -> list[str]:
+    """Every process's stdout and stderr, every report file and the journal: where a secret could show."""
+    texts = [o.stdout + o.stderr for o in outputs]
+    texts += [p.read_text(errors="replace") for p in (folder / "reports").iterdir()]
+    texts.append((folder / ".migrate" / f"{component}.db").read_bytes().decode("latin-1"))
+    return texts
+
+
 @pytest.mark.postgres
 def test_a_password_with_url_metacharacters_connects_and_never_shows(tmp_path: Path, pg_url: str,
                                                                        pg_url2: str) -> None:
-    fill(pg_url, patients=50, encounters=50)
-    pg(pg_url, "DROP ROLE IF EXISTS tricky")
-    pg(pg_url, f"CREATE ROLE tricky LOGIN SUPERUSER PASSWORD '{SECRET}'")
+    tricky_role(pg_url, "tricky", 50)
     src, dst = make_url(pg_url), make_url(pg_url2)
     plan = tmp_path / "plan.yaml"
     plan.write_text(textwrap.dedent(f"""\
@@ -47,10 +60,7 @@ def test_a_password_with_url_metacharacters_connects_and_never_shows(tmp_path: P
     outputs += [ran, cli_process("sync", str(plan), "--debug", env=env), cli_process("status", str(plan), env=env)]
     for fmt in ("md", "html", "json", "junit"):
         outputs.append(cli_process("report", str(plan), "--format", fmt, env=env))
-    texts = [o.stdout + o.stderr for o in outputs]
-    texts += [p.read_text(errors="replace") for p in (tmp_path / "reports").iterdir()]
-    texts.append((tmp_path / ".migrate" / "secrets.db").read_bytes().decode("latin-1"))
-    for text in texts:
+    for text in everything_written(outputs, tmp_path, "secrets"):
         for piece in slices(SECRET) | slices("TopSecretValue123") | slices("Tr1cky%40Pass%23word"):
             assert piece not in text, (piece, text[:2000])
 
@@ -136,9 +146,7 @@ def test_canary_secrets_never_show_in_any_verb_or_failure(tmp_path: Path, azurit
 @pytest.mark.postgres
 def test_a_field_form_password_with_url_metacharacters_connects_and_never_shows(tmp_path: Path, pg_url: str,
                                                                                   pg_url2: str) -> None:
-    fill(pg_url, patients=30, encounters=30)
-    pg(pg_url, "DROP ROLE IF EXISTS fielded")
-    pg(pg_url, f"CREATE ROLE fielded LOGIN SUPERUSER PASSWORD '{SECRET}'")
+    tricky_role(pg_url, "fielded", 30)
     src, dst = make_url(pg_url), make_url(pg_url2)
     plan = tmp_path / "plan.yaml"
     plan.write_text(textwrap.dedent(f"""\
@@ -166,9 +174,7 @@ def test_a_field_form_password_with_url_metacharacters_connects_and_never_shows(
     assert outputs[1].returncode == 0, outputs[1].stderr
     for fmt in ("md", "json"):
         outputs.append(cli_process("report", str(plan), "--format", fmt, env=env))
-    texts = [o.stdout + o.stderr for o in outputs]
-    texts += [p.read_text(errors="replace") for p in (tmp_path / "reports").iterdir()]
-    texts.append((tmp_path / ".migrate" / "fielded.db").read_bytes().decode("latin-1"))
+    texts = everything_written(outputs, tmp_path, "fielded")
     assert any("postgresql+psycopg://fielded:***@" in text for text in texts)  # the report names the endpoint
     for text in texts:
         for piece in slices(SECRET) | slices("Tr1cky%40Pass%23word"):
