@@ -115,6 +115,25 @@ def test_plan_default_masks_and_the_flag_overrides_it(journaled_plan: Path) -> N
     assert "- Sign-off: name ____" in text  # no signoff roles named: one plain line
     assert cli("report", str(plan), "--format", "md", "--out", str(out), "--no-mask-identifiers")[0] == 0
     assert "patients:id=7" in out.read_text() and "MASKED" not in out.read_text()
+    assert "unkeyed hash: anyone who knows the component name can test a guessed identifier" in text
+
+
+def test_a_mask_key_makes_the_hashes_an_hmac_no_one_can_recompute(journaled_plan: Path) -> None:
+    """Unkeyed, sha256(component, key) can be recomputed for a guessed identifier; with change.mask_key (a
+    ${VAR} secret) it is an HMAC, and the secret itself appears nowhere."""
+    import hashlib
+    import hmac
+
+    plan = journaled_plan
+    unkeyed = hashlib.sha256(b"report-test\0patients:id=7").hexdigest()[:10]
+    plan.write_text(plan.read_text().replace(
+        "owner: EPR team}", 'owner: EPR team, mask_identifiers: true, mask_key: "${MASK_KEY}"}'))
+    out = plan.parent / "k.md"
+    assert cli("report", str(plan), "--format", "md", "--out", str(out), env={"MASK_KEY": "Wy7-mask-Secret"})[0] == 0
+    text = out.read_text()
+    keyed = hmac.new(b"Wy7-mask-Secret", b"report-test\0patients:id=7", hashlib.sha256).hexdigest()[:10]
+    assert f"patients:#{keyed}" in text and unkeyed not in text and "patients:id=7" not in text
+    assert "an HMAC under the plan's secret mask_key" in text and "Wy7-mask-Secret" not in text
 
 
 def test_not_migrated_list_states_the_plan_s_limits() -> None:

@@ -406,6 +406,7 @@ class ChangeRef(Strict):
     owner: str | None = None
     signoff: list[str] = Field(default_factory=list)  # roles that sign the report, one line each
     mask_identifiers: bool = False  # reports replace keys and file names by stable short hashes
+    mask_key: str | None = None  # `${VAR}`: masking hashes are an HMAC under this secret (not recomputable)
 
 
 class DualRun(Strict):

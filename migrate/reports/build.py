@@ -100,6 +100,7 @@ class ReportData:
     rollback_command: str = ""
     signoff: list[str] = field(default_factory=list)
     masked: bool = False
+    masked_keyed: bool = False  # masked with the plan's secret mask_key (else an unkeyed, recomputable hash)
     events_total: int = 0
     events_left_out: int = 0  # older folded lines not shown (the log is bounded)
     lag_series: dict[str, list[tuple[datetime, float]]] = field(default_factory=dict)
@@ -183,9 +184,10 @@ def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, s
     )
     data.phase, data.headline = headline(data)
     if mask if mask is not None else bool(change and change.mask_identifiers):
-        masker = Masker.for_value(plan.component, _identifiers(ctx), data)
+        key = change.mask_key if change else None
+        masker = Masker.for_value(plan.component, _identifiers(ctx), data, key)
         data = masker.apply(data)
-        data.masked = True
+        data.masked, data.masked_keyed = True, bool(key)
     return data
 
 

@@ -65,6 +65,13 @@ def _summary(data: ReportData) -> list[tuple[str, list[str], list[list[str]]]]:
     ]
 
 
+def _masked(data: ReportData) -> str:
+    how = ("an HMAC under the plan's secret mask_key" if data.masked_keyed else
+           "an unkeyed hash: anyone who knows the component name can test a guessed identifier; set "
+           "change.mask_key to a ${VAR} secret")
+    return f"MASKED: keys and file names are replaced by stable short hashes ({how})"
+
+
 def _number(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
@@ -150,7 +157,7 @@ def _header_lines(data: ReportData) -> list[tuple[str, str]]:
         ("Generated", f"{data.generated_at:%Y-%m-%d %H:%M:%S} UTC by migrate {data.tool_version}"),
     ]
     if data.masked:
-        lines.insert(0, ("Masked", "MASKED: keys and file names are replaced by stable short hashes"))
+        lines.insert(0, ("Masked", _masked(data)))
     return lines
 
 
@@ -230,7 +237,7 @@ def to_html(data: ReportData, events_all: bool = False) -> str:
              f"{e(data.component)}</title><style>{_CSS}</style></head><body><section class='summary'>",
              f"<h1>Migration report: {e(data.component)}</h1>"]
     if data.masked:
-        parts.append("<p class='masked'>MASKED: keys and file names are replaced by stable short hashes</p>")
+        parts.append(f"<p class='masked'>{html.escape(_masked(data))}</p>")
     parts.append(f"<p class='headline {cls}'>{e(_verdict(data))}</p><dl>")
     parts += [f"<dt><b>{e(k)}</b></dt><dd>{e(v)}</dd>" for k, v in _header_lines(data)]
     parts.append("</dl>")
