@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -184,3 +184,15 @@ def test_headline_during_a_cutover_or_rollback(journaled_plan: Path) -> None:
     assert headline(running) == ("CUTOVER RUNNING", f"CUTOVER RUNNING or interrupted at step 2 of "
                                  f"{len(data.cutover_steps)}: rerun `migrate cutover` or roll back")
     assert headline(dataclasses.replace(data, cutover={"status": "rolling_back"}))[0] == "ROLLING BACK"
+
+
+def test_a_chart_breaks_its_line_at_a_long_gap_instead_of_drawing_across_it() -> None:
+    from migrate.reports.svg import line_chart, runs
+
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    load = [(start + timedelta(seconds=30 * n), 1000.0) for n in range(5)]  # a load, every 30 s
+    sync = [(start + timedelta(days=3, seconds=30 * n), 10.0) for n in range(5)]  # syncs three days later
+    assert [len(r) for r in runs(load + sync)] == [5, 5]
+    assert [len(r) for r in runs(load)] == [5]
+    svg = line_chart("Throughput", "rows/s", {"epr": load + sync})
+    assert svg.count("<polyline") == 2 and svg.count("<circle") == 10

@@ -28,15 +28,38 @@ def line_chart(title: str, unit: str, series: dict[str, list[tuple[datetime, flo
                                  f"{max(p[0] for p in points):%m-%d %H:%M}")]
     for n, (name, values) in enumerate(sorted(series.items())):
         colour = _COLOURS[n % len(_COLOURS)]
-        coords = " ".join(xy(at, v) for at, v in values)
-        parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{coords}'/>")
-        for at, value in values[-60:]:  # the newest points marked, so a lone cycle is seen too
+        marked = list(values[-60:])  # the newest points marked, so a lone cycle is seen too
+        for run in runs(values):  # a gap (a load, then a sync days later) is a gap, not a straight line
+            if len(run) == 1:
+                marked.append(run[0])
+                continue
+            coords = " ".join(xy(at, v) for at, v in run)
+            parts.append(f"<polyline fill='none' stroke='{colour}' stroke-width='2' points='{coords}'/>")
+        for at, value in dict.fromkeys(marked):
             x, y = xy(at, value).split(",")
             parts.append(f"<circle cx='{x}' cy='{y}' r='3' fill='{colour}'/>")
         parts.append(f"<text x='{_W - _PAD + 4}' y='{_PAD + 14 * n}' font-size='11' fill='{colour}'>"
                      f"{html.escape(name)}</text>")
     parts.append("</svg>")
     return "".join(parts)
+
+
+GAP_FACTOR = 5.0  # a pause this many times the usual spacing between points breaks the line
+GAP_MIN_SECONDS = 120.0
+
+
+def runs(values: list[tuple[datetime, float]]) -> list[list[tuple[datetime, float]]]:
+    """The series cut where consecutive points are much further apart than usual (median spacing)."""
+    if len(values) < 3:
+        return [list(values)] if values else []
+    gaps = sorted((b[0] - a[0]).total_seconds() for a, b in zip(values, values[1:], strict=False))
+    limit = max(GAP_MIN_SECONDS, GAP_FACTOR * gaps[len(gaps) // 2])
+    out = [[values[0]]]
+    for before, point in zip(values, values[1:], strict=False):
+        if (point[0] - before[0]).total_seconds() > limit:
+            out.append([])
+        out[-1].append(point)
+    return out
 
 
 def timeline_bars(title: str, bars: list[tuple[str, datetime, datetime, bool]]) -> str:
