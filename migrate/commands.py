@@ -357,10 +357,9 @@ def status(plan_path: Path) -> StatusResult:
     """Stage, progress, lag and last verification per item, straight from the journal."""
     from datetime import UTC, datetime
 
-    from migrate.databases.capture import slot_summary
     from migrate.state.direction import PLAN_ITEM
-    from migrate.throttle import OVERRIDE_KEY, effective_limits
-    from migrate.throttle.control import spec_of
+    from migrate.state.slots import slot_summary
+    from migrate.throttle import OVERRIDE_KEY
 
     with session(plan_path, "status", lock=False) as ctx:
         journal = ctx.journal
@@ -386,15 +385,19 @@ def status(plan_path: Path) -> StatusResult:
                     "at": last.at.isoformat(), "clean": last.clean, "checked": last.checked,
                     "differences": last.differences},
                 slot=slot_summary(journal, item.name),
-                throttle=_limits_now(spec_of(ctx.loaded, item), override, moment, effective_limits),
+                throttle=_limits_now(ctx.loaded, item, override, moment),
             ))
         return StatusResult(ctx.loaded.plan.component, items, current_lock(journal, ctx.loaded.plan.component),
                             cutover_state(ctx), _fingerprint_warnings(ctx.loaded, journal),
                             "target" if target_side else "source")
 
 
-def _limits_now(spec: Any, override: Any, moment: Any, evaluate: Callable[..., Any]) -> dict[str, Any] | None:
-    limits = evaluate(spec, override if isinstance(override, dict) else None, moment)
+def _limits_now(loaded: LoadedPlan, item: Any, override: Any, moment: Any) -> dict[str, Any] | None:
+    """The limits in force on `item` now and why (no probe: status does not connect), or None when none."""
+    from migrate.throttle import effective_limits
+    from migrate.throttle.control import spec_of
+
+    limits = effective_limits(spec_of(loaded, item), override if isinstance(override, dict) else None, moment)
     return limits.to_dict() if limits.limited else None
 
 

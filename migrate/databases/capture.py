@@ -25,8 +25,7 @@ from migrate.databases.tables import TablePair
 from migrate.errors import MigrateError
 from migrate.stages.guards import PlannedDeletes, check_deletes
 from migrate.state.journal import Journal
-
-SLOT_KEY = "logical:slot"  # item state: the slot's name, where it lives, and its last reading
+from migrate.state.slots import SLOT_KEY
 
 
 @dataclass
@@ -52,17 +51,19 @@ class LogicalCapture:
         self.source = source
         self.item = item
         self.name = logical.names(component, item)
+        self._names: dict[str, str] = {}  # table label -> schema.name as the log spells it (asked once)
 
     def _qualified(self, labels: list[str]) -> dict[str, str]:
         """Our table label -> schema.name as the log names it."""
-        out = {}
-        with self.source.errors("cannot read"), self.source.engine.connect() as conn:
-            for label in labels:
-                out[label] = str(conn.execute(text(
-                    "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n "
-                    "ON n.oid = c.relnamespace WHERE c.oid = CAST(:t AS regclass)"),
-                    {"t": logical.quoted_table(label)}).scalar_one())
-        return out
+        missing = [label for label in labels if label not in self._names]
+        if missing:
+            with self.source.errors("cannot read"), self.source.engine.connect() as conn:
+                for label in missing:
+                    self._names[label] = str(conn.execute(text(
+                        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n "
+                        "ON n.oid = c.relnamespace WHERE c.oid = CAST(:t AS regclass)"),
+                        {"t": logical.quoted_table(label)}).scalar_one())
+        return {label: self._names[label] for label in labels}
 
     def problems(self, tables: list[tuple[str, list[str]]]) -> list[str]:
         """What stops decoding these (label, key) tables: wal_level, a free slot, replica identity; each with the
@@ -121,13 +122,13 @@ class LogicalCapture:
         order = {p.label: i for i, p in enumerate(pairs)}
         for pair, keys in sorted(deletes, key=lambda d: -order[d[0].label]):  # children first
             outcome.deleted += syncing.delete_rows(pair, keys)
-        if batch.last_lsn is not None:
-            with self.source.errors("cannot confirm to the replication slot"), self.source.engine.connect() as conn:
+        with self.source.errors("cannot confirm to the replication slot"), self.source.engine.connect() as conn:
+            if batch.last_lsn is not None:  # only now: everything up to it is committed on the target
                 logical.confirm(conn, self.name, batch.last_lsn)
-            outcome.confirmed = batch.last_lsn
+                outcome.confirmed = batch.last_lsn
+            state = logical.slot_state(conn, self.name)
         if batch.oldest_commit is not None:
             outcome.lag_seconds = max(0.0, (datetime.now(UTC) - batch.oldest_commit).total_seconds())
-        state = self.state()
         journal.put(self.item, SLOT_KEY, {
             "slot": self.name, "source": self.source.label, "retained_bytes": state.retained_bytes,
             "confirmed_lsn": state.confirmed_lsn, "read_at": datetime.now(UTC).isoformat(),
@@ -150,9 +151,3 @@ def _empty(pair: TablePair) -> int:
     tgt = pair.target
     with tgt.endpoint.errors(f"cannot empty {pair.label}"), tgt.endpoint.engine.begin() as conn:
         return int(conn.execute(delete(tgt.clause)).rowcount or 0)
-
-
-def slot_summary(journal: Journal, item: str) -> dict[str, Any] | None:
-    """The item's slot as the journal last saw it (status and reports read this, without connecting)."""
-    value = journal.get(item, SLOT_KEY)
-    return value if isinstance(value, dict) else None

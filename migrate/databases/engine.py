@@ -178,7 +178,7 @@ class DatabaseEngine(ItemEngine):
     def capture(self) -> LogicalCapture | None:
         """The item's logical-decoding change source, when any table uses it (forward only: reverse
         replication compares the tables, see the README)."""
-        if self.reverse or not any(wm and wm.method == "logical" for _, wm in self._reflect_sources()):
+        if self.reverse or not self.item.uses_logical:
             return None
         if self._capture is None:
             self._capture = LogicalCapture(self.source, self.loaded.plan.component, self.name)

@@ -369,6 +369,12 @@ class DatabaseItem(Strict):
     max_retained_wal: Size = 10 * 1024**3  # logical decoding: warn (plan) and refuse (gate) above this WAL held
     throttle: Throttle | None = None
 
+    @property
+    def uses_logical(self) -> bool:
+        """Any of its tables reads changes by PostgreSQL logical decoding (the item's or a table's method)."""
+        return any(i is not None and i.method == "logical"
+                   for i in (self.incremental, *(t.incremental for t in self.tables)))
+
 
 class BlobItem(Strict):
     name: Name

@@ -21,6 +21,7 @@ from migrate.stages.engine import REVERSE_SUFFIX, StageContext
 from migrate.stages.gates import GateResult, evaluate_gates, item_lag
 from migrate.state.direction import read_direction
 from migrate.state.journal import Journal, now
+from migrate.state.slots import slot_summary
 from migrate.state.steps import PLAN_ITEM, StepLog
 from migrate.state.sync_state import SyncState
 
@@ -151,7 +152,7 @@ def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, s
                 "at": last.at, "clean": last.clean, "checked": last.checked, "differences": last.differences,
                 "sample": last.detail.get("differences", [])[:20], "deep": last.detail.get("deep", False)},
             last_sync=SyncState(journal, item.name).last_sync,
-            slot=_slot(journal, item.name),
+            slot=slot_summary(journal, item.name),
         ))
         history += verification_history(item.name, runs)
         counts += _counts(item.name, last.detail if last else {}, last.differences if last else 0)
@@ -243,11 +244,6 @@ def _at(iso: str | None) -> str:
 
 
 _WAITING_GATES = {"max_lag", "min_dual_run", "postpone_file", "window", "approval", "depends_on"}
-
-
-def _slot(journal: Journal, item: str) -> dict[str, Any] | None:
-    value = journal.get(item, "logical:slot")
-    return value if isinstance(value, dict) else None
 
 
 def lag_text(seconds: float | None) -> str:

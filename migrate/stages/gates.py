@@ -15,6 +15,7 @@ from migrate.plan.model import DatabaseItem
 from migrate.redact import redact
 from migrate.stages.dependencies import dependency_states
 from migrate.state.journal import Journal, now
+from migrate.state.slots import slot_summary
 from migrate.state.sync_state import SyncState
 from migrate.units import human_bytes
 
@@ -127,10 +128,10 @@ def _slot_evidence(loaded: LoadedPlan, journal: Journal) -> list[tuple[bool, str
     """Per item that reads the PostgreSQL log: (within max_retained_wal, evidence) from its last sync cycle."""
     out = []
     for item in loaded.plan.items:
-        if not isinstance(item, DatabaseItem) or not _uses_logical(item):
+        if not isinstance(item, DatabaseItem) or not item.uses_logical:
             continue
-        seen = journal.get(item.name, "logical:slot")
-        if not isinstance(seen, dict) or "retained_bytes" not in seen:
+        seen = slot_summary(journal, item.name)
+        if seen is None or "retained_bytes" not in seen:
             out.append((False, f"{item.name}: no sync cycle has read its replication slot yet"))
             continue
         held, limit = int(seen["retained_bytes"]), item.max_retained_wal
@@ -138,11 +139,6 @@ def _slot_evidence(loaded: LoadedPlan, journal: Journal) -> list[tuple[bool, str
         out.append((held <= limit, f"{item.name}: slot {seen['slot']} holds {human_bytes(held)} of WAL (limit "
                                    f"{human_bytes(limit)}) at {str(seen.get('read_at'))[:19]}{newest}"))
     return out
-
-
-def _uses_logical(item: DatabaseItem) -> bool:
-    specs = [item.incremental, *(t.incremental for t in item.tables)]
-    return any(s is not None and s.method == "logical" for s in specs)
 
 
 def _health(url: str, status: int, timeout: float) -> GateResult:
