@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from test_db_postgres import pg
-from test_direction import dsn_of
+from test_direction import dsn_of, table_md5
 
 from helpers import cli_process
 
@@ -264,3 +264,39 @@ def test_the_slot_is_created_before_concurrent_writers_and_threads_do_not_race(t
         same(pg_url, pg_url2)
     finally:
         cli_process("abandon", str(plan), "--yes")
+
+
+KILL_MID_MERGE = """
+import os, signal, sys
+from migrate.databases.dialects.postgresql import PostgresOps
+copy = PostgresOps.copy_between
+def staged_then_killed(self, *args, **kwargs):
+    copy(self, *args, **kwargs)  # the changed rows are in the staging table, the merge not yet committed
+    os.kill(os.getpid(), signal.SIGKILL)
+PostgresOps.copy_between = staged_then_killed
+from migrate.cli import main
+sys.argv = ["migrate", "sync", sys.argv[1]]
+main()
+"""
+
+
+def test_kill_9_in_the_middle_of_a_watermark_merge_loses_nothing(tmp_path: Path, pg_url: str,
+                                                                 pg_url2: str) -> None:
+    """The staged merge (watermark method, PostgreSQL -> PostgreSQL) killed after staging, before its commit:
+    the target is as it was, and the next sync brings both sides equal (md5 of each side's COPY output)."""
+    pg(pg_url, SCHEMA)
+    plan = logical_plan(tmp_path, pg_url, pg_url2).read_text().replace(
+        "incremental: {method: logical}", "incremental: {column: updated_at, overlap: 1s}")
+    (tmp_path / "plan.yaml").write_text(plan)
+    plan_path = tmp_path / "plan.yaml"
+    assert cli_process("run", str(plan_path)).returncode == 0
+    before = table_md5(dsn_of(pg_url2), "patients")
+    pg(pg_url, "UPDATE patients SET name = name || ' (amended)', updated_at = now() WHERE id <= 700")
+    pg(pg_url, "INSERT INTO patients SELECT g, 'new ' || g, NULL, now() FROM generate_series(3001, 3500) g")
+    killed = subprocess.run([sys.executable, "-c", KILL_MID_MERGE, str(plan_path)], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert killed.returncode == -9, killed.stderr  # it was killed at work, not before it
+    assert table_md5(dsn_of(pg_url2), "patients") == before  # nothing half-merged
+    assert cli_process("sync", str(plan_path)).returncode == 0
+    for table in ("patients", "letters"):
+        assert table_md5(dsn_of(pg_url), table) == table_md5(dsn_of(pg_url2), table), table
