@@ -1,6 +1,8 @@
 """Benchmark: sync cycles PostgreSQL -> PostgreSQL on a 1M-row table, timed as whole `migrate sync` commands
 (start-up, plan, connections, the cycle), side by side with `pg_dump -t observations | psql` of the whole table
-in the same run, on the same throwaway cluster.
+in the same run, between the same two throwaway clusters on this machine: one holds the sources, the other the
+targets, as a source server and an Azure server would. (One cluster for both would make every replication slot
+decode the targets' own load too: a slot reads all of its server's WAL.)
 
 Scenarios (each on a freshly loaded target):
   bulk-stamped   watermark method, the first sync after the load when every row shares one updated_at
@@ -29,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_db_load import build_source, pg_dump_pipe  # noqa: E402
+from bench_db_load import build_source  # noqa: E402
 from fixtures_postgres import PostgresCluster  # noqa: E402
 
 
@@ -65,6 +67,24 @@ def plan(folder: Path, name: str, source: str, target: str, incremental: str) ->
     return path
 
 
+def pg_dump_between(source: PostgresCluster, source_db: str, target: PostgresCluster, target_db: str) -> float:
+    """`pg_dump -t observations` from one cluster piped into `psql` on the other; seconds."""
+    def tool(name: str) -> str:
+        return str(source.bin_dir / name) if (source.bin_dir / name).exists() else name
+
+    started = time.perf_counter()
+    dump = subprocess.Popen([tool("pg_dump"), "-h", "127.0.0.1", "-p", str(source.port), "-U", source.user,
+                             "-t", "observations", source_db], stdout=subprocess.PIPE)
+    restore = subprocess.run([tool("psql"), "-h", "127.0.0.1", "-p", str(target.port), "-U", target.user, "-q",
+                              "-v", "ON_ERROR_STOP=1", "-d", target_db], stdin=dump.stdout,
+                             stdout=subprocess.DEVNULL, check=True)
+    assert dump.stdout is not None
+    dump.stdout.close()
+    if dump.wait() != 0 or restore.returncode != 0:
+        raise SystemExit("pg_dump | psql failed")
+    return time.perf_counter() - started
+
+
 def sql(cluster: PostgresCluster, db: str, statement: str) -> None:
     import psycopg
 
@@ -78,20 +98,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
     rows = args.rows
-    cluster = PostgresCluster(settings={"max_wal_size": "4GB", "checkpoint_timeout": "30min"}).start()
+    settings = {"max_wal_size": "4GB", "checkpoint_timeout": "30min"}
+    cluster = PostgresCluster(settings=settings).start()
+    targets_cluster = PostgresCluster(settings=settings).start()
     results: dict[str, float] = {}
     peak = 0.0
     lines: list[str] = []
     try:
         folder = Path(tempfile.mkdtemp(prefix="bench-sync-"))
-        print(f"building {rows:,} rows in a throwaway cluster on port {cluster.port} ...", flush=True)
+        print(f"building {rows:,} rows in a throwaway cluster on port {cluster.port} (targets on port "
+              f"{targets_cluster.port}) ...", flush=True)
 
         def scenario(name: str, incremental: str, prepare: str, change: str) -> tuple[float, dict]:
             nonlocal peak
             source = build_source(cluster, rows, f"src_{name}")
             if prepare:
                 sql(cluster, f"src_{name}", prepare)
-            target = cluster.create_database(f"dst_{name}")
+            target = targets_cluster.create_database(f"dst_{name}")
             path = plan(folder, name.replace("_", "-"), source, target, incremental)
             timed("run", str(path), "--until", "load")
             sql(cluster, f"src_{name}", change)
@@ -103,8 +126,8 @@ def main() -> None:
             return seconds, {"path": path, "result": result}
 
         build_source(cluster, rows, "src_ref")
-        cluster.create_database("dump_target")
-        dump = pg_dump_pipe(cluster, "src_ref", "dump_target")
+        targets_cluster.create_database("dump_target")
+        dump = pg_dump_between(cluster, "src_ref", targets_cluster, "dump_target")
         print(f"  pg_dump -t observations | psql (whole table, {rows:,} rows): {dump:.2f} s", flush=True)
         stamp = "UPDATE observations SET updated_at = timestamptz '2026-01-01 00:00:00+00'; VACUUM ANALYZE observations"
         results["bulk-stamped"], _ = scenario("bulk", "{column: updated_at, overlap: 60s}", stamp, "SELECT 1")
@@ -132,6 +155,7 @@ def main() -> None:
         timed("abandon", str(folder / "small-log.yaml"), "--yes")
     finally:
         cluster.stop()
+        targets_cluster.stop()
     print(f"pg_dump -t observations | psql (whole table): {dump:.2f} s")
     targets = {"bulk-stamped": 0.7, "changes-wm": 0.5, "changes-log": 0.5}
     for name, seconds in results.items():

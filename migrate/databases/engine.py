@@ -527,7 +527,8 @@ class DatabaseEngine(ItemEngine):
         try:
             for pair in pairs:  # parents first
                 if pair.watermark is not None:
-                    created, updated, newest[pair.label] = syncing.upsert_changed(pair, ctx.journal, self.name)
+                    created, updated, newest[pair.label] = syncing.upsert_changed(
+                        pair, ctx.journal, self.name, self._ranges(ctx, pair), workers)
                     result.created += created
                     result.updated += updated
                 task.advance(1)
@@ -581,7 +582,8 @@ class DatabaseEngine(ItemEngine):
                                              "logical decoding" if pair in logical_pairs else None}
             worst = max(worst, lag or 0.0)
         result.lag_seconds = worst
-        result.metrics.update({"seconds": round(time.monotonic() - started, 3), "tables": len(pairs), **phase})
+        result.metrics.update({"seconds": round(time.monotonic() - started, 3), "tables": len(pairs), **phase,
+                               "rows_read": sum(p.rows_read for p in pairs)})
         return result
 
     def _seed_reverse_watermarks(self, ctx: StageContext, pairs: list[TablePair]) -> None:

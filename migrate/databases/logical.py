@@ -31,8 +31,10 @@ from migrate.databases.values import ColumnKind
 from migrate.errors import MigrateError
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-PEEK = ("SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes(:slot, CAST(:upto AS pg_lsn), NULL, "
-        "'proto_version', '1', 'publication_names', :publication)")
+PEEK = ("SELECT data FROM pg_logical_slot_peek_binary_changes(%(slot)s, %(upto)s::pg_lsn, NULL, "
+        "'proto_version', '1', 'publication_names', %(publication)s)")
+FETCH_ROWS = 20_000  # messages per round trip
+DECODING_MEMORY = "256MB"  # the server's reorder buffer for this read, before it spills a transaction to disk
 
 
 def names(component: str, item: str) -> str:
@@ -49,65 +51,53 @@ def quoted_table(label: str) -> str:
 
 @dataclass
 class Relation:
-    schema: str
-    name: str
+    """A table as the log announced it, and where the plan's key columns sit among its columns."""
+
+    label: str  # schema.name
     columns: list[str]
-
-    @property
-    def label(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-
-@dataclass
-class Change:
-    """One decoded change: `op` is insert, update, delete or truncate; tuples map column name -> text (None
-    for NULL; the key `UNCHANGED` marks TOASTed values the change does not carry)."""
-
-    op: str
-    tables: list[str]  # the relation's schema.name (several for a truncate)
-    new: dict[str, str | None] | None = None
-    old: dict[str, str | None] | None = None
-    unchanged: frozenset[str] = frozenset()
-
-
-@dataclass
-class Commit:
-    lsn: str  # the commit's end: confirming it acknowledges the whole transaction
-    at: datetime
+    positions: list[int] | None = None  # the key columns' positions, in key order; None: a table we do not move
+    kinds: list[ColumnKind] = field(default_factory=list)
+    stop: int = 0  # columns to read of a tuple to have every key column
 
 
 class Decoder:
-    """Turns pgoutput messages into `Change`s and `Commit`s, remembering relations as they are announced.
-    With `only` (schema.name -> columns), changes to other tables are skipped and only those columns' values
-    are decoded (a cycle needs the keys; the rows are read from the source as they are now)."""
+    """Reads pgoutput messages straight into a `Batch`: relations as they are announced, each row change reduced
+    to its key (only the key columns' text is decoded: a cycle reads the rows from the source as they are now),
+    commits as the positions to confirm."""
 
-    def __init__(self, only: dict[str, set[str]] | None = None) -> None:
+    def __init__(self, keys: dict[str, tuple[list[str], dict[str, ColumnKind]]]) -> None:
+        self.keys = keys  # schema.name -> key columns and their kinds
         self.relations: dict[int, Relation] = {}
-        self.only = only
-        self._stops: dict[int, int | None] = {}  # relation -> how many columns of its last section to read
 
-    def decode(self, data: bytes) -> Change | Commit | None:
-        kind = data[:1]
-        if kind == b"R":
+    def feed(self, data: bytes, batch: Batch) -> None:
+        kind = data[0]
+        if kind in _ROW:
+            relation = self.relations[_INT32.unpack_from(data, 1)[0]]
+            if relation.positions is not None:
+                batch.changes += 1
+                self._row_change(kind, data, relation, batch)
+        elif kind == 0x43:  # C: commit
+            _flags, _commit_lsn, end_lsn, ts = _COMMIT.unpack_from(data, 1)
+            batch.commit(_lsn_text(end_lsn), PG_EPOCH + timedelta(microseconds=ts))
+        elif kind == 0x52:  # R: relation
             self._relation(data)
-        elif kind == b"C":
-            _flags, _commit_lsn, end_lsn, ts = struct.unpack_from("!bqqq", data, 1)
-            return Commit(_lsn_text(end_lsn), PG_EPOCH + timedelta(microseconds=ts))
-        elif kind in (b"I", b"U", b"D"):
-            return self._row_change(kind, data)
-        elif kind == b"T":
+        elif kind == 0x54:  # T: truncate
             count, _options = struct.unpack_from("!ib", data, 1)
             ids = struct.unpack_from(f"!{count}i", data, 6)
-            return Change("truncate", [self.relations[i].label for i in ids])
-        return None  # Begin, Origin, Type, Message: nothing to apply
+            labels = [self.relations[i].label for i in ids]
+            batch.changes += 1
+            for label in labels:
+                if label in self.keys:
+                    batch.truncate(label)
+        # Begin, Origin, Type, Message: nothing to apply
 
     def _relation(self, data: bytes) -> None:
-        (relid,) = struct.unpack_from("!i", data, 1)
+        (relid,) = _INT32.unpack_from(data, 1)
         pos = 5
         schema, pos = _cstring(data, pos)
         name, pos = _cstring(data, pos)
         pos += 1  # replica identity setting
-        (count,) = struct.unpack_from("!h", data, pos)
+        (count,) = _INT16.unpack_from(data, pos)
         pos += 2
         columns = []
         for _ in range(count):
@@ -115,36 +105,42 @@ class Decoder:
             column, pos = _cstring(data, pos)
             pos += 8  # type oid, type modifier
             columns.append(column)
-        self.relations[relid] = Relation(schema, name, columns)
-        self._stops.pop(relid, None)  # announced again (its columns may have changed)
+        relation = Relation(f"{schema}.{name}", columns)
+        if relation.label in self.keys:
+            key, kinds = self.keys[relation.label]
+            if all(c in columns for c in key):
+                relation.positions = [columns.index(c) for c in key]
+                relation.kinds = [kinds[c] for c in key]
+                relation.stop = 1 + max(relation.positions)
+            else:
+                relation.positions = []  # a key column is not in the table any more: every change lacks its key
+        self.relations[relid] = relation  # announced again when its columns change
 
-    def _row_change(self, kind: bytes, data: bytes) -> Change | None:
-        (relid,) = struct.unpack_from("!i", data, 1)
-        relation = self.relations[relid]
-        wanted = None if self.only is None else self.only.get(relation.label)
-        if self.only is not None and wanted is None:
-            return None
-        pos = 5
-        old: dict[str, str | None] | None = None
-        new: dict[str, str | None] | None = None
-        unchanged: set[str] = set()
-        # the last section (N, or a delete's K/O) is read only up to the last wanted column
-        if relid not in self._stops:
-            self._stops[relid] = None if wanted is None else \
-                1 + max((i for i, c in enumerate(relation.columns) if c in wanted), default=len(relation.columns))
-        stop = self._stops[relid]
-        while pos < len(data):
-            marker = data[pos:pos + 1]
-            last = marker == b"N" or kind == b"D"
-            values, pos, missing = _tuple(data, pos + 1, relation.columns, wanted, stop if last else None)
-            if marker == b"N":
-                new, unchanged = values, missing
-            else:  # K (key columns) or O (the whole old row: REPLICA IDENTITY FULL)
-                old = values
-            if last:
-                break
-        op = {b"I": "insert", b"U": "update", b"D": "delete"}[kind]
-        return Change(op, [relation.label], new=new, old=old, unchanged=frozenset(unchanged))
+    def _row_change(self, kind: int, data: bytes, relation: Relation, batch: Batch) -> None:
+        old = None
+        if kind == 0x55 and data[5] != 0x4E:  # U with K (key columns) or O (old row) before N
+            old, pos = _key(data, 6, relation, whole=True)
+            new, _ = _key(data, pos + 1, relation)
+            if new is None:
+                new = old
+        elif kind == 0x44:  # D: K or O only
+            old, _ = _key(data, 6, relation)
+            if old is None:
+                raise MigrateError(f"{relation.label}: a delete arrived without its key columns",
+                                   hint=f"ALTER TABLE {quoted_table(relation.label)} REPLICA IDENTITY FULL;")
+            batch.delete(relation.label, old)
+            return
+        else:  # I, or U with N only
+            new, _ = _key(data, 6, relation)
+        if new is None:
+            raise MigrateError(f"{relation.label}: a change arrived without its key columns")
+        if old is not None and old != new:  # the key itself changed
+            batch.delete(relation.label, old)
+        batch.upsert(relation.label, new, "insert" if kind == 0x49 else "update")
+
+
+_ROW = frozenset(b"IUD")
+_INT16, _INT32, _COMMIT = struct.Struct("!h"), struct.Struct("!i"), struct.Struct("!bqqq")
 
 
 def _cstring(data: bytes, pos: int) -> tuple[str, int]:
@@ -152,32 +148,34 @@ def _cstring(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos:end].decode(), end + 1
 
 
-_INT16, _INT32 = struct.Struct("!h"), struct.Struct("!i")
-
-
-def _tuple(data: bytes, pos: int, columns: list[str], wanted: set[str] | None = None,
-           stop: int | None = None) -> tuple[dict[str, str | None], int, set[str]]:
-    """Column values of one TupleData (only `wanted` ones decoded; reading ends after column `stop`, when
-    nothing after it is needed: the returned position is then not the end of the tuple)."""
+def _key(data: bytes, pos: int, relation: Relation, whole: bool = False) -> tuple[tuple[Any, ...] | None, int]:
+    """The key of one TupleData starting at `pos`, or None when a key column is not in it (an unchanged
+    TOASTed value, or a table that lost a key column); and where reading stopped (the tuple's end with `whole`,
+    else just after the last key column)."""
     (count,) = _INT16.unpack_from(data, pos)
     pos += 2
-    values: dict[str, str | None] = {}
-    missing: set[str] = set()
+    if relation.stop == 1 and not whole and count and data[pos] == 0x74:  # the common case: one key
+        (length,) = _INT32.unpack_from(data, pos + 1)  # column, first, with a value
+        value = data[pos + 5:pos + 5 + length]
+        kind = relation.kinds[0]
+        return (int(value) if kind.kind == "int" else key_value(kind, value.decode()),), pos + 5 + length
+    wanted = relation.positions or []
+    texts: dict[int, str | None] = {}
     length_of = _INT32.unpack_from
-    for index in range(count if stop is None else min(count, stop)):
+    for index in range(count if whole else min(count, relation.stop)):
         kind = data[pos]
         pos += 1
         if kind == 0x6E:  # n: NULL
-            values[columns[index]] = None
-        elif kind == 0x75:  # u: an unchanged TOASTed value, not sent
-            missing.add(columns[index])
-        else:  # t (text) or b (binary)
+            texts[index] = None
+        elif kind != 0x75:  # t (text) or b (binary); u: an unchanged TOASTed value, not sent
             (length,) = length_of(data, pos)
             pos += 4
-            if wanted is None or columns[index] in wanted:
-                values[columns[index]] = data[pos:pos + length].decode()
+            if index in wanted:
+                texts[index] = data[pos:pos + length].decode()
             pos += length
-    return values, pos, missing
+    if not wanted or any(p not in texts for p in wanted):
+        return None, pos
+    return tuple(key_value(k, texts[p]) for p, k in zip(wanted, relation.kinds, strict=True)), pos
 
 
 def _lsn_text(value: int) -> str:
@@ -230,6 +228,12 @@ class Batch:
     oldest_commit: datetime | None = None
     newest_commit: datetime | None = None
 
+    def commit(self, lsn: str, at: datetime) -> None:
+        self.commits += 1
+        self.last_lsn = lsn
+        self.oldest_commit = self.oldest_commit or at
+        self.newest_commit = at
+
     def upsert(self, table: str, key: tuple[Any, ...], op: str) -> None:
         """Insert or update; a key deleted earlier in the batch and written again was there before: update."""
         was_deleted = self.deletes.get(table, {}).pop(key, "") is None
@@ -249,57 +253,18 @@ class Batch:
 def read(conn: Connection, slot: str, publication: str, upto: str,
          keys: dict[str, tuple[list[str], dict[str, ColumnKind]]]) -> Batch:
     """Every change committed up to `upto` (an LSN) on the tables in `keys` (label -> key columns and kinds),
-    reduced to the net change per key, without consuming anything from the slot."""
-    decoder = Decoder({table: set(columns) for table, (columns, _) in keys.items()})
+    reduced to the net change per key, without consuming anything from the slot. Read through a server-side
+    cursor in binary (the messages arrive as bytes, a batch at a time: memory holds the keys, not the log)."""
+    decoder = Decoder(keys)
     batch = Batch()
-    result = conn.execution_options(stream_results=True, yield_per=2000).execute(
-        text(PEEK), {"slot": slot, "upto": upto, "publication": publication})
-    for _lsn, data in result:
-        event = decoder.decode(bytes(data))
-        if isinstance(event, Commit):
-            batch.commits += 1
-            batch.last_lsn = event.lsn
-            batch.oldest_commit = batch.oldest_commit or event.at
-            batch.newest_commit = event.at
-        elif isinstance(event, Change):
-            batch.changes += 1
-            _reduce(batch, event, keys)
+    raw = conn.connection.driver_connection
+    conn.exec_driver_sql(f"SET LOCAL logical_decoding_work_mem = '{DECODING_MEMORY}'")
+    with raw.cursor(name="migrate_peek", binary=True) as cursor:  # type: ignore[union-attr]
+        cursor.itersize = FETCH_ROWS
+        cursor.execute(PEEK, {"slot": slot, "upto": upto, "publication": publication})
+        for (data,) in cursor:
+            decoder.feed(data, batch)
     return batch
-
-
-def _key_of(values: dict[str, str | None] | None, columns: list[str],
-            kinds: dict[str, ColumnKind]) -> tuple[Any, ...] | None:
-    if values is None:
-        return None
-    try:
-        return tuple(key_value(kinds[c], values[c]) for c in columns)
-    except KeyError:  # a key column the change did not carry
-        return None
-
-
-def _reduce(batch: Batch, change: Change, keys: dict[str, tuple[list[str], dict[str, ColumnKind]]]) -> None:
-    if change.op == "truncate":
-        for table in change.tables:
-            if table in keys:
-                batch.truncate(table)
-        return
-    table = change.tables[0]
-    if table not in keys:
-        return
-    columns, kinds = keys[table]
-    old = _key_of(change.old, columns, kinds)
-    if change.op == "delete":
-        if old is None:
-            raise MigrateError(f"{table}: a delete arrived without the key columns {', '.join(columns)}",
-                               hint=f"ALTER TABLE {quoted_table(table)} REPLICA IDENTITY FULL;")
-        batch.delete(table, old)
-        return
-    new = _key_of(change.new, columns, kinds) or old
-    if new is None:
-        raise MigrateError(f"{table}: a change arrived without its key columns {', '.join(columns)}")
-    if change.op == "update" and old is not None and old != new:  # the key itself changed
-        batch.delete(table, old)
-    batch.upsert(table, new, change.op)
 
 
 def confirm(conn: Connection, slot: str, lsn: str) -> None:

@@ -2,9 +2,13 @@
 
 Per table: rows whose watermark column is at or after (last watermark - overlap) are read from the source
 and upserted where they differ on the target (the overlap catches rows that committed late with an older
-watermark). Deletes are mirrored by comparing per-range key-only checksums and descending only into ranges
-that differ, so a cycle costs little when little changed. A table without a watermark column is brought in
-line by a full checksum diff instead.
+watermark). Between two PostgreSQL servers the two parts are told apart: rows after the last watermark are
+new since the last read and go straight into a staged merge; rows inside the overlap were read before, so
+they are compared by key-range checksums computed in each database, narrowed to the overlap, and only the
+ranges that differ are read (a table whose rows all share one `updated_at`, common after a batch job, is
+compared, not copied again). Deletes are mirrored by comparing per-range key-only checksums and descending
+only into ranges that differ, so a cycle costs little when little changed. A table without a watermark
+column is brought in line by a full checksum diff instead.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import column, func, inspect, literal, select, table
+from sqlalchemy import and_, column, func, inspect, literal, select, table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import sqltypes
@@ -23,7 +27,7 @@ from sqlalchemy.sql import sqltypes
 from migrate.databases.checksum import KeyRangeChecksum, RowDifference
 from migrate.databases.dialects import raw_sql
 from migrate.databases.keyranges import Key, KeyRange, decode_key, encode_key
-from migrate.databases.tables import TablePair
+from migrate.databases.tables import Side, TablePair
 from migrate.databases.values import as_datetime, canonical_text, same_value
 from migrate.errors import EndpointError, MigrateError
 from migrate.stages.guards import PlannedDeletes
@@ -91,11 +95,13 @@ def _text_since(pair: TablePair, watermark: str) -> str:
                             timespec="microseconds" if "." in watermark else "seconds")
 
 
-def upsert_changed(pair: TablePair, journal: Journal, item: str) -> tuple[int, int, Any]:
+def upsert_changed(pair: TablePair, journal: Journal, item: str,
+                   ranges: list[KeyRange] | None = None, workers: int = 2) -> tuple[int, int, Any]:
     """Upsert source rows changed since the watermark and advance the watermark.
 
     Returns (created, updated, newest): `newest` is the source's maximum watermark when this read saw any row
-    (every row at or after the read's start was read, so the maximum is among them), else None.
+    (every row at or after the read's start was read, so the maximum is among them), else None. `ranges`: the
+    table's key ranges, for the overlap's checksum comparison (PostgreSQL to PostgreSQL).
     """
     assert pair.watermark is not None
     src = pair.source
@@ -103,20 +109,15 @@ def upsert_changed(pair: TablePair, journal: Journal, item: str) -> tuple[int, i
     kind = src.kinds[column]
     old = read_watermark(journal, item, pair)
     since = _since(pair, old)
+    if _same_postgres(pair):
+        return _merge_changed(pair, journal, item, old, since, ranges or [KeyRange(None, None)], workers)
     # no ORDER BY: through a cursor it would walk the whole key index instead of scanning for the watermark
-    same_postgres = _same_postgres(pair)  # set-based: COPY into a staging table, one merge, counted there
-    query = select(*(pair.source_columns() if same_postgres else pair.sync_columns(src)))
+    query = select(*pair.sync_columns(src))
     if since is not None:
         if src.dialect == "sqlite" and kind.kind == "timestamp":  # stored as text in any of several formats
             query = query.where(raw_sql(src.norm(column)) >= canonical_text(kind, since))
         else:
             query = query.where(src.col(column) >= since)
-    if same_postgres:
-        created, updated, seen = merge_postgres(pair, query, column)
-        seen = as_watermark(seen, kind.kind)
-        if seen is not None and (old is None or seen > old):
-            record_watermark(journal, item, pair, seen)
-        return created, updated, seen
     wm_pos = pair.columns.index(column)
     newest = old
     seen = None
@@ -138,6 +139,33 @@ def upsert_changed(pair: TablePair, journal: Journal, item: str) -> tuple[int, i
             updated += changed
     if newest is not None and newest != old:
         record_watermark(journal, item, pair, newest)
+    return created, updated, seen
+
+
+def _merge_changed(pair: TablePair, journal: Journal, item: str, old: Any, since: Any, ranges: list[KeyRange],
+                   workers: int) -> tuple[int, int, Any]:
+    """PostgreSQL to PostgreSQL: rows after the last watermark in one staged merge; rows inside the overlap
+    (at or after `since`, at or before `old`) compared by checksums in each database, narrowed to the overlap,
+    and merged only where a range differs. Returns (created, updated, newest watermark read)."""
+    src = pair.source
+    column = pair.watermark.column  # type: ignore[union-attr]
+    kind = src.kinds[column]
+    query = select(*pair.source_columns())
+    if old is not None:
+        query = query.where(src.col(column) > old)
+    created, updated, seen = merge_postgres(pair, query, column)
+    seen = as_watermark(seen, kind.kind)
+    if seen is not None and (old is None or seen > old):
+        record_watermark(journal, item, pair, seen)
+    if old is not None and since is not None:
+        def overlap(side: Side) -> Any:
+            return and_(side.col(column) >= since, side.col(column) <= old)
+
+        checker = KeyRangeChecksum(pair, workers=workers, where=overlap)
+        late = [d.source_key for d in checker.compare(ranges) if d.kind != "missing_on_source" and d.source_key]
+        more, changed = copy_rows(pair, late)  # type: ignore[arg-type]
+        created += more
+        updated += changed
     return created, updated, seen
 
 
@@ -181,15 +209,19 @@ def find_differences(pair: TablePair, ranges: list[KeyRange], *, key_only: bool,
     return list(checker.compare(ranges))
 
 
-def copy_rows(pair: TablePair, source_keys: Sequence[Key]) -> None:
-    """Upsert the source rows with these keys onto the target."""
+def copy_rows(pair: TablePair, source_keys: Sequence[Key]) -> tuple[int, int]:
+    """Upsert the source rows with these keys onto the target; return (created, updated) where the merge
+    counts them (PostgreSQL to PostgreSQL), else (0, 0)."""
     src = pair.source
     if _same_postgres(pair):
+        created = updated = 0
         for start in range(0, len(source_keys), MERGE_KEYS):
             part = list(source_keys[start:start + MERGE_KEYS])
-            merge_postgres(pair, select(*pair.source_columns()).where(
+            more, changed, _ = merge_postgres(pair, select(*pair.source_columns()).where(
                 src.ops.key_in([src.col(k) for k in pair.key], part)))
-        return
+            created += more
+            updated += changed
+        return created, updated
     for start in range(0, len(source_keys), BATCH):
         part = list(source_keys[start:start + BATCH])
         query = select(*pair.sync_columns(src)).where(
@@ -199,6 +231,7 @@ def copy_rows(pair: TablePair, source_keys: Sequence[Key]) -> None:
         _hold(pair)
         upsert(pair, rows)
         _moved(pair, len(rows))
+    return 0, 0
 
 
 MERGE_KEYS = 50_000  # keys per staged merge when copying rows by key
@@ -259,7 +292,8 @@ def _hold(pair: TablePair) -> None:
 
 
 def _moved(pair: TablePair, rows: int) -> None:
-    """Count rows read from the source against the item's limits (waits while over them, or paused)."""
+    """Count rows read from the source, also against the item's limits (waits while over them, or paused)."""
+    pair.rows_read += rows
     if pair.throttle is not None:
         pair.throttle.rows(rows)
 

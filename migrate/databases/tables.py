@@ -79,7 +79,9 @@ class TablePair:
     as_text: frozenset[str] = frozenset()  # columns with no target type: read from the source as its text
     sync_text: frozenset[str] = frozenset()  # same dialect: values a driver reads but cannot write back as read
     unique_on_target: bool | None = None  # the target enforces the key (ON CONFLICT works); None: not looked yet
+    record_hash: bool | None = None  # both sides hash rows alike (checksum.record_hash); None: not looked yet
     throttle: Any = None  # the item's limiter during sync (migrate.throttle.Throttle)
+    rows_read: int = 0  # rows a sync cycle read from the source to write (not the rows it only compared)
 
     @property
     def cross(self) -> bool:

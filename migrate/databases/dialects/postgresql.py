@@ -68,6 +68,12 @@ class PostgresOps(DialectOps):
     def native_int_key_sums_sql(self, col: str) -> list[str] | None:
         return [f"SUM({col})", f"SUM(hashint8({col}))"]
 
+    def record_hash_sum_sql(self, cols: Sequence[str]) -> str:
+        """The sum of each row's own 64-bit hash (`hash_record_extended`, PostgreSQL 14+): the types' hash
+        functions on the stored values, no text built; about 3x cheaper than hashing the row's text. Only where
+        `record_hash_types` says both sides hash alike."""
+        return f"SUM(hash_record_extended(ROW({', '.join(cols)}), 0))"
+
     def text_key_collation(self) -> str | None:
         return "C"
 
@@ -159,3 +165,33 @@ def pump(source: Any, cin: Any, cout: Any) -> None:
             buffer = bytearray()
     if buffer:
         cout.write(buffer)
+
+
+# Types whose hash is a function of the value alone, equal exactly when the values are equal as the row text
+# compares them, and the same on any server: no enum (hashes its OID, which differs between databases), no
+# interval ('1 day' = '24 hours'), no json/xml/geometry (no hash function).
+RECORD_HASH_TYPES = frozenset({
+    16, 17, 18, 19, 20, 21, 23, 25, 26, 700, 701,  # bool bytea char name int8 int2 int4 text oid float4 float8
+    1042, 1043, 1082, 1083, 1114, 1184, 1700, 2950, 3802,  # bpchar varchar date time timestamp(tz) numeric uuid jsonb
+})
+
+
+def record_hash_types(conn: Connection, table: str, columns: Sequence[str]) -> tuple[int, ...] | None:
+    """The base type of each column (in `columns` order) when a row hash (`record_hash_sum_sql`) can stand for
+    the row's text on this server: PostgreSQL 14+, every type in RECORD_HASH_TYPES, every collation
+    deterministic. None otherwise. Two sides whose tuples are equal hash alike."""
+    if (conn.dialect.server_version_info or (0,)) < (14,):
+        return None
+    rows = conn.exec_driver_sql(
+        "SELECT a.attname, CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END::int, "
+        "coalesce(c.collisdeterministic, true) FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "LEFT JOIN pg_collation c ON c.oid = a.attcollation "
+        "WHERE a.attrelid = %(t)s::regclass AND a.attnum > 0 AND NOT a.attisdropped", {"t": table}).all()
+    found = {name: (oid, deterministic) for name, oid, deterministic in rows}
+    types = []
+    for name in columns:
+        oid, deterministic = found.get(name, (0, False))
+        if oid not in RECORD_HASH_TYPES or not deterministic:
+            return None
+        types.append(oid)
+    return tuple(types)
