@@ -551,16 +551,22 @@ def replication_objects(plan_path: Path) -> list[str]:
 
 
 def _captures(ctx: StageContext) -> list[Any]:
+    """Each item's forward capture (its slot on the source), and its reverse one (on the target) where reverse
+    replication made a slot there."""
+    from migrate.databases.capture import LogicalCapture
     from migrate.databases.engine import DatabaseEngine
     from migrate.plan.model import DatabaseItem
+    from migrate.state.slots import SLOT_KEY
 
     found = []
     for item in ctx.loaded.plan.items:
         if isinstance(item, DatabaseItem):
-            engine = DatabaseEngine(item, ctx.loaded)
-            capture = engine.capture()
+            capture = DatabaseEngine(item, ctx.loaded).capture()
             if capture is not None:
                 found.append(capture)
+            reverse = DatabaseEngine(item, ctx.loaded, reverse=True)
+            if ctx.journal.get(reverse.name, SLOT_KEY) is not None:
+                found.append(LogicalCapture(reverse.source, ctx.loaded.plan.component, reverse.name))
     return found
 
 

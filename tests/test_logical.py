@@ -17,7 +17,7 @@ import pytest
 from test_db_postgres import pg
 from test_direction import dsn_of, table_md5
 
-from helpers import cli_process
+from helpers import build_tree, cli_process
 
 pytestmark = pytest.mark.postgres
 
@@ -300,3 +300,57 @@ def test_kill_9_in_the_middle_of_a_watermark_merge_loses_nothing(tmp_path: Path,
     assert cli_process("sync", str(plan_path)).returncode == 0
     for table in ("patients", "letters"):
         assert table_md5(dsn_of(pg_url), table) == table_md5(dsn_of(pg_url2), table), table
+
+
+def cutover_plan(folder: Path, source: str, target: str) -> Path:
+    build_tree(folder, {
+        "runbooks/switch.sh": "#!/bin/sh\necho target > active\n",
+        "runbooks/back.sh": "#!/bin/sh\necho source > active\n"})
+    plan = logical_plan(folder, source, target)
+    plan.write_text(plan.read_text() + textwrap.dedent("""\
+        cutover:
+          gates: {max_lag: 1h}
+          steps: [{name: switch, run: runbooks/switch.sh}]
+        rollback:
+          reverse_sync: true
+          steps: [{name: back, run: runbooks/back.sh}]
+        """), encoding="utf-8")
+    return plan
+
+
+def reverse_slot(url: str) -> list[tuple]:
+    return pg(url, "SELECT database FROM pg_replication_slots WHERE slot_name = 'migrate_capture_epr_reverse'")
+
+
+def test_reverse_replication_decodes_the_targets_own_log_and_finish_drops_both_slots(
+        tmp_path: Path, pg_url: str, pg_url2: str) -> None:
+    pg(pg_url, SCHEMA)
+    plan = cutover_plan(tmp_path, pg_url, pg_url2)
+    assert cli_process("run", str(plan)).returncode == 0
+    sync(plan)  # the replication_slot gate wants a cycle that read the slot
+    check = json.loads(cli_process("cutover", str(plan), "--check", "--json").stdout)["result"]
+    ready = {g["gate"]: g for g in check["gates"]}["reverse_ready"]
+    assert "its log (logical decoding) for patients, letters" in ready["evidence"], ready
+    cut = cli_process("cutover", str(plan), "--yes")
+    assert cut.returncode == 0, cut.stderr
+    with psycopg.connect(dsn_of(pg_url2), autocommit=True) as conn:  # the application now writes on Azure
+        conn.execute("INSERT INTO patients (id, name) VALUES (5001, 'new on azure')")
+        conn.execute("DELETE FROM letters WHERE id = 9")
+    first = sync(plan)  # the first reverse cycle makes the target's slot, then compares in full once
+    assert reverse_slot(pg_url2) == [(pg_url2.rsplit("/", 1)[1],)]
+    assert first["lag_detail"]["patients"]["watermark"] == "logical decoding"
+    same(pg_url, pg_url2)
+    with psycopg.connect(dsn_of(pg_url2), autocommit=True) as conn:
+        conn.execute("UPDATE patients SET name = 'renamed, updated_at untouched' WHERE id IN (3, 4)")
+        conn.execute(f"UPDATE patients SET notes = {BIG} WHERE id = 5")
+        conn.execute("DELETE FROM letters WHERE id IN (10, 11)")
+    second = sync(plan)
+    assert second["metrics"]["logical"]["changes"] == 5  # read from the target's log, not a full comparison
+    assert (second["updated"], second["deleted"]) == (3, 2)
+    same(pg_url, pg_url2)
+    finished = cli_process("finish", str(plan), "--yes")
+    assert finished.returncode == 0, finished.stderr
+    assert "migrate_capture_epr_reverse" in finished.stderr and slot(pg_url) is None
+    assert reverse_slot(pg_url2) == []
+    for url in (pg_url, pg_url2):
+        assert not pg(url, "SELECT 1 FROM pg_publication WHERE pubname LIKE 'migrate_capture_epr%'")

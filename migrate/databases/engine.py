@@ -75,6 +75,7 @@ class DatabaseEngine(ItemEngine):
         self.skipped: list[str] = []  # tables left out under skip_without_key, said in preflight
         self._wm_columns: dict[str, str] = {}
         self._capture: LogicalCapture | None = None
+        self.reverse_refusal: list[str] = []  # why the target's log cannot feed reverse replication
 
     @property
     def native_schema(self) -> bool:
@@ -176,16 +177,25 @@ class DatabaseEngine(ItemEngine):
         return None
 
     def capture(self) -> LogicalCapture | None:
-        """The item's logical-decoding change source, when any table uses it (forward only: reverse
-        replication compares the tables, see the README)."""
-        if self.reverse or not self.item.uses_logical:
+        """The item's logical-decoding change source, when any table uses it. In reverse (after cutover) it
+        decodes the plan's target where that server can (PostgreSQL, wal_level logical, a free slot, every
+        table's key in its replica identity); elsewhere reverse cycles compare those tables in full and
+        `reverse_refusal` says why."""
+        if not self.item.uses_logical or self.reverse and (self.source.dialect != "postgresql"
+                                                           or self.reverse_refusal):
             return None
         if self._capture is None:
-            self._capture = LogicalCapture(self.source, self.loaded.plan.component, self.name)
+            capture = LogicalCapture(self.source, self.loaded.plan.component, self.name)
+            if self.reverse:
+                self.reverse_refusal = capture.problems([(info.label, info.key) for info, wm
+                                                         in self._reflect_sources() if wm and wm.method == "logical"])
+                if self.reverse_refusal:
+                    return None
+            self._capture = capture
         return self._capture
 
     def _logical(self, pairs: list[TablePair]) -> list[TablePair]:
-        if self.reverse:
+        if self.reverse and self.capture() is None:
             return []
         marks = {info.label: wm for info, wm in self._reflect_sources()}
         return [p for p in pairs if (wm := marks.get(p.label)) is not None and wm.method == "logical"]
@@ -523,6 +533,8 @@ class DatabaseEngine(ItemEngine):
         now = datetime.now(UTC)
         logical_pairs = self._logical(pairs)
         capture = self.capture() if logical_pairs else None
+        if self.reverse_refusal:
+            result.metrics["reverse_capture"] = "full comparison; " + "; ".join(self.reverse_refusal)
         lags = ThreadPoolExecutor(max_workers=2)
         try:
             for pair in pairs:  # parents first
@@ -620,14 +632,29 @@ class DatabaseEngine(ItemEngine):
                         refused.append(f"{pair.label}: {verb} refused ({redact(reason)})")
                         break
         by_watermark = [f"{p.label} by {p.watermark.column}" for p in pairs if p.watermark is not None]
-        by_diff = [p.label for p in pairs if p.watermark is None]
+        by_log = self._reverse_logical(pairs)
+        by_diff = [p.label for p in pairs if p.watermark is None and p.label not in by_log]
         supply = "; ".join(
             ([f"changes {', '.join(by_watermark)}"] if by_watermark else [])
+            + ([f"its log (logical decoding) for {', '.join(by_log)}"] if by_log else [])
             + ([f"full checksum diff for {', '.join(by_diff)}"] if by_diff else []))
         if refused:
             return False, f"{self.source.label} not writable: " + "; ".join(refused)
         return True, f"{self.source.label} writable ({len(pairs)} tables: INSERT, UPDATE, DELETE checked); " \
                      f"target supplies {supply}"
+
+    def _reverse_logical(self, pairs: list[TablePair]) -> list[str]:
+        """The tables whose changes reverse replication would decode from the target's log."""
+        if not self.item.uses_logical or self.reverse:
+            return []
+        back = DatabaseEngine(self.item, self.loaded, reverse=True)
+        try:
+            if back.capture() is None:
+                return []
+            logical = {info.label for info, wm in back._reflect_sources() if wm and wm.method == "logical"}
+            return [p.label for p in pairs if p.label in logical]
+        finally:
+            back.close()
 
     def lag(self, ctx: StageContext) -> dict[str, Any]:
         """Per table: watermark lag now and seconds since the last clean sync cycle (reads only)."""

@@ -157,8 +157,8 @@ def _key(data: bytes, pos: int, relation: Relation, whole: bool = False) -> tupl
     if relation.stop == 1 and not whole and count and data[pos] == 0x74:  # the common case: one key
         (length,) = _INT32.unpack_from(data, pos + 1)  # column, first, with a value
         value = data[pos + 5:pos + 5 + length]
-        kind = relation.kinds[0]
-        return (int(value) if kind.kind == "int" else key_value(kind, value.decode()),), pos + 5 + length
+        first = relation.kinds[0]
+        return (int(value) if first.kind == "int" else key_value(first, value.decode()),), pos + 5 + length
     wanted = relation.positions or []
     texts: dict[int, str | None] = {}
     length_of = _INT32.unpack_from
