@@ -92,9 +92,11 @@ class LogicalCapture:
         with self.source.errors("cannot read the replication slot"), self.source.engine.connect() as conn:
             return logical.slot_state(conn, self.name)
 
-    def cycle(self, journal: Journal, pairs: list[TablePair], allow_mass_delete: bool) -> CycleOutcome:
-        """Read what committed up to now, apply it to the target (truncates, then upserts parents first, then
-        deletes children first), and only then confirm it to the slot."""
+    def cycle(self, journal: Journal, pairs: list[TablePair], allow_mass_delete: bool,
+              workers: int = 1) -> CycleOutcome:
+        """Read what committed up to now, apply it to the target (truncates, then upserts parents first, up to
+        `workers` merges at once within a table, then deletes children first), and only then confirm it to the
+        slot."""
         outcome = CycleOutcome()
         names = self._qualified([p.label for p in pairs])
         by_name = {names[p.label]: p for p in pairs}
@@ -116,7 +118,7 @@ class LogicalCapture:
             outcome.truncated.append(pair.label)
         for pair in pairs:  # parents first
             found = batch.upserts.get(names[pair.label], {})
-            syncing.copy_rows(pair, list(found))
+            syncing.copy_rows(pair, list(found), workers)
             outcome.created += sum(1 for op in found.values() if op == "insert")
             outcome.updated += sum(1 for op in found.values() if op != "insert")
         order = {p.label: i for i, p in enumerate(pairs)}

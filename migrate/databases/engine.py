@@ -554,7 +554,7 @@ class DatabaseEngine(ItemEngine):
                                   "compares its tables in full", item=self.name, outcome="warning")
                 rescan = True
             elif capture is not None:
-                outcome = capture.cycle(ctx.journal, logical_pairs, ctx.allow_mass_delete)
+                outcome = capture.cycle(ctx.journal, logical_pairs, ctx.allow_mass_delete, self.item.parallel)
                 result.created += outcome.created
                 result.updated += outcome.updated
                 result.deleted += outcome.deleted
@@ -571,7 +571,7 @@ class DatabaseEngine(ItemEngine):
                 diffs = syncing.find_differences(pair, self._ranges(ctx, pair),
                                                  key_only=pair.watermark is not None, workers=workers)
                 copy = [d.source_key for d in diffs if d.kind != "missing_on_source" and d.source_key]
-                syncing.copy_rows(pair, copy)  # type: ignore[arg-type]
+                syncing.copy_rows(pair, copy, self.item.parallel)  # type: ignore[arg-type]
                 result.created += sum(1 for d in diffs if d.kind == "missing_on_target")
                 result.updated += sum(1 for d in diffs if d.kind == "different")
                 if self.item.delete:

@@ -163,7 +163,7 @@ def _merge_changed(pair: TablePair, journal: Journal, item: str, old: Any, since
 
         checker = KeyRangeChecksum(pair, workers=workers, where=overlap)
         late = [d.source_key for d in checker.compare(ranges) if d.kind != "missing_on_source" and d.source_key]
-        more, changed = copy_rows(pair, late)  # type: ignore[arg-type]
+        more, changed = copy_rows(pair, late, workers)  # type: ignore[arg-type]
         created += more
         updated += changed
     return created, updated, seen
@@ -209,19 +209,22 @@ def find_differences(pair: TablePair, ranges: list[KeyRange], *, key_only: bool,
     return list(checker.compare(ranges))
 
 
-def copy_rows(pair: TablePair, source_keys: Sequence[Key]) -> tuple[int, int]:
+def copy_rows(pair: TablePair, source_keys: Sequence[Key], workers: int = 1) -> tuple[int, int]:
     """Upsert the source rows with these keys onto the target; return (created, updated) where the merge
-    counts them (PostgreSQL to PostgreSQL), else (0, 0)."""
+    counts them (PostgreSQL to PostgreSQL, up to `workers` merges of disjoint keys at once, each its own
+    transaction: the target's sessions run as replication, so a row's foreign keys do not wait for a part
+    another merge writes), else (0, 0)."""
     src = pair.source
     if _same_postgres(pair):
-        created = updated = 0
-        for start in range(0, len(source_keys), MERGE_KEYS):
-            part = list(source_keys[start:start + MERGE_KEYS])
-            more, changed, _ = merge_postgres(pair, select(*pair.source_columns()).where(
+        def merge(part: list[Key]) -> tuple[int, int, Any]:
+            return merge_postgres(pair, select(*pair.source_columns()).where(
                 src.ops.key_in([src.col(k) for k in pair.key], part)))
-            created += more
-            updated += changed
-        return created, updated
+
+        step = max(MIN_MERGE_KEYS, min(MERGE_KEYS, -(-len(source_keys) // max(1, workers))))
+        parts = [list(source_keys[start:start + step]) for start in range(0, len(source_keys), step)]
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(parts)))) as pool:
+            counts = list(pool.map(merge, parts))
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
     for start in range(0, len(source_keys), BATCH):
         part = list(source_keys[start:start + BATCH])
         query = select(*pair.sync_columns(src)).where(
@@ -234,7 +237,8 @@ def copy_rows(pair: TablePair, source_keys: Sequence[Key]) -> tuple[int, int]:
     return 0, 0
 
 
-MERGE_KEYS = 50_000  # keys per staged merge when copying rows by key
+MERGE_KEYS = 50_000  # at most this many keys per staged merge when copying rows by key
+MIN_MERGE_KEYS = 5_000  # fewer are not worth a merge of their own
 STAGE = "migrate_stage"  # the staging table of a merge: temporary, dropped at commit
 
 
