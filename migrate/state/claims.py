@@ -1,0 +1,214 @@
+"""Claimable tasks for several runners over one plan (`migrate worker`): a small work table in a shared
+PostgreSQL journal, apart from the path and chunk records.
+
+- **A claim is one short transaction**: `UPDATE ... SET owner, lease_until, fence = fence + 1 WHERE id IN
+  (SELECT ... FOR UPDATE SKIP LOCKED LIMIT k)`, judged by the journal database's clock. Nothing is held between
+  transactions (PgBouncer in transaction mode works). Two runners never claim one task at once; a task whose
+  lease expired (its runner died or froze) is claimable again, with a higher fence.
+- **Fencing**: every later write about a task (heartbeat, done, failed) names the fence its claim got and
+  changes nothing once a newer claim exists: a runner that froze past its lease cannot mark done a task someone
+  else finished. The task's effect on the target is fenced separately (see `migrate.databases.load`).
+- **Order**: tasks are claimed by a hash of their name (sequential names would put neighbouring work, such as
+  small blob writes, on one storage partition at once), a runner's shard (`--shard i/N`) first: shards are
+  only affinity, claims are the truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.sql import ColumnElement
+
+from migrate.errors import UsageError
+from migrate.state.journal import Journal
+
+BUCKETS = 1 << 16
+
+work_metadata = MetaData()  # made in a journal only when workers use it
+tasks_t = Table(
+    "tasks",
+    work_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("item", String(128), nullable=False),
+    Column("stage", String(16), nullable=False),
+    Column("task", String(1024), nullable=False),
+    Column("bucket", Integer, nullable=False),  # hash of the task's name: the claim order
+    Column("status", String(16), nullable=False),  # pending | leased | done | failed
+    Column("owner", String(255)),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("fence", Integer, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("units", Integer, nullable=False, default=0),
+    Column("error", Text),
+    Index("ix_tasks_item_stage_task", "item", "stage", "task", unique=True),
+    Index("ix_tasks_claim", "item", "stage", "status", "bucket"),
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A task this runner holds: its id, name and the fence its claim got."""
+
+    id: int
+    item: str
+    stage: str
+    task: str
+    fence: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A stage's tasks by state (`leased` counts live leases; expired ones count as pending)."""
+
+    pending: int = 0
+    leased: int = 0
+    done: int = 0
+    failed: int = 0
+    units: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """Nothing left to claim or wait for (failed tasks included: the stage then failed)."""
+        return self.pending == 0 and self.leased == 0
+
+
+def bucket_of(task: str) -> int:
+    return int.from_bytes(hashlib.blake2b(task.encode(), digest_size=4).digest(), "big") % BUCKETS
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """`i/N` (0 <= i < N) as (i, N)."""
+    try:
+        index, count = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise UsageError(f"bad shard {value!r}: expected i/N, such as 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(f"bad shard {value!r}: i must be at least 0 and below N")
+    return index, count
+
+
+class WorkTable:
+    """The claimable tasks of one plan's journal (PostgreSQL only)."""
+
+    def __init__(self, journal: Journal, owner: str, ttl: float = 60.0,
+                 shard: tuple[int, int] = (0, 1), max_attempts: int = 3) -> None:
+        if journal.engine.dialect.name != "postgresql":
+            raise UsageError("workers share a PostgreSQL journal; this plan's journal is "
+                             f"{journal.engine.dialect.name}",
+                             hint="set `state: postgresql+psycopg://...` in the plan (see the README, Scale-out)")
+        work_metadata.create_all(journal.engine)
+        self.journal = journal
+        self.owner = owner
+        self.ttl = ttl
+        self.shard = shard
+        self.max_attempts = max_attempts
+
+    def add(self, item: str, stage: str, tasks: Sequence[str]) -> int:
+        """Add tasks not yet known (a second runner adding the same ones changes nothing); returns how many
+        were new."""
+        if not tasks:
+            return 0
+        rows = [{"item": item, "stage": stage, "task": t, "bucket": bucket_of(t), "status": "pending",
+                 "fence": 0, "attempts": 0, "units": 0} for t in tasks]
+        with self.journal.connect() as conn:
+            statement = postgresql_insert(tasks_t).on_conflict_do_nothing(
+                index_elements=[tasks_t.c.item, tasks_t.c.stage, tasks_t.c.task]).returning(tasks_t.c.id)
+            return len(conn.execute(statement, rows).all())
+
+    def claim(self, item: str, stage: str, limit: int = 1) -> list[Claim]:
+        """Up to `limit` claimable tasks (pending, or leased with an expired lease, and tried fewer than
+        `max_attempts` times), this runner's shard first, then by hash; each with its new fence."""
+        index, count = self.shard
+        order = f"(bucket % {count}) <> {index}, bucket, id" if count > 1 else "bucket, id"
+        with self.journal.connect() as conn:
+            rows = conn.execute(text(
+                "UPDATE tasks SET status = 'leased', owner = :owner, fence = fence + 1, attempts = attempts + 1, "
+                "lease_until = clock_timestamp() + make_interval(secs => :ttl) "
+                "WHERE id IN (SELECT id FROM tasks WHERE item = :item AND stage = :stage AND attempts < :most "
+                "AND (status = 'pending' OR status = 'leased' AND lease_until < clock_timestamp()) "
+                f"ORDER BY {order} LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING id, task, fence, bucket"),
+                {"owner": self.owner, "ttl": self.ttl, "item": item, "stage": stage, "most": self.max_attempts,
+                 "limit": limit}).all()
+        rows = sorted(rows, key=lambda r: (r[3] % count != index, r[3], r[0]))  # RETURNING keeps no order
+        return [Claim(int(r[0]), item, stage, str(r[1]), int(r[2])) for r in rows]
+
+    def heartbeat(self, claims: Sequence[Claim]) -> list[Claim]:
+        """Extend these claims' leases; returns the claims this runner no longer holds (a newer claim exists)."""
+        lost = []
+        with self.journal.connect() as conn:
+            for claim in claims:
+                held = conn.execute(update(tasks_t).where(self._held(claim)).values(
+                    lease_until=func.clock_timestamp() + text(f"make_interval(secs => {float(self.ttl)})"))).rowcount
+                if not held:
+                    lost.append(claim)
+        return lost
+
+    def done(self, claim: Claim, units: int = 0) -> bool:
+        """Mark the task done; False (and nothing changed) when a newer claim superseded this one."""
+        with self.journal.connect() as conn:
+            return bool(conn.execute(update(tasks_t).where(self._held(claim)).values(
+                status="done", units=units, lease_until=None)).rowcount)
+
+    def failed(self, claim: Claim, error: str) -> bool:
+        """Give the task back after a failure: claimable again until `max_attempts`, then failed."""
+        with self.journal.connect() as conn:
+            return bool(conn.execute(update(tasks_t).where(self._held(claim)).values(
+                status=text(f"CASE WHEN attempts >= {int(self.max_attempts)} THEN 'failed' ELSE 'pending' END"),
+                error=error[:2000], lease_until=None)).rowcount)
+
+    def release(self, claims: Sequence[Claim]) -> None:
+        """Give these tasks back unfinished (a worker asked to stop): claimable at once, the attempt not counted."""
+        with self.journal.connect() as conn:
+            for claim in claims:
+                conn.execute(update(tasks_t).where(self._held(claim)).values(
+                    status="pending", lease_until=None, attempts=tasks_t.c.attempts - 1))
+
+    def holder(self, item: str, stage: str, task: str) -> tuple[str | None, int, str]:
+        """(owner, fence, status) of one task as the journal has it."""
+        with self.journal.connect() as conn:
+            row = conn.execute(select(tasks_t.c.owner, tasks_t.c.fence, tasks_t.c.status).where(and_(
+                tasks_t.c.item == item, tasks_t.c.stage == stage, tasks_t.c.task == task))).one()
+        return row[0], int(row[1]), str(row[2])
+
+    def progress(self, item: str, stage: str) -> Progress:
+        with self.journal.connect() as conn:
+            row = conn.execute(text(
+                "SELECT count(*) FILTER (WHERE status = 'pending' OR status = 'leased' AND lease_until < "
+                "clock_timestamp() AND attempts < :most), "
+                "count(*) FILTER (WHERE status = 'leased' AND lease_until >= clock_timestamp()), "
+                "count(*) FILTER (WHERE status = 'done'), "
+                "count(*) FILTER (WHERE status = 'failed' OR status = 'leased' AND lease_until < clock_timestamp() "
+                "AND attempts >= :most), "
+                "coalesce(sum(units) FILTER (WHERE status = 'done'), 0) "
+                "FROM tasks WHERE item = :item AND stage = :stage"),
+                {"item": item, "stage": stage, "most": self.max_attempts}).one()
+        return Progress(*(int(v) for v in row))
+
+    def live_leases(self) -> list[tuple[str, str, str, str]]:
+        """(owner, item, stage, task) of every live lease: cutover refuses while any exists."""
+        with self.journal.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(  # type: ignore[misc]
+                "SELECT owner, item, stage, task FROM tasks WHERE status = 'leased' AND lease_until >= "
+                "clock_timestamp() ORDER BY owner, item, task"))]
+
+    def _held(self, claim: Claim) -> ColumnElement[bool]:
+        return and_(tasks_t.c.id == claim.id, tasks_t.c.fence == claim.fence, tasks_t.c.owner == self.owner,
+                    tasks_t.c.status == "leased")

@@ -1,0 +1,112 @@
+"""The work table of `migrate worker`: claims by real processes on a real PostgreSQL journal, leases judged by
+the journal's clock, fences that refuse a superseded runner's writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from migrate.errors import UsageError
+from migrate.state.claims import WorkTable, bucket_of, parse_shard
+from migrate.state.journal import Journal
+
+pytestmark = pytest.mark.postgres
+
+REPO = Path(__file__).resolve().parents[1]
+
+CLAIMER = """
+import json, sys
+sys.path.insert(0, {repo!r})
+from migrate.state.claims import WorkTable
+from migrate.state.journal import Journal
+work = WorkTable(Journal(sys.argv[1]), owner=sys.argv[2], ttl=60)
+got = []
+while claims := work.claim("obs", "load", limit=3):
+    for claim in claims:
+        assert work.done(claim, units=1)
+        got.append(claim.task)
+print(json.dumps(got))
+"""
+
+
+def test_runners_claiming_at_once_take_every_task_exactly_once(pg_url: str) -> None:
+    work = WorkTable(Journal(pg_url), owner="setup")
+    assert work.add("obs", "load", [f"chunk#{i}" for i in range(300)]) == 300
+    assert work.add("obs", "load", [f"chunk#{i}" for i in range(300)]) == 0  # a second runner adds nothing
+    script = CLAIMER.format(repo=str(REPO))
+    runners = [subprocess.Popen([sys.executable, "-c", script, pg_url, f"runner-{n}"], stdout=subprocess.PIPE,
+                                text=True) for n in range(4)]
+    taken = [json.loads(r.communicate(timeout=120)[0]) for r in runners]
+    assert all(r.returncode == 0 for r in runners)
+    everything = [task for part in taken for task in part]
+    assert sorted(everything) == sorted(f"chunk#{i}" for i in range(300))  # each once: no gap, no overlap
+    assert sum(1 for part in taken if part) >= 2  # the work was shared
+    progress = work.progress("obs", "load")
+    assert (progress.pending, progress.leased, progress.done, progress.units) == (0, 0, 300, 300)
+
+
+def test_an_expired_lease_is_claimed_again_and_the_old_holder_is_fenced_off(pg_url: str) -> None:
+    journal = Journal(pg_url)
+    a = WorkTable(journal, owner="a", ttl=1)
+    b = WorkTable(journal, owner="b", ttl=30)
+    a.add("obs", "load", ["chunk#0"])
+    (first,) = a.claim("obs", "load")
+    assert b.claim("obs", "load") == []  # live lease
+    assert a.progress("obs", "load").leased == 1
+    time.sleep(1.3)  # a froze past its lease (judged by the journal's clock)
+    (second,) = b.claim("obs", "load")
+    assert (second.task, second.fence) == ("chunk#0", first.fence + 1)
+    assert a.heartbeat([first]) == [first]  # a learns it lost the task
+    assert not a.done(first, units=5)  # and cannot mark it done
+    assert b.done(second, units=7)
+    assert b.holder("obs", "load", "chunk#0") == ("b", 2, "done")
+    assert b.progress("obs", "load").units == 7
+
+
+def test_heartbeats_keep_a_lease_and_release_gives_the_task_back(pg_url: str) -> None:
+    journal = Journal(pg_url)
+    a = WorkTable(journal, owner="a", ttl=1)
+    b = WorkTable(journal, owner="b", ttl=1)
+    a.add("obs", "load", ["chunk#0"])
+    (held,) = a.claim("obs", "load")
+    for _ in range(5):
+        time.sleep(0.4)
+        assert a.heartbeat([held]) == []
+        assert b.claim("obs", "load") == []
+    a.release([held])
+    (again,) = b.claim("obs", "load")
+    assert again.fence == held.fence + 1
+
+
+def test_a_task_failing_max_attempts_times_is_failed(pg_url: str) -> None:
+    work = WorkTable(Journal(pg_url), owner="a", max_attempts=2)
+    work.add("obs", "load", ["chunk#0"])
+    for attempt in (1, 2):
+        (claim,) = work.claim("obs", "load")
+        assert work.failed(claim, f"attempt {attempt}: connection reset")
+    assert work.claim("obs", "load") == []
+    progress = work.progress("obs", "load")
+    assert (progress.pending, progress.failed, progress.finished) == (0, 1, True)
+
+
+def test_a_shard_claims_its_own_hash_bucket_first(pg_url: str) -> None:
+    journal = Journal(pg_url)
+    tasks = [f"letters/{i:05}" for i in range(64)]
+    WorkTable(journal, owner="setup").add("docs", "copy", tasks)
+    mine = [t for t in tasks if bucket_of(t) % 4 == 1]
+    claims = WorkTable(journal, owner="a", shard=parse_shard("1/4")).claim("docs", "copy", limit=len(mine))
+    assert sorted(c.task for c in claims) == sorted(mine)
+    assert [bucket_of(c.task) for c in claims] == sorted(bucket_of(c.task) for c in claims)  # hash order
+
+
+def test_workers_need_a_postgres_journal_and_a_good_shard(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="PostgreSQL journal"):
+        WorkTable(Journal(f"sqlite:///{tmp_path / 'state.db'}"), owner="a")
+    for bad in ("4/4", "x", "1/0", "-1/2"):
+        with pytest.raises(UsageError, match="bad shard"):
+            parse_shard(bad)
