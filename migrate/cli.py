@@ -95,7 +95,8 @@ EXAMPLES = {  # shown at the foot of each verb's help, one per line
     "validate": ["migrate validate plans/", "migrate validate --skip-env --json plans/ppm-documents.yaml"],
     "plan": ["migrate plan plans/ppm-documents.yaml",
              "migrate plan --detailed-exitcode --json PLAN   (CI: 4 = changes pending)"],
-    "run": ["migrate run PLAN", "migrate run PLAN --until load --item letters", "migrate run PLAN --lock-timeout 5m"],
+    "run": ["migrate run PLAN", "migrate run PLAN --until load --item letters", "migrate run PLAN --lock-timeout 5m",
+            "migrate run PLAN --workers 4   (the load by four local workers; PostgreSQL journal)"],
     "sync": ["migrate sync PLAN", "migrate sync PLAN --watch",
              "migrate sync PLAN --watch --json   (one JSON line per cycle)"],
     "verify": ["migrate verify PLAN", "migrate verify PLAN --deep --item letters"],
@@ -110,6 +111,9 @@ EXAMPLES = {  # shown at the foot of each verb's help, one per line
                  "migrate throttle PLAN --rows-per-second 2000", "migrate throttle PLAN --bytes-per-second 50MiB",
                  "migrate throttle PLAN --clear"],
     "abandon": ["migrate abandon PLAN", "migrate abandon PLAN --yes"],
+    "worker": ["migrate worker PLAN   (one of N runners; the plan's state is a PostgreSQL journal)",
+               "migrate worker PLAN --shard 2/4 --until load", "migrate worker PLAN --shard /4   "
+               "(i from JOB_COMPLETION_INDEX)"],
     "schema": ["migrate schema > plan.schema.json", "migrate schema --report"],
     "demo": ["migrate demo", "migrate demo --workdir /tmp/demo --patients 20000",
              "migrate demo --workdir tour --prepare-only   (an estate to move by hand)"],
@@ -288,12 +292,31 @@ def plan(plan: PlanArg, as_json: JsonOpt = False,
 def run(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
         until: Annotated[str, typer.Option(metavar="STAGE",
                                            help="Stop after this stage: preflight, schema, load or verify.")]
-        = "verify", lock_timeout: LockTimeoutOpt = None, allow_mass_delete: MassDeleteOpt = False) -> None:
+        = "verify", lock_timeout: LockTimeoutOpt = None, allow_mass_delete: MassDeleteOpt = False,
+        workers: Annotated[int | None, typer.Option(metavar="N", min=1, max=64,
+                                                    help="Load with N local `migrate worker` processes (claims in a "
+                                                         "PostgreSQL journal), then verify here.")] = None) -> None:
     """preflight → schema → load → verify; resumes whatever an earlier run left unfinished."""
     _execute("run", as_json, lambda p: commands.run(plan, until=until, items=items, progress=p,
                                                     lock_wait=_lock_wait(lock_timeout),
-                                                    allow_mass_delete=allow_mass_delete), views.show_run,
-             lambda r: r.exit_code)
+                                                    allow_mass_delete=allow_mass_delete, workers=workers),
+             views.show_run, lambda r: r.exit_code)
+
+
+@_command()
+def worker(plan: PlanArg, as_json: JsonOpt = False,
+           shard: Annotated[str | None, typer.Option(metavar="i/N", help="Claim this share's tasks first (affinity "
+                                                     "only: claims balance the work); `/N` takes i from "
+                                                     "JOB_COMPLETION_INDEX.")] = None,
+           until: Annotated[str, typer.Option(metavar="STAGE", help="Stop after this stage: preflight, schema or "
+                                                                     "load.")] = "load",
+           lease: Annotated[str, typer.Option(metavar="DURATION", help="How long a claim lasts without a "
+                                                                        "heartbeat.")] = "30s") -> None:
+    """One of N stateless runners sharing a plan: claims chunks from the PostgreSQL journal until none is pending
+    or leased. Exit 0 done, 1 a task failed too often, 2 bad usage (a SQLite journal), 130 SIGTERM (its tasks
+    given back)."""
+    _execute("worker", as_json, lambda p: commands.worker(plan, shard=shard, until=until, lease=lease),
+             views.show_worker, lambda r: r.exit_code)
 
 
 @_command()

@@ -200,8 +200,13 @@ class RunResult:
 
 def run(plan_path: Path, until: str = "verify", items: list[str] | None = None,
         progress: Progress | None = None, lock_wait: LockWait = LockWait(),
-        allow_mass_delete: bool = False) -> RunResult:
-    """preflight → schema → load → verify; resumes whatever an earlier run left unfinished."""
+        allow_mass_delete: bool = False, workers: int | None = None) -> RunResult:
+    """preflight → schema → load → verify; resumes whatever an earlier run left unfinished. With `workers`,
+    the stages up to the load are done by that many local `migrate worker` processes first."""
+    if workers:
+        from migrate.stages.worker import run_local_workers
+
+        run_local_workers(plan_path, workers, until)
     with session(plan_path, "run", progress=progress, lock_wait=lock_wait,
                  allow_mass_delete=allow_mass_delete) as ctx:
         warnings = _fingerprint_warnings(ctx.loaded, ctx.journal)
@@ -548,6 +553,20 @@ def replication_objects(plan_path: Path) -> list[str]:
     """The slots and publications the plan's logical decoding keeps on its sources (for the question asked)."""
     with session(plan_path, "plan", lock=False) as ctx:
         return [f"{capture.name} on {capture.source.label}" for capture in _captures(ctx)]
+
+
+def worker(plan_path: Path, shard: str | None = None, until: str = "load", lease: str = "30s") -> Any:
+    """`migrate worker`: see migrate.stages.worker."""
+    from migrate.plan.durations import parse_duration
+    from migrate.stages.worker import run_worker, shard_of
+
+    try:
+        ttl = parse_duration(lease)
+    except ValueError as exc:
+        raise UsageError(f"--lease: {exc}") from None
+    if ttl < 3:
+        raise UsageError("--lease: at least 3s (a heartbeat renews it every third of it)")
+    return run_worker(plan_path, shard=shard_of(shard), until=until, ttl=ttl)
 
 
 def _captures(ctx: StageContext) -> list[Any]:

@@ -93,6 +93,19 @@ def show_run(console: Console, result: Any) -> None:
     _warnings(console, result.warnings)
 
 
+def show_worker(console: Console, result: Any) -> None:
+    table = _table(f"Worker {result.owner}", "item", "claimed", "done", "rows", "refused", "finished the load")
+    for i in result.items:
+        table.add_row(i.item, str(i.claimed), str(i.done), f"{i.units:,}", str(len(i.refused)),
+                      "yes" if i.finished_stage else "-")
+    console.print(table)
+    for i in result.items:
+        for message in i.refused:
+            console.print(f"  {i.item}: {message}", highlight=False, markup=False)
+    for failure in result.failed:
+        console.print(f"  [red]failed[/] {escape(failure)}", highlight=False)
+
+
 def _differences(console: Console, differences: list[Any], limit: int = 50) -> None:
     for d in differences[:limit]:
         detail = f" ({escape(d.detail)})" if d.detail else ""

@@ -42,7 +42,7 @@ from migrate.databases.schema import (
 )
 from migrate.databases.tables import TablePair, make_pair
 from migrate.databases.values import canonical_text
-from migrate.errors import Difference, EndpointError, MigrateError
+from migrate.errors import Difference, EndpointError, MigrateError, UsageError
 from migrate.plan.loader import LoadedPlan
 from migrate.plan.model import DatabaseItem, Incremental, TableSpec
 from migrate.redact import redact
@@ -76,6 +76,7 @@ class DatabaseEngine(ItemEngine):
         self._wm_columns: dict[str, str] = {}
         self._capture: LogicalCapture | None = None
         self.reverse_refusal: list[str] = []  # why the target's log cannot feed reverse replication
+        self._loaded_pairs: list[TablePair] | None = None  # the tables a worker's chunks read (looked up once)
 
     @property
     def native_schema(self) -> bool:
@@ -401,6 +402,18 @@ class DatabaseEngine(ItemEngine):
             moved = loading.run_chunks(work, workers, pending, mark, throttle)
         finally:
             task.close()
+        post = self._finish_tables(ctx, pairs)
+        seconds = time.monotonic() - started
+        total = already + moved
+        return StageResult(self.name, "load", summary=f"{moved} rows in {len(work)} chunks ({total} in all)",
+                           metrics={"rows": total, "rows_this_run": moved, "chunks_this_run": len(work),
+                                    "seconds": round(seconds, 3),
+                                    "rows_per_second": round(moved / seconds) if seconds else 0,
+                                    "post_load": post})
+
+    def _finish_tables(self, ctx: StageContext, pairs: list[TablePair]) -> list[str]:
+        """After the last chunk: indexes and constraints, then statistics (PostgreSQL), so the target plans
+        well from the first query. Returns what was done."""
         post = []
         if self.native_schema:
             post = self._post_load_native(ctx, pairs)
@@ -411,19 +424,62 @@ class DatabaseEngine(ItemEngine):
                 for pair in pairs:
                     post += create_post_load(conn, target_schema.tables[pair.label], self.target.dialect)
                     conn.commit()
-        if self.target.dialect == "postgresql":  # statistics now, so the target plans well from the first query
+        if self.target.dialect == "postgresql":
             with self.target.errors("cannot analyze"), self.target.engine.connect() as conn:
                 for pair in pairs:
                     conn.exec_driver_sql(f"ANALYZE {pair.target.ops.qualified(pair.target.clause)}")
                 conn.commit()
             post.append(f"analyzed {len(pairs)} table(s)")
-        seconds = time.monotonic() - started
-        total = already + moved
-        return StageResult(self.name, "load", summary=f"{moved} rows in {len(work)} chunks ({total} in all)",
-                           metrics={"rows": total, "rows_this_run": moved, "chunks_this_run": len(work),
-                                    "seconds": round(seconds, 3),
-                                    "rows_per_second": round(moved / seconds) if seconds else 0,
-                                    "post_load": post})
+        return post
+
+    # -- the load as claimable tasks (`migrate worker`, see migrate.stages.worker) --
+
+    def load_tasks(self, ctx: StageContext) -> list[str]:
+        """Once, before any chunk: the slot (logical decoding) and the pre-load watermarks, then every table's
+        key ranges planned and journaled; returns the chunks not done yet, as task names."""
+        if self.target.dialect != "postgresql":
+            raise UsageError(f"{self.name}: workers load PostgreSQL targets only ({self.target.label} is "
+                             f"{self.target.dialect}): each chunk takes a lock on the target first",
+                             hint="use `migrate run PLAN` for this item")
+        pairs = self._pairs()
+        capture = self.capture()
+        if capture is not None:
+            capture.ensure(ctx.journal, self._logical(pairs))
+        done = ctx.journal.chunks(self.name, loading.STAGE)
+        tasks = []
+        for pair in pairs:
+            if pair.watermark is not None and ctx.journal.get(self.name, syncing.watermark_key(pair)) is None:
+                syncing.record_watermark(ctx.journal, self.name, pair, syncing.source_watermark(pair))
+            ranges = loading.plan_ranges(pair, ctx.journal, self.name, self.item.chunk_rows)
+            tasks += [chunk for i in range(len(ranges))
+                      if done.get(chunk := loading.chunk_id(pair.label, i), ("",))[0] != "done"]
+        return tasks
+
+    def load_task(self, ctx: StageContext, task: str) -> int:
+        """Copy one chunk (`table#index`) under its target lock and journal it done; returns its rows."""
+        label, index = task.rsplit("#", 1)
+        pair = next(p for p in self._task_pairs() if p.label == label)
+        ranges = loading.plan_ranges(pair, ctx.journal, self.name, self.item.chunk_rows)
+        rows = loading.copy_range(pair, ranges[int(index)], fence=loading.chunk_lock(label, int(index)))
+        ctx.journal.mark_chunk(self.name, loading.STAGE, task, "done", rows)
+        self.throttle(ctx).rows(rows)
+        return rows
+
+    def _task_pairs(self) -> list[TablePair]:
+        if self._loaded_pairs is None:
+            self._loaded_pairs = self._pairs()
+        return self._loaded_pairs
+
+    def load_finish(self, ctx: StageContext) -> StageResult:
+        """Once, after the last chunk: indexes, constraints, statistics; the load's totals from the journal."""
+        started = time.monotonic()
+        pairs = self._task_pairs()
+        post = self._finish_tables(ctx, pairs)
+        chunks = ctx.journal.chunks(self.name, loading.STAGE)
+        total = sum(units for status, units, _ in chunks.values() if status == "done")
+        return StageResult(self.name, "load", summary=f"{total} rows in {len(chunks)} chunks, by workers",
+                           metrics={"rows": total, "chunks": len(chunks), "post_load": post,
+                                    "post_load_seconds": round(time.monotonic() - started, 3)})
 
     def advance_sequences(self, ctx: StageContext) -> list[str]:
         """`migrate:sequences`: every target sequence/identity at least the source's value and the highest

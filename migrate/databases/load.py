@@ -9,6 +9,7 @@ executemany. Rows stream through in batches: a table is never held in memory.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -53,17 +54,22 @@ def _source_rows(pair: TablePair, query: Any, rng: KeyRange) -> Iterator[tuple[A
                 yield tuple(row)
 
 
-def copy_range(pair: TablePair, rng: KeyRange, fresh: bool = False) -> int:
+def copy_range(pair: TablePair, rng: KeyRange, fresh: bool = False, fence: int | None = None) -> int:
     """Replace the target's rows in `rng` (source values) with the source's; return rows written.
 
     `fresh`: the journal proves no row of this range was ever written (the chunk was never started on a table
-    we own that has no key yet), so the delete is skipped.
+    we own that has no key yet), so the delete is skipped. `fence` (PostgreSQL targets): the transaction first
+    takes this transaction-scoped lock on the target, so two runners copying one chunk (one of them frozen past
+    its claim's lease) run one after the other and the second replaces the first's rows instead of adding to
+    them (the target has no key during the load).
     """
     src, tgt = pair.source, pair.target
     query = select(*pair.source_columns()).where(src.order.where(rng))
     target_range = pair.range_on(tgt, rng, src)
     with tgt.endpoint.errors(f"load of {pair.label} keys {rng} failed"), tgt.endpoint.engine.connect() as tconn:
         tconn.begin()  # explicit: the fast paths write through the driver connection, unseen by SQLAlchemy
+        if fence is not None:
+            tconn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": fence})
         if not fresh:
             tconn.execute(delete(tgt.clause).where(tgt.order.where(target_range)))
             if tgt.ops.name == "mssql":
@@ -135,3 +141,9 @@ def run_chunks(work: list[tuple[TablePair, int, KeyRange, bool]], workers: int,
                 future.cancel()
             raise
     return total
+
+
+def chunk_lock(label: str, index: int) -> int:
+    """The target lock of one chunk (a signed 64-bit key)."""
+    digest = hashlib.blake2b(f"migrate:load:{label}#{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)

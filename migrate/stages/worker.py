@@ -1,0 +1,282 @@
+"""`migrate worker`: one of N stateless runners sharing a plan through a PostgreSQL journal.
+
+Each database item's load is split into claimable tasks (one per key-range chunk) in the journal's work table
+(`migrate.state.claims`). Whatever must happen once (preflight, schema, the pre-load watermark and slot, planning
+the chunks; after the last chunk, index builds and statistics) happens under a lock held in the journal
+database, by whichever worker gets there first; the others wait and find it done. A worker claims a chunk,
+copies it (the chunk's target transaction takes a lock of its own on the target first, so a runner that froze
+past its lease cannot interleave with the one that took the chunk over), and marks it done with its claim's
+fence; a superseded done-mark is refused and said. A worker exits 0 once nothing of its stages is pending or
+leased, 1 when a task failed `max_attempts` times, 130 on SIGTERM or Ctrl-C after giving its tasks back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from migrate import interrupt
+from migrate.errors import MigrateError, UsageError
+from migrate.plan.model import DatabaseItem
+from migrate.stages.engine import RUN_STAGES, StageContext
+from migrate.stages.runner import StageRunner, engine_for
+from migrate.state.claims import Claim, WorkTable, parse_shard
+from migrate.state.lock import current_lock
+
+log = logging.getLogger("migrate")
+
+WORKER_STAGES = ("preflight", "schema", "load")  # what workers share today; verify and sync stay single-runner
+FINISH = "load:finish"  # the singleton task after a load's last chunk: index builds, statistics, the stage done
+
+
+@dataclass
+class ItemWork:
+    """What one worker did for one item."""
+
+    item: str
+    claimed: int = 0
+    done: int = 0
+    refused: list[str] = field(default_factory=list)  # done-marks a newer claim superseded
+    units: int = 0
+    finished_stage: bool = False  # this worker ran the item's finishing task
+
+
+@dataclass
+class WorkerResult:
+    owner: str
+    items: list[ItemWork] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.interrupted else 1 if self.failed else 0
+
+
+def owner_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Worker:
+    """One runner's share of a plan's work, stage by stage, item by item."""
+
+    def __init__(self, ctx: StageContext, *, shard: tuple[int, int] = (0, 1), until: str = "load",
+                 ttl: float = 30.0, poll: float = 0.5, owner: str | None = None) -> None:
+        if until not in RUN_STAGES:
+            raise UsageError(f"--until takes one of {', '.join(RUN_STAGES)}, not {until!r}")
+        self.ctx = ctx
+        self.stages = tuple(s for s in WORKER_STAGES if RUN_STAGES.index(s) <= RUN_STAGES.index(until))
+        self.owner = owner or owner_name()
+        self.work = WorkTable(ctx.journal, self.owner, ttl=ttl, shard=shard)
+        self.ttl = ttl
+        self.poll = poll
+        self.runner = StageRunner(ctx)
+        self._held: dict[int, Claim] = {}
+        self._guard = threading.Lock()
+
+    def run(self) -> WorkerResult:
+        result = WorkerResult(self.owner)
+        holder = current_lock(self.ctx.journal, self.ctx.loaded.plan.component)
+        if holder is not None and not holder.is_stale(self.ctx.journal.clock()):
+            raise MigrateError(f"the plan is locked by {holder.describe()}; workers share the plan only with "
+                               "other workers", hint="wait for that command to finish, then start the workers")
+        beat = threading.Thread(target=self._heartbeat, name="worker-heartbeat", daemon=True)
+        beat.start()
+        try:
+            for item in self.ctx.loaded.plan.items:
+                if not isinstance(item, DatabaseItem):
+                    log.info("%s: blob items are moved by `migrate run`, not by workers (yet)", item.name)
+                    continue
+                result.items.append(self._item(item, result))
+        except KeyboardInterrupt:
+            result.interrupted = True
+            self._give_back()
+        finally:
+            self._stopping = True
+        return result
+
+    # -- one item --
+
+    def _item(self, item: DatabaseItem, result: WorkerResult) -> ItemWork:
+        done = ItemWork(item.name)
+        journal = self.ctx.journal
+        engine = engine_for(item, self.ctx)
+        try:
+            if "load" in self.stages and journal.last_done(item.name, "load"):
+                return done
+            with self._singleton(f"{item.name}:prepare"):
+                for stage in ("preflight", "schema"):
+                    if stage in self.stages and not journal.last_done(item.name, stage):
+                        stage_result = self.runner._stage(engine, stage, partial(getattr(engine, stage), self.ctx))
+                        if not stage_result.ok or stage_result.problems:
+                            result.failed.append(f"{item.name}: {stage}: " + "; ".join(stage_result.problems))
+                            return done
+                if "load" not in self.stages:
+                    return done
+                if journal.get(item.name, "work:load") is None:
+                    tasks = engine.load_tasks(self.ctx)  # type: ignore[attr-defined]
+                    self.work.add(item.name, "load", tasks)
+                    self.work.add(item.name, FINISH, ["finish"])
+                    journal.set_stage(item.name, engine.kind, "load", "running", run_id=self.ctx.run_id,
+                                      detail={"tasks": len(tasks), "workers": "claims"})
+                    journal.put(item.name, "work:load", {"tasks": len(tasks)})
+            self._claim_until_done(item.name, "load", lambda task: engine.load_task(self.ctx, task),  # type: ignore[attr-defined]
+                                   done, result)
+            if result.failed:
+                return done
+            self._claim_until_done(item.name, FINISH, lambda _task: self._finish_load(engine), done, result)
+            return done
+        finally:
+            engine.close()
+
+    def _finish_load(self, engine: Any) -> int:
+        self.runner._stage(engine, "load", lambda: engine.load_finish(self.ctx))
+        return 0
+
+    def _claim_until_done(self, item: str, stage: str, run: Any, done: ItemWork, result: WorkerResult) -> None:
+        """Claim and run this stage's tasks until none is pending or leased (reclaiming expired leases)."""
+        while True:
+            interrupt.check()
+            claims = self.work.claim(item, stage, limit=1)
+            if not claims:
+                progress = self.work.progress(item, stage)
+                if progress.failed:
+                    result.failed.append(f"{item}: {progress.failed} {stage} task(s) failed too often")
+                    return
+                if progress.finished:
+                    return
+                time.sleep(self.poll)  # others hold leases: wait for them to finish or expire
+                continue
+            for claim in claims:
+                self._run_claim(claim, run, done)
+
+    def _run_claim(self, claim: Claim, run: Any, done: ItemWork) -> None:
+        done.claimed += 1
+        if claim.fence > 1:
+            self.ctx.journal.event("worker", f"{claim.task}: claimed again (fence {claim.fence}) after an earlier "
+                                   "claim's lease expired", item=claim.item, data={"owner": self.owner})
+        with self._guard:
+            self._held[claim.id] = claim
+        try:
+            units = run(claim.task)
+        except MigrateError as exc:
+            self._let_go(claim)
+            self.work.failed(claim, str(exc))
+            self.ctx.journal.event("worker", f"{claim.task} failed (attempt by {self.owner}): {exc}",
+                                   item=claim.item, outcome="failed")
+            return
+        self._let_go(claim)  # (on Ctrl-C or SIGTERM the claim stays held: `_give_back` returns it)
+        if self.work.done(claim, units):
+            done.done += 1
+            done.units += units
+            done.finished_stage = done.finished_stage or claim.stage == FINISH
+        else:
+            owner, fence, status = self.work.holder(claim.item, claim.stage, claim.task)
+            message = (f"{claim.task}: done-mark refused: this claim's fence {claim.fence} was superseded by fence "
+                       f"{fence} ({owner}, {status})")
+            done.refused.append(message)
+            self.ctx.journal.event("worker", message, item=claim.item, outcome="refused")
+
+    # -- leases --
+
+    def _let_go(self, claim: Claim) -> None:
+        with self._guard:
+            self._held.pop(claim.id, None)
+
+    _stopping = False
+
+    def _heartbeat(self) -> None:
+        while not self._stopping:
+            time.sleep(self.ttl / 3)
+            with self._guard:
+                held = list(self._held.values())
+            if held:
+                try:
+                    for lost in self.work.heartbeat(held):
+                        log.warning("%s: lost the lease of %s (a newer claim exists)", lost.item, lost.task)
+                except Exception as exc:  # noqa: BLE001 - a missed heartbeat only shortens the lease
+                    log.warning("heartbeat failed: %s", exc)
+
+    def _give_back(self) -> None:
+        with self._guard:
+            held = list(self._held.values())
+            self._held.clear()
+        if held:
+            self.work.release(held)
+            self.ctx.journal.event("worker", f"stopped: gave back {', '.join(c.task for c in held)}",
+                                   data={"owner": self.owner})
+
+    @contextmanager
+    def _singleton(self, name: str) -> Iterator[None]:
+        """Held by one worker at a time (a session lock in the journal database, released at the end or when
+        the worker's connection dies)."""
+        key = zlib.crc32(f"migrate:{self.ctx.loaded.plan.component}:{name}".encode())
+        with self.ctx.journal.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+
+
+def run_worker(plan_path: Path, *, shard: tuple[int, int], until: str, ttl: float = 30.0) -> WorkerResult:
+    """`migrate worker`: SIGTERM, like Ctrl-C, stops claiming, cancels the running statement, gives the held
+    tasks back and exits 130."""
+    from migrate.commands import session
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: interrupt.stop())
+    try:
+        with session(plan_path, "worker", lock=False) as ctx:
+            return Worker(ctx, shard=shard, until=until, ttl=ttl).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def shard_of(value: str | None) -> tuple[int, int]:
+    """`--shard`: `i/N`; `/N` takes i from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job); none: (0, 1)."""
+    if value is None:
+        return 0, 1
+    if value.startswith("/"):
+        index = os.environ.get("JOB_COMPLETION_INDEX")
+        if index is None:
+            raise UsageError(f"--shard {value}: JOB_COMPLETION_INDEX is not set", hint="write --shard i/N")
+        value = f"{index}{value}"
+    return parse_shard(value)
+
+
+def run_local_workers(plan_path: Path, count: int, until: str) -> None:
+    """`migrate run PLAN --workers N`: N `migrate worker` processes on this machine, up to the load (or `until`
+    when earlier); raises when one of them did not finish its work."""
+    last = until if until in WORKER_STAGES else "load"
+    argv = [sys.executable, "-m", "migrate", "worker", str(plan_path), "--until", last]
+    children = [subprocess.Popen([*argv, "--shard", f"{i}/{count}"], stdout=subprocess.DEVNULL)
+                for i in range(count)]
+    try:
+        codes = [child.wait() for child in children]
+    except KeyboardInterrupt:
+        for child in children:
+            child.send_signal(signal.SIGTERM)  # each gives its tasks back
+        for child in children:
+            child.wait()
+        raise
+    if any(codes):
+        raise MigrateError(f"{sum(1 for c in codes if c)} of {count} workers did not finish (exit codes "
+                           f"{', '.join(map(str, codes))}); their messages are above",
+                           hint="run the same command again: finished chunks are kept, the rest are claimed again")

@@ -1,0 +1,169 @@
+"""`migrate worker`: N stateless runners sharing one plan's load through a PostgreSQL journal. Real processes,
+real PostgreSQL, kill -9 and SIGSTOP of a runner holding a chunk whose target writes are not committed; both
+sides compared outside the tool (md5 of COPY output)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from test_db_postgres import dsn, pg
+from test_direction import table_md5
+
+from helpers import cli_process
+from migrate.databases.keyranges import decode_ranges
+from migrate.databases.load import chunk_lock
+
+pytestmark = pytest.mark.postgres
+
+ROWS = 120_000
+
+
+def worker_plan(folder: Path, source: str, target: str, journal: str, chunk_rows: int = 10_000) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "plan.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        version: 1
+        component: scale
+        state: "{journal}"
+        connections:
+          src: {{url: "{source}"}}
+          dst: {{url: "{target}"}}
+        databases:
+          - {{name: obs, source: src, target: dst, tables: [observations], chunk_rows: {chunk_rows}}}
+        """), encoding="utf-8")
+    return path
+
+
+def fill(url: str) -> None:
+    pg(url, "CREATE TABLE observations (id bigint PRIMARY KEY, patient int NOT NULL, code text, value numeric, "
+            "note text)")
+    pg(url, f"INSERT INTO observations SELECT g, g % 997, 'LOINC-' || g % 400, g / 7.0, repeat('note ', 40) "
+            f"FROM generate_series(1, {ROWS}) g")
+
+
+def start_workers(plan: Path, count: int, lease: str = "3s") -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/{count}",
+                              "--lease", lease, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(count)]
+
+
+def tasks(journal: str) -> list[tuple]:
+    if pg(journal, "SELECT to_regclass('tasks')") == [(None,)]:  # no worker has made the work table yet
+        return []
+    return pg(journal, "SELECT task, status, owner, fence FROM tasks WHERE stage = 'load' ORDER BY task")
+
+
+def held_in_flight(journal: str, target: str) -> tuple[int, str] | None:
+    """(pid, task) of a worker holding a chunk's lock on the target right now: its copy is not committed."""
+    locks = {(int(c) << 32) | int(o) for c, o in pg(target, "SELECT classid::bigint, objid::bigint FROM pg_locks "
+                                                            "WHERE locktype = 'advisory' AND granted")}
+    for task, status, owner, _ in tasks(journal):
+        label, index = task.rsplit("#", 1)
+        if status == "leased" and chunk_lock(label, int(index)) & 0xFFFFFFFFFFFFFFFF in locks:
+            return int(owner.rsplit(":", 1)[1]), task
+    return None
+
+
+def poll(probe, timeout: float = 60, interval: float = 0.005):
+    """The first truthy value `probe()` returns (fails the test after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(interval)
+    return found
+
+
+def outcome(proc: subprocess.Popen) -> tuple[int, dict]:
+    out, err = proc.communicate(timeout=180)
+    return proc.returncode, (json.loads(out) if out.strip() else {"stderr": err})
+
+
+def test_four_workers_one_killed_mid_chunk_load_every_row_once(pg_cluster, pg_url: str, pg_url2: str,
+                                                               tmp_path: Path) -> None:
+    fill(pg_url)
+    journal = pg_cluster.create_database()
+    plan = worker_plan(tmp_path, pg_url, pg_url2, journal)
+    workers = start_workers(plan, 4)
+    found = poll(lambda: held_in_flight(journal, pg_url2))
+    pid, task = found
+    os.kill(pid, signal.SIGKILL)  # its target transaction holds rows of `task`, uncommitted
+    victim = next(w for w in workers if w.pid == pid)
+    victim.wait()
+    results = [outcome(w) for w in workers if w is not victim]
+    assert all(code == 0 for code, _ in results), results
+    # every row once: equal to the source outside the tool, and the primary key (built after the last chunk)
+    assert table_md5(dsn(pg_url), "observations") == table_md5(dsn(pg_url2), "observations")
+    assert pg(pg_url2, "SELECT count(*), count(DISTINCT id) FROM observations") == [(ROWS, ROWS)]
+    assert pg(pg_url2, "SELECT count(*) FROM pg_indexes WHERE indexname = 'observations_pkey'") == [(1,)]
+    # each chunk done once, the killed one by a later claim; the chunks tile the key space
+    final = {t: (status, owner, fence) for t, status, owner, fence in tasks(journal)}
+    ranges = decode_ranges(json.loads(pg(journal, "SELECT value FROM item_state WHERE item = 'obs' "
+                                                  "AND key = 'ranges:observations'")[0][0]))
+    assert ranges[0].lo is None and ranges[-1].hi is None  # the ranges tile the key space: no gap, no overlap
+    assert all(a.hi == b.lo for a, b in zip(ranges, ranges[1:], strict=False))
+    assert sorted(final) == sorted(f"observations#{i}" for i in range(len(ranges)))
+    assert all(status == "done" for status, _, _ in final.values())
+    assert final[task][2] >= 2 and final[task][1] != f"{os.uname().nodename}:{pid}"
+    reclaimed = pg(journal, "SELECT message FROM events WHERE kind = 'worker' AND message LIKE %s", (f"{task}:%",))
+    assert reclaimed and "claimed again (fence" in reclaimed[0][0]
+    done_by = [r["result"]["items"][0] for _, r in results]
+    assert sum(d["done"] for d in done_by) >= len(final) and sum(d["finished_stage"] for d in done_by) == 1
+    verify = cli_process("verify", str(plan), "--json")
+    assert verify.returncode == 0, verify.stdout
+
+
+def test_a_frozen_lease_holder_resumed_after_a_take_over_is_refused_and_nothing_is_duplicated(
+        pg_cluster, pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    fill(pg_url)
+    journal = pg_cluster.create_database()
+    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=40_000)
+    first = start_workers(plan, 1)[0]
+    pid, task = poll(lambda: held_in_flight(journal, pg_url2))
+    os.kill(pid, signal.SIGSTOP)  # frozen mid-chunk, holding the chunk's target lock
+    try:
+        time.sleep(4)  # past its 3 s lease
+        second = start_workers(plan, 1)[0]
+        # the second claims the chunk (fence 2) and waits on the target lock the frozen one holds
+        poll(lambda: dict((t, f) for t, _, _, f in tasks(journal)).get(task, 0) >= 2, timeout=30)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    code_first, body_first = outcome(first)
+    code_second, body_second = outcome(second)
+    assert code_second == 0, body_second
+    assert code_first == 0, body_first  # it finished other chunks, but not this one
+    refused = body_first["result"]["items"][0]["refused"]
+    assert any(m.startswith(f"{task}: done-mark refused: this claim's fence 1 was superseded by fence 2")
+               for m in refused), refused
+    assert table_md5(dsn(pg_url), "observations") == table_md5(dsn(pg_url2), "observations")
+    assert pg(pg_url2, "SELECT count(*), count(DISTINCT id) FROM observations") == [(ROWS, ROWS)]
+
+
+def test_a_worker_needs_a_postgres_journal(pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    plan = worker_plan(tmp_path, pg_url, pg_url2, f"sqlite:///{tmp_path / 'state.db'}")
+    done = cli_process("worker", str(plan))
+    assert done.returncode == 2 and "PostgreSQL journal" in done.stderr
+    bad = cli_process("worker", str(plan), "--shard", "4/4")
+    assert bad.returncode == 2 and "bad shard" in bad.stderr
+
+
+def test_sigterm_gives_the_task_back_and_exits_130(pg_cluster, pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    fill(pg_url)
+    journal = pg_cluster.create_database()
+    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=40_000)
+    worker = start_workers(plan, 1, lease="60s")[0]
+    pid, task = poll(lambda: held_in_flight(journal, pg_url2))
+    os.kill(pid, signal.SIGTERM)
+    assert worker.wait(timeout=30) == 130
+    state = {t: (status, fence) for t, status, _, fence in tasks(journal)}
+    assert state[task][0] == "pending"  # given back at once, not left to a 60 s lease
+    rest = start_workers(plan, 1)[0]
+    assert outcome(rest)[0] == 0
+    assert table_md5(dsn(pg_url), "observations") == table_md5(dsn(pg_url2), "observations")
