@@ -14,6 +14,7 @@ from migrate.plan.loader import LoadedPlan
 from migrate.plan.model import DatabaseItem
 from migrate.redact import redact
 from migrate.stages.dependencies import dependency_states
+from migrate.state.claims import live_leases
 from migrate.state.journal import Journal, now
 from migrate.state.slots import slot_summary
 from migrate.state.sync_state import SyncState
@@ -46,6 +47,11 @@ def evaluate_gates(loaded: LoadedPlan, journal: Journal, *, approved_by: str | N
     missing = sorted(set(items) - set(loaded_items))
     results.append(GateResult("loaded", not missing, "every item loaded" if not missing
                               else f"not loaded yet: {', '.join(missing)}"))
+    leases = live_leases(journal)
+    if leases:  # workers still hold tasks of this plan
+        runners = sorted({owner for owner, _, _ in leases})
+        results.append(GateResult("workers", False, f"{len(leases)} task(s) leased by {', '.join(runners)} "
+                                  f"(e.g. {leases[0][1]} {leases[0][2]}); stop the workers or let them finish"))
 
     if gates.verified:
         bad = []

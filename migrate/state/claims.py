@@ -202,13 +202,19 @@ class WorkTable:
                 {"item": item, "stage": stage, "most": self.max_attempts}).one()
         return Progress(*(int(v) for v in row))
 
-    def live_leases(self) -> list[tuple[str, str, str, str]]:
-        """(owner, item, stage, task) of every live lease: cutover refuses while any exists."""
-        with self.journal.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(  # type: ignore[misc]
-                "SELECT owner, item, stage, task FROM tasks WHERE status = 'leased' AND lease_until >= "
-                "clock_timestamp() ORDER BY owner, item, task"))]
-
     def _held(self, claim: Claim) -> ColumnElement[bool]:
         return and_(tasks_t.c.id == claim.id, tasks_t.c.fence == claim.fence, tasks_t.c.owner == self.owner,
                     tasks_t.c.status == "leased")
+
+
+def live_leases(journal: Journal) -> list[tuple[str, str, str]]:
+    """(owner, item, task) of every live lease in a journal that workers use (none elsewhere): cutover refuses
+    while any exists."""
+    if journal.engine.dialect.name != "postgresql":
+        return []
+    with journal.connect() as conn:
+        if conn.execute(text("SELECT to_regclass('tasks')")).scalar() is None:
+            return []
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in conn.execute(text(
+            "SELECT owner, item, task FROM tasks WHERE status = 'leased' AND lease_until >= clock_timestamp() "
+            "ORDER BY owner, item, task"))]
