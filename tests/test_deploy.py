@@ -370,3 +370,29 @@ def test_workflow_sets_every_variable_its_plan_names_from_secrets() -> None:
     names = set(ENV_REF.findall(text))
     assert names and names <= set(env)
     assert all(env[name] == f"${{{{ secrets.{name} }}}}" for name in names)
+
+
+# --- the README's section ---
+
+def readme_section() -> str:
+    return (ROOT / "README.md").read_text().split("## Deploying workers", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_names_each_manifest_and_only_files_that_exist() -> None:
+    section = readme_section()
+    named = set(re.findall(r"`((?:deploy|tests)/[^`\s]+\.(?:ya?ml|json))`", section))
+    shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "deploy").rglob("*") if p.is_file()}
+    assert shipped <= named
+    assert all((ROOT / path).is_file() for path in named), named
+
+
+def test_readme_settings_are_the_files_settings() -> None:
+    """Each `key: value` the section quotes is in a manifest as written (YAML) or as its JSON spelling."""
+    texts = [p.read_text() for p in (KUBERNETES, CONTAINER_APPS, WORKFLOW)]
+    quoted = re.findall(r"`([A-Za-z-]+): ([^`]+)`", readme_section())
+    assert len(quoted) >= 10
+    for key, value in quoted:
+        spellings = (f"{key}: {value}", f'"{key}": {value}', f'"{key}": "{value}"')
+        assert any(s in text for s in spellings for text in texts), f"{key}: {value}"
+    pod = kubernetes_objects()["Job"]["spec"]["template"]["spec"]
+    assert f"uid {pod['securityContext']['runAsUser']})" in readme_section()
