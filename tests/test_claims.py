@@ -110,3 +110,22 @@ def test_workers_need_a_postgres_journal_and_a_good_shard(tmp_path: Path) -> Non
     for bad in ("4/4", "x", "1/0", "-1/2"):
         with pytest.raises(UsageError, match="bad shard"):
             parse_shard(bad)
+
+
+OPENER = """
+import sys
+sys.path.insert(0, {repo!r})
+from migrate.state.claims import WorkTable
+from migrate.state.journal import Journal
+WorkTable(Journal(sys.argv[1]), owner=sys.argv[2]).add("obs", "load", ["chunk#0"])
+"""
+
+
+def test_runners_opening_a_fresh_journal_at_once_all_start(pg_cluster) -> None:
+    url = pg_cluster.create_database()  # empty: every runner finds the journal's tables missing
+    script = OPENER.format(repo=str(REPO))
+    runners = [subprocess.Popen([sys.executable, "-c", script, url, f"r{n}"], stderr=subprocess.PIPE, text=True)
+               for n in range(6)]
+    errors = [r.communicate(timeout=60)[1] for r in runners]
+    assert [r.returncode for r in runners] == [0] * 6, errors
+    assert WorkTable(Journal(url), owner="check").progress("obs", "load").pending == 1

@@ -33,7 +33,7 @@ from sqlalchemy import text
 from migrate import interrupt
 from migrate.errors import MigrateError, UsageError
 from migrate.plan.model import DatabaseItem
-from migrate.stages.engine import RUN_STAGES, StageContext
+from migrate.stages.engine import StageContext
 from migrate.stages.runner import StageRunner, engine_for
 from migrate.state.claims import Claim, WorkTable, parse_shard
 from migrate.state.lock import current_lock
@@ -77,10 +77,11 @@ class Worker:
 
     def __init__(self, ctx: StageContext, *, shard: tuple[int, int] = (0, 1), until: str = "load",
                  ttl: float = 30.0, poll: float = 0.5, owner: str | None = None) -> None:
-        if until not in RUN_STAGES:
-            raise UsageError(f"--until takes one of {', '.join(RUN_STAGES)}, not {until!r}")
+        if until not in WORKER_STAGES:
+            raise UsageError(f"workers share {', '.join(WORKER_STAGES)}: --until takes one of them, not {until!r}",
+                             hint="verify and sync run once, by `migrate verify` and `migrate sync`")
         self.ctx = ctx
-        self.stages = tuple(s for s in WORKER_STAGES if RUN_STAGES.index(s) <= RUN_STAGES.index(until))
+        self.stages = WORKER_STAGES[:WORKER_STAGES.index(until) + 1]
         self.owner = owner or owner_name()
         self.work = WorkTable(ctx.journal, self.owner, ttl=ttl, shard=shard)
         self.ttl = ttl

@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.sql import ColumnElement
 
 from migrate.errors import UsageError
-from migrate.state.journal import Journal
+from migrate.state.journal import Journal, create_tables
 
 BUCKETS = 1 << 16
 
@@ -114,7 +114,7 @@ class WorkTable:
             raise UsageError("workers share a PostgreSQL journal; this plan's journal is "
                              f"{journal.engine.dialect.name}",
                              hint="set `state: postgresql+psycopg://...` in the plan (see the README, Scale-out)")
-        work_metadata.create_all(journal.engine)
+        create_tables(journal.engine, work_metadata)
         self.journal = journal
         self.owner = owner
         self.ttl = ttl

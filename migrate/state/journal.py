@@ -230,7 +230,7 @@ class Journal:
         self.fence: Fence | None = None  # set by the plan lock while this process holds it
         try:
             self.engine = _make_engine(url)
-            metadata.create_all(self.engine)
+            create_tables(self.engine, metadata)
             with self.engine.begin() as conn:
                 row = conn.execute(select(meta_t.c.value).where(meta_t.c.key == "format")).first()
                 if row is None:
@@ -463,6 +463,15 @@ class Journal:
             return now()
         with self.engine.connect() as conn:
             return as_utc(conn.execute(sql_text("SELECT clock_timestamp()")).scalar_one())
+
+
+def create_tables(engine: Engine, tables: MetaData) -> None:
+    """Create what is missing. On a shared PostgreSQL journal several runners may start at once: the creation
+    is serialized by a transaction lock (two CREATE TABLEs of one name would collide in the catalog)."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sql_text("SELECT pg_advisory_xact_lock(7256340101)"))  # 'migrate' journal creation
+        tables.create_all(conn)
 
 
 def _make_engine(url: str) -> Engine:
