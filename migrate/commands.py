@@ -346,6 +346,7 @@ class ItemStatus:
     last_verification: dict[str, Any] | None = None
     slot: dict[str, Any] | None = None  # logical decoding: the replication slot as the last sync saw it
     throttle: dict[str, Any] | None = None  # the limits in force now and why (None: none)
+    workers: list[dict[str, Any]] = field(default_factory=list)  # `migrate worker`s that claimed its tasks
 
 
 @dataclass
@@ -362,6 +363,7 @@ def status(plan_path: Path) -> StatusResult:
     """Stage, progress, lag and last verification per item, straight from the journal."""
     from datetime import UTC, datetime
 
+    from migrate.state.claims import runners
     from migrate.state.direction import PLAN_ITEM
     from migrate.state.slots import slot_summary
     from migrate.throttle import OVERRIDE_KEY
@@ -391,6 +393,7 @@ def status(plan_path: Path) -> StatusResult:
                     "differences": last.differences},
                 slot=slot_summary(journal, item.name),
                 throttle=_limits_now(ctx.loaded, item, override, moment),
+                workers=runners(journal, item.name),
             ))
         return StatusResult(ctx.loaded.plan.component, items, current_lock(journal, ctx.loaded.plan.component),
                             cutover_state(ctx), _fingerprint_warnings(ctx.loaded, journal),

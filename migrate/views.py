@@ -174,6 +174,10 @@ def show_status(console: Console, result: Any) -> None:
                 f"{t['max_connections']} connections" if t["max_connections"] else "") if x)
             console.print(f"{i.item}: throttled to {limits or 'its verify limit'} ({t['why']})", highlight=False,
                           markup=False)
+        for w in i.workers:
+            leased = f", {w['leased']} leased until {str(w['lease_until'])[11:19]}" if w["leased"] else ""
+            console.print(f"{i.item}: worker {w['owner']}: {w['done']:,} chunk(s) done ({w['units']:,} rows)"
+                          f"{leased}", highlight=False, markup=False)
         if i.slot:
             held = human_bytes(i.slot["retained_bytes"]) if "retained_bytes" in i.slot else "not read yet"
             console.print(f"{i.item}: replication slot {i.slot['slot']} on {i.slot['source']}: {held} of WAL "
