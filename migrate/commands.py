@@ -376,15 +376,15 @@ def status(plan_path: Path) -> StatusResult:
         items = []
         for item in ctx.loaded.plan.items:
             record = journal.standing(item.name)
-            chunks = {k: c for k, c in journal.chunks(item.name, "load").items() if c[0] != "deleted"}
-            done = [c for c in chunks.values() if c[0] == "done"]
+            totals = journal.chunk_totals(item.name, "load")
+            done = totals.get("done", (0, 0))
             last = journal.last_verification(item.name)
             items.append(ItemStatus(
                 item=item.name, kind="database" if hasattr(item, "tables") else "blob",
                 stage=record[0] if record else "new", status=record[1] if record else "pending",
                 updated_at=record[2].isoformat() if record else None,
-                load_chunks_done=len(done), load_chunks_total=len(chunks),
-                load_units_done=sum(c[1] for c in done),
+                load_chunks_done=done[0], load_units_done=done[1],
+                load_chunks_total=sum(n for status, (n, _) in totals.items() if status != "deleted"),
                 lag_seconds=None if target_side else item_lag(journal, item.name),
                 reverse_lag_seconds=item_lag(journal, f"{item.name}{REVERSE_SUFFIX}") if target_side else None,
                 last_sync=SyncState(journal, f"{item.name}{REVERSE_SUFFIX}" if target_side else item.name).last_sync,

@@ -349,6 +349,16 @@ class Journal:
             ).all()
         return {r[0]: (r[1], r[2], json.loads(r[3]) if r[3] else {}) for r in rows}
 
+    def chunk_totals(self, item: str, stage: str) -> dict[str, tuple[int, int]]:
+        """status -> (chunks, units) for one item and stage, counted in the journal database (a blob item's
+        records are one per file: millions, which `status` must not read one by one)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(chunks_t.c.status, func.count(), func.coalesce(func.sum(chunks_t.c.units), 0))
+                .where(and_(chunks_t.c.item == item, chunks_t.c.stage == stage)).group_by(chunks_t.c.status)
+            ).all()
+        return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
     def mark_chunks(self, item: str, stage: str, chunks: list[tuple[str, str, int, dict[str, Any] | None]]) -> None:
         """Upsert many (chunk, status, units, detail) rows in one transaction (one statement on SQLite and
         PostgreSQL: tens of thousands of files a second; a row at a time elsewhere)."""
