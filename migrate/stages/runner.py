@@ -77,7 +77,7 @@ class StageRunner:
         finally:
             engine.close()
 
-    def _stage(self, engine: ItemEngine, stage: str, work: Callable[[], Any], **extra: Any) -> Any:
+    def stage(self, engine: ItemEngine, stage: str, work: Callable[[], Any], **extra: Any) -> Any:
         """Run one stage of one item, journaling started → done | failed around it."""
         journal = self.ctx.journal
         journal.set_stage(engine.name, engine.kind, stage, "running", run_id=self.ctx.run_id)
@@ -140,7 +140,7 @@ class StageRunner:
                 record.verification = self.verify_item(engine)
                 continue
             baseline = SyncState(journal, engine.name).load_starting(now()) if stage == "load" else None
-            result = self._stage(engine, stage, partial(getattr(engine, stage), self.ctx))
+            result = self.stage(engine, stage, partial(getattr(engine, stage), self.ctx))
             record.stages.append(result)
             if not result.ok or result.problems:  # never verify over a partial load; a rerun resumes it
                 break
@@ -157,7 +157,7 @@ class StageRunner:
         return all(c is None or c <= last.at for c in changed)
 
     def verify_item(self, engine: ItemEngine, deep: bool = False) -> VerifyResult:
-        result: VerifyResult = self._stage(engine, "verify", partial(engine.verify, self.ctx, deep=deep), deep=deep)
+        result: VerifyResult = self.stage(engine, "verify", partial(engine.verify, self.ctx, deep=deep), deep=deep)
         self.ctx.journal.record_verification(
             engine.name, result.clean, result.checked, len(result.differences),
             detail={"deep": deep, "differences": [d.__dict__ for d in result.differences[:1000]],
@@ -202,7 +202,7 @@ class StageRunner:
         self._require_loaded(item.name, "sync")
         with self._engine(item, reverse) as engine:
             cycle_start = now()
-            result: SyncResult = self._stage(engine, "sync", partial(engine.sync, self.ctx))
+            result: SyncResult = self.stage(engine, "sync", partial(engine.sync, self.ctx))
             SyncState(self.ctx.journal, engine.name).cycle_done(cycle_start, _summary(result),
                                                                 clean=not result.problems,
                                                                 lag_seconds=result.lag_seconds or 0.0)

@@ -123,7 +123,7 @@ class Worker:
             with self._singleton(f"{item.name}:prepare"):
                 for stage in ("preflight", "schema"):
                     if stage in self.stages and not journal.last_done(item.name, stage):
-                        stage_result = self.runner._stage(engine, stage, partial(getattr(engine, stage), self.ctx))
+                        stage_result = self.runner.stage(engine, stage, partial(getattr(engine, stage), self.ctx))
                         if not stage_result.ok or stage_result.problems:
                             result.failed.append(f"{item.name}: {stage}: " + "; ".join(stage_result.problems))
                             return done
@@ -146,7 +146,7 @@ class Worker:
             engine.close()
 
     def _finish_load(self, engine: Any) -> int:
-        self.runner._stage(engine, "load", lambda: engine.load_finish(self.ctx))
+        self.runner.stage(engine, "load", lambda: engine.load_finish(self.ctx))
         return 0
 
     def _claim_until_done(self, item: str, stage: str, run: Any, done: ItemWork, result: WorkerResult) -> None:
