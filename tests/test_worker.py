@@ -122,7 +122,7 @@ def test_four_workers_one_killed_mid_chunk_load_every_row_once(pg_cluster, pg_ur
     assert status["load_chunks_done"] == status["load_chunks_total"] == len(ranges)
     by_runner = {w["owner"]: w for w in status["workers"]}  # computed in SQL, per runner
     assert sum(w["done"] for w in by_runner.values()) == len(ranges) + 1  # the chunks and the finishing task
-    assert sum(w["units"] for w in by_runner.values()) == ROWS and f"{os.uname().nodename}:{pid}" in by_runner
+    assert sum(w["units"] for w in by_runner.values()) == ROWS  # (a task counts for its latest claimer only)
 
 
 def test_a_frozen_lease_holder_resumed_after_a_take_over_is_refused_and_nothing_is_duplicated(
