@@ -402,18 +402,6 @@ class DatabaseEngine(ItemEngine):
             moved = loading.run_chunks(work, workers, pending, mark, throttle)
         finally:
             task.close()
-        post = self._finish_tables(ctx, pairs)
-        seconds = time.monotonic() - started
-        total = already + moved
-        return StageResult(self.name, "load", summary=f"{moved} rows in {len(work)} chunks ({total} in all)",
-                           metrics={"rows": total, "rows_this_run": moved, "chunks_this_run": len(work),
-                                    "seconds": round(seconds, 3),
-                                    "rows_per_second": round(moved / seconds) if seconds else 0,
-                                    "post_load": post})
-
-    def _finish_tables(self, ctx: StageContext, pairs: list[TablePair]) -> list[str]:
-        """After the last chunk: indexes and constraints, then statistics (PostgreSQL), so the target plans
-        well from the first query. Returns what was done."""
         post = []
         if self.native_schema:
             post = self._post_load_native(ctx, pairs)
@@ -424,13 +412,19 @@ class DatabaseEngine(ItemEngine):
                 for pair in pairs:
                     post += create_post_load(conn, target_schema.tables[pair.label], self.target.dialect)
                     conn.commit()
-        if self.target.dialect == "postgresql":
+        if self.target.dialect == "postgresql":  # statistics now, so the target plans well from the first query
             with self.target.errors("cannot analyze"), self.target.engine.connect() as conn:
                 for pair in pairs:
                     conn.exec_driver_sql(f"ANALYZE {pair.target.ops.qualified(pair.target.clause)}")
                 conn.commit()
             post.append(f"analyzed {len(pairs)} table(s)")
-        return post
+        seconds = time.monotonic() - started
+        total = already + moved
+        return StageResult(self.name, "load", summary=f"{moved} rows in {len(work)} chunks ({total} in all)",
+                           metrics={"rows": total, "rows_this_run": moved, "chunks_this_run": len(work),
+                                    "seconds": round(seconds, 3),
+                                    "rows_per_second": round(moved / seconds) if seconds else 0,
+                                    "post_load": post})
 
     # -- the load as claimable tasks (`migrate worker`, see migrate.stages.worker) --
 
@@ -471,15 +465,9 @@ class DatabaseEngine(ItemEngine):
         return self._loaded_pairs
 
     def load_finish(self, ctx: StageContext) -> StageResult:
-        """Once, after the last chunk: indexes, constraints, statistics; the load's totals from the journal."""
-        started = time.monotonic()
-        pairs = self._task_pairs()
-        post = self._finish_tables(ctx, pairs)
-        chunks = ctx.journal.chunks(self.name, loading.STAGE)
-        total = sum(units for status, units, _ in chunks.values() if status == "done")
-        return StageResult(self.name, "load", summary=f"{total} rows in {len(chunks)} chunks, by workers",
-                           metrics={"rows": total, "chunks": len(chunks), "post_load": post,
-                                    "post_load_seconds": round(time.monotonic() - started, 3)})
+        """Once, after the last chunk: the load stage itself, which finds every chunk done in the journal and
+        does what follows them (indexes, constraints, statistics), with the load's totals."""
+        return self.load(ctx)
 
     def advance_sequences(self, ctx: StageContext) -> list[str]:
         """`migrate:sequences`: every target sequence/identity at least the source's value and the highest
