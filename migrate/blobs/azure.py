@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -126,7 +127,8 @@ class AzureBlobStore(BlobStore):
         """Open the container a plan connection names."""
         assert conn.container
         endpoint = conn.account_url or _blob_endpoint(conn.connection_string or "")
-        transport = RequestsTransport(session=_session(2 * concurrency + 8, endpoint), session_owner=True,
+        session = _session(4 * concurrency + 8, endpoint)  # the file, block and small-file pools
+        transport = RequestsTransport(session=session, session_owner=True,
                                       connection_timeout=20, read_timeout=120, use_env_settings=False)
         options: dict[str, Any] = {
             "transport": transport,
@@ -216,8 +218,8 @@ class AzureBlobStore(BlobStore):
         md5 = props.content_settings.content_md5 if props.content_settings else None
         return BlobEntry(path, int(props.size), mtime_ns, _etag(props.etag), bytes(md5) if md5 else None)
 
-    def listing(self) -> Listing:
-        listing = Listing()
+    def listing_pages(self) -> Iterator[Listing]:
+        """One page per List Blobs answer (up to 5,000 names), each handed on before the next is asked for."""
         token: str | None = None
         while True:
             def page(token: str | None = token) -> tuple[list[Any], str | None]:
@@ -229,15 +231,18 @@ class AzureBlobStore(BlobStore):
             try:
                 items, token = retry.call(page)
             except ResourceNotFoundError:
-                return listing
+                yield Listing()
+                return
             except Exception as exc:
                 raise self._fail(exc, "list", per_object=False) from None
+            listing = Listing()
             for props in items:
                 path = props.name[len(self.prefix):]
                 if path:
                     listing.entries[path] = self._entry(props, path)
+            yield listing
             if not token:
-                return listing
+                return
 
     def stat(self, path: str) -> BlobEntry | None:
         try:
