@@ -33,6 +33,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from migrate.blobs import retry
+from migrate.blobs.copy import SMALL_FACTOR
+from migrate.blobs.putblob import DirectPut, Unsure
 from migrate.blobs.store import (
     BlobEntry,
     BlobProps,
@@ -113,9 +115,10 @@ class AzureBlobStore(BlobStore):
 
     kind = "blob"
 
-    def __init__(self, container: ContainerClient, prefix: str = "") -> None:
+    def __init__(self, container: ContainerClient, prefix: str = "", direct: DirectPut | None = None) -> None:
         self.container = container
         self.prefix = prefix
+        self.direct = direct  # the lean Put Blob path for whole small objects (putblob.py)
         self.display = redact(container.url.split("?", 1)[0]) + (f"/{prefix}" if prefix else "")
 
     def identity(self) -> str:
@@ -127,7 +130,7 @@ class AzureBlobStore(BlobStore):
         """Open the container a plan connection names."""
         assert conn.container
         endpoint = conn.account_url or _blob_endpoint(conn.connection_string or "")
-        session = _session(4 * concurrency + 8, endpoint)  # the file, block and small-file pools
+        session = _session((2 + SMALL_FACTOR) * concurrency + 8, endpoint)  # file, block, small-file pools
         transport = RequestsTransport(session=session, session_owner=True,
                                       connection_timeout=20, read_timeout=120, use_env_settings=False)
         options: dict[str, Any] = {
@@ -166,9 +169,16 @@ class AzureBlobStore(BlobStore):
 
                 credential = default_credential(conn.azure.cloud if conn.azure else "AzureCloud")
             service = BlobServiceClient(conn.account_url, credential=credential, **options)
-        return cls(service.get_container_client(conn.container), prefix=prefix)
+        container = service.get_container_client(conn.container)
+        direct = None
+        if DirectPut.usable(container) and not session.proxies:
+            direct = DirectPut(container, SMALL_FACTOR * concurrency + 8,
+                               session.verify if isinstance(session.verify, str) else None)
+        return cls(container, prefix=prefix, direct=direct)
 
     def close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
         self.container.close()
 
     # -- names --
@@ -300,6 +310,11 @@ class AzureBlobStore(BlobStore):
             raise self._fail(exc, f"{what} {path}") from None
 
     def put(self, path: str, data: bytes, props: BlobProps, when: Precondition) -> str:
+        if self.direct is not None:
+            try:
+                return self.direct.put(self.name(path), data, props, when)
+            except Unsure:
+                pass  # the same conditional request through the SDK: retried, and its error explained
         blob = self._blob(path)
 
         def upload() -> dict[str, Any]:
