@@ -1,11 +1,17 @@
-"""Side-by-side benchmark: `migrate` blob load vs `rclone copy`, into the same Azurite.
+"""Side-by-side benchmark: `migrate run --until load` vs `rclone copy`, into the same Azurite.
 
 Workload (generated into a temp folder): 4 files of 64 MiB + 2,000 files of 16 KiB in 20 folders.
 Each run gets a fresh in-memory Azurite (started here from node_modules): Azurite slows down as it fills,
-so sharing one would favour whichever tool runs first. Rounds alternate which tool goes first. Ours
-runs in a subprocess (so its peak RSS can be read with wait4); rclone runs with --transfers 16 and a
-container SAS URL. After our run, `rclone check` compares the source with our container: it must find
-0 differences and check every hash (our blobs carry Content-MD5).
+so sharing one would favour whichever tool runs first. Rounds alternate which tool goes first.
+
+Both are timed the same way: the wall time of the whole command as a user types it, from spawning the
+process to its exit (start-up, imports, listing, every request, the journal). Ours is
+`python -m migrate run PLAN --until load` (preflight, which lists the source and probes the target, then the
+load; it creates its container itself); rclone's is `rclone copy SRC :azureblob:CONTAINER --transfers 16
+--checkers 16` with a container SAS URL (its container is created before the clock starts: rclone cannot
+create one through a container SAS). Our peak RSS is read with wait4. After our run, `rclone check`
+compares the source with our container: it must find 0 differences and check every hash (our blobs carry
+Content-MD5). The ratio printed is the median of ours over the median of rclone's, same run.
 
     python bench/bench_blobs.py [--rounds 3] [--big-mib 64] [--small 2000] [--keep]
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import random
 import shutil
@@ -34,22 +41,7 @@ AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
 ACCOUNT = "devstoreaccount1"
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 MIB = 1024 * 1024
-
-OURS = textwrap.dedent("""
-    import sys
-    from migrate.blobs.engine import BlobEngine
-    from migrate.plan.loader import load_plan
-    from migrate.stages.engine import StageContext
-    from migrate.state.journal import Journal
-
-    loaded = load_plan(sys.argv[1])
-    journal = Journal(loaded.state_url)
-    engine = BlobEngine(loaded.plan.blobs[0], loaded)
-    result = engine.load(StageContext(loaded, journal))
-    engine.close()
-    print(result.summary)
-    sys.exit(1 if result.problems else 0)
-""")
+TARGET_RATIO = 0.7  # issue 13: our whole command in at most 0.7x rclone's time
 
 
 def free_port() -> int:
@@ -125,15 +117,25 @@ def run_ours(work: Path, source: Path, port: int, container: str) -> tuple[float
            "BENCH_CS": f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
                        f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"}
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", OURS, str(plan)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    _, status, usage = os.wait4(process.pid, 0)
+    log = work / f"bench-{container}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "migrate", "run", str(plan), "--until", "load", "--json"],
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
-    output = process.stdout.read().decode(errors="replace").strip() if process.stdout else ""
+    output = log.read_text(errors="replace")
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"migrate failed ({process.returncode}):\n{output}")
-    return wall, usage.ru_maxrss * 1024, output
+    summary = next((line for line in output.splitlines() if "copied" in line), "")
+    try:
+        envelope = json.loads(output[output.index("{"):])
+        stages = [stage for item in envelope["result"]["items"] for stage in item["stages"]
+                  if stage.get("stage") == "load"]
+        summary = stages[0]["summary"] if stages else summary
+    except (ValueError, KeyError, TypeError, IndexError):
+        pass
+    return wall, usage.ru_maxrss * 1024, summary.strip()
 
 
 def run_rclone(source: Path, sas_url: str, container: str) -> float:
@@ -223,11 +225,12 @@ def main() -> int:
     ours, peer = statistics.median(ours_times), statistics.median(peer_times)
     print(f"medians over {args.rounds} round(s), each run on a fresh Azurite:")
     print(f"rclone copy --transfers 16: {peer:.2f} s ({total / MIB / peer:.0f} MiB/s)")
-    print(f"migrate load (concurrency 16, Content-MD5 on every blob): {ours:.2f} s ({total / MIB / ours:.0f} MiB/s)")
-    print(f"ratio migrate/rclone: {ours / peer:.2f} (target <= 1.00)")
+    print(f"migrate run --until load (concurrency 16, Content-MD5 on every blob): {ours:.2f} s "
+          f"({total / MIB / ours:.0f} MiB/s)")
+    print(f"ratio migrate/rclone: {ours / peer:.2f} (target <= {TARGET_RATIO:.2f})")
     print(f"migrate peak RSS: {peak / MIB:.0f} MiB (target <= 300 MiB)")
     print(f"rclone check source vs migrate's container, every round (worst exit {code}):\n{check}")
-    ok = ours <= peer and peak <= 300 * MIB and code == 0 and "could not be checked" not in check
+    ok = ours <= TARGET_RATIO * peer and peak <= 300 * MIB and code == 0 and "could not be checked" not in check
     print("RESULT:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 
