@@ -522,3 +522,54 @@ def test_record_book_survives_reload(tmp_path: Path) -> None:
     assert records["a/b.txt"].md5 == hashlib.md5(b"abc").digest()
     assert records["a/b.txt"].mtime_ns == 1_700_000_000_000_000_001 and records["a/b.txt"].owns("etag-1")
     assert records["c.txt"].status == "failed" and "abc123" not in records["c.txt"].error
+
+
+# -- throttling holds across the pools (large objects, blocks, small objects) --
+
+
+class CountingFolder(LocalFolderStore):
+    """A real folder that notes how many of its files are open for reading at once (one per object copied)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.open = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def open_read(self, path: str, expected: object = None) -> object:  # type: ignore[override]
+        reader = super().open_read(path)
+        with self.lock:
+            self.open += 1
+            self.most = max(self.most, self.open)
+        close = reader.close
+
+        def closed() -> None:
+            close()
+            with self.lock:
+                self.open -= 1
+
+        reader.close = closed  # type: ignore[method-assign]
+        return reader
+
+
+def test_throttle_holds_bytes_and_connections_over_both_pools(tmp_path: Path) -> None:
+    from migrate.throttle.control import Throttles
+
+    files = {f"notes/n{i:03d}.txt": os.urandom(16 * 1024) for i in range(200)}  # 3.1 MiB of small objects
+    files["scans/big.tif"] = os.urandom(3 * MIB)  # 3 MiB in 256 KiB blocks
+    setup = Setup(tmp_path, "block_size: 262144\nthrottle: {bytes_per_second: 2 MiB, max_connections: 2}\n", files)
+    engine = setup.engine()
+    source = CountingFolder(setup.src)
+    engine._source = source
+    started = time.monotonic()
+    try:
+        result = engine.load(StageContext(setup.loaded, setup.journal,
+                                          throttles=Throttles(setup.loaded, setup.journal)))
+    finally:
+        engine.close()
+    seconds = time.monotonic() - started
+    total = sum(len(v) for v in files.values())
+    assert not result.problems and result.metrics["files_copied"] == len(files)
+    assert total / seconds <= 2 * MIB * 1.15, f"{total / seconds / MIB:.2f} MiB/s"
+    assert source.most <= 2  # max_connections caps the objects in flight over the large and small pools
+    assert tree_md5(setup.dst) == {k: hashlib.md5(v).hexdigest() for k, v in files.items()}

@@ -159,16 +159,6 @@ class BlobCopier:
 
     # -- the run: start, submit page after page, finish --
 
-    def run(self, changes: ChangeSet) -> CopyOutcome:
-        """Carry out one whole ChangeSet (the listing already complete)."""
-        self.start()
-        try:
-            self.submit(changes)
-        except BaseException:
-            self.abort()
-            raise
-        return self.finish()
-
     def start(self) -> None:
         """Open the pools and the progress bar; then `submit` pages of work as the listing yields them."""
         self._started = time.monotonic()
@@ -176,6 +166,11 @@ class BlobCopier:
         self._large = ThreadPoolExecutor(self.concurrency, thread_name_prefix="blob-copy")
         self._blocks = ThreadPoolExecutor(self.concurrency, thread_name_prefix="blob-block")
         self._small = ThreadPoolExecutor(self.small_concurrency, thread_name_prefix="blob-small")
+
+    @property
+    def stopped(self) -> bool:
+        """An endpoint failure (or Ctrl-C in a worker) ended the copy: listing further is pointless."""
+        return self._fatal is not None
 
     def submit(self, changes: ChangeSet) -> None:
         """Queue one page of decisions. Blocks while MAX_BACKLOG jobs wait (the listing never runs far ahead

@@ -9,7 +9,7 @@ from typing import Any
 from migrate.blobs.copy import SMALL_FACTOR, BlobCopier, CopyOutcome
 from migrate.blobs.endpoints import normalise_prefix, open_store
 from migrate.blobs.filters import PathFilter
-from migrate.blobs.inventory import ChangeStream, CycleTally, classify, filtered, resolve
+from migrate.blobs.inventory import ChangeSet, ChangeStream, CycleTally, classify, filtered, resolve
 from migrate.blobs.records import PathRecord, RecordBook
 from migrate.blobs.store import EMPTY_MD5, BlobProps, BlobStore, Listing, Precondition, StoreFault
 from migrate.blobs.verify import BlobVerifier
@@ -262,7 +262,9 @@ class BlobEngine(ItemEngine):
                         self.item.concurrency)
                 tally.add(changes)
                 copier.submit(changes)
-            rest = stream.finish()
+                if copier.stopped:
+                    break
+            rest = stream.finish() if not copier.stopped else ChangeSet()
             if rest.deletes and not stream.files:
                 rest.problems.append(f"the source lists no file at all: refusing to delete {len(rest.deletes)} "
                                      "files on the target (an unmounted share looks empty; delete by hand if meant)")
