@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from migrate.blobs.local import LocalFolderStore, is_litter
 from migrate.blobs.records import RecordBook
 from migrate.blobs.store import (
     BlobProps,
+    Listing,
     Precondition,
     SourceChanged,
     TargetChanged,
@@ -572,4 +574,41 @@ def test_throttle_holds_bytes_and_connections_over_both_pools(tmp_path: Path) ->
     assert not result.problems and result.metrics["files_copied"] == len(files)
     assert total / seconds <= 2 * MIB * 1.15, f"{total / seconds / MIB:.2f} MiB/s"
     assert source.most <= 2  # max_connections caps the objects in flight over the large and small pools
+    assert tree_md5(setup.dst) == {k: hashlib.md5(v).hexdigest() for k, v in files.items()}
+
+
+class PacedFolder(LocalFolderStore):
+    """A real folder that notes, as its listing hands on each page, how many files it had listed and how
+    many were already copied to `target`."""
+
+    def __init__(self, root: Path, target: Path) -> None:
+        super().__init__(root)
+        self.target = target
+        self.at_pages: list[tuple[int, int]] = []
+
+    def listing_pages(self) -> Iterator[Listing]:
+        listed = 0
+        for page in super().listing_pages():
+            self.at_pages.append((listed, count_files(self.target)))
+            listed += len(page.entries)
+            yield page
+
+
+def test_the_listing_waits_when_the_backlog_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from migrate.blobs import copy
+
+    monkeypatch.setattr(copy, "MAX_BACKLOG", 40)
+    files = {f"d{i % 4}/f{i:05d}.txt": os.urandom(512) for i in range(4000)}
+    setup = Setup(tmp_path, "concurrency: 2\n", files)
+    engine = setup.engine()
+    source = PacedFolder(setup.src, setup.dst)
+    engine._source = source
+    try:
+        result = engine.load(setup.ctx())
+    finally:
+        engine.close()
+    assert not result.problems and result.metrics["files_copied"] == len(files)
+    # each page is asked for only once the copy has caught up to within the backlog (and the few in flight)
+    for listed, copied in source.at_pages[1:]:
+        assert copied >= listed - 40 - 2 - 4, source.at_pages
     assert tree_md5(setup.dst) == {k: hashlib.md5(v).hexdigest() for k, v in files.items()}
