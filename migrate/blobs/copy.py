@@ -49,7 +49,7 @@ from migrate.blobs.store import (
 from migrate.stages.engine import Progress, ProgressTask
 
 SOURCE_ATTEMPTS = 3
-BUDGET_CAP = 128 * 1024 * 1024
+BUDGET_CAP = 96 * 1024 * 1024
 SMALL_FACTOR = 2  # the pool for whole small objects is this many times `concurrency` wide
 MAX_BACKLOG = 10_000  # jobs queued ahead of the copy while the listing goes on
 
