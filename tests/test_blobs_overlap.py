@@ -15,12 +15,19 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.storage.blob import BlobServiceClient, ContainerClient
-from fixtures_azurite import Azurite, FaultyProxy
+from azure.storage.blob import (
+    AccountSasPermissions,
+    BlobServiceClient,
+    ContainerClient,
+    ResourceTypes,
+    generate_account_sas,
+)
+from fixtures_azurite import ACCOUNT, ACCOUNT_KEY, Azurite, FaultyProxy, env_with
 from rich.console import Console
 from test_blobs_azure import AzureSetup
 from test_blobs_local import MIB, ROOT
@@ -29,6 +36,7 @@ from migrate.blobs.azure import AzureBlobStore
 from migrate.blobs.engine import BlobEngine
 from migrate.blobs.local import PAGE_ENTRIES, LocalFolderStore
 from migrate.blobs.store import Listing
+from migrate.plan.model import Connection
 from migrate.progress import _PlainTask
 from migrate.stages.engine import StageContext
 
@@ -224,3 +232,38 @@ def test_kill_9_of_the_whole_command_mid_overlap_then_rerun_loses_nothing(
     verify = subprocess.run([sys.executable, "-m", "migrate", "verify", str(setup.plan)], env=env,
                             capture_output=True, text=True, timeout=300)
     assert verify.returncode == 0, verify.stderr
+
+
+def test_sas_uploads_take_the_lean_put_token_credentials_and_proxies_the_sdk(
+        azurite: Azurite, blob_container: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sas = generate_account_sas(ACCOUNT, ACCOUNT_KEY, ResourceTypes(service=True, container=True, object=True),
+                               AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True,
+                                                     create=True), expiry=datetime.now(UTC) + timedelta(hours=1))
+    target = f'{{account_url: "{azurite.blob_endpoint}", sas_token: "${{AZ_SAS}}", container: {blob_container}}}'
+    files = {f"sas/s{i:02d}.txt": os.urandom(100 + i) for i in range(40)}
+    setup = AzureSetup(tmp_path, azurite.connection_string, blob_container, "", files, target=target,
+                       env=env_with(AZ_SAS=sas))
+    store = AzureBlobStore.from_connection(setup.loaded.plan.connections["cloud"])
+    try:
+        assert store.direct is not None  # the SAS travels in the URL
+    finally:
+        store.close()
+    result = setup.run("load")
+    assert not result.problems and result.metrics["files_copied"] == len(files)
+    assert_same_bytes_and_md5(direct(azurite, blob_container), setup.src)
+
+    entra = Connection.model_validate({"account_url": "https://ppmdocs.blob.core.windows.net", "container": "letters"})
+    store = AzureBlobStore.from_connection(entra)  # DefaultAzureCredential: nothing is asked until a request
+    try:
+        assert store.direct is None  # token credentials stay on the SDK path
+    finally:
+        store.close()
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a proxy for the endpoint: the SDK path honours it
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    store = AzureBlobStore.from_connection(setup.loaded.plan.connections["cloud"])
+    try:
+        assert store.direct is None
+    finally:
+        store.close()
