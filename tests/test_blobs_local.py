@@ -30,7 +30,7 @@ from migrate.blobs.store import (
     format_mtime,
     parse_mtime,
 )
-from migrate.errors import EndpointError
+from migrate.errors import EndpointError, MassDeleteRefused
 from migrate.plan.loader import LoadedPlan, load_plan
 from migrate.stages.engine import StageContext
 from migrate.state.journal import Journal
@@ -303,6 +303,27 @@ def test_sync_copies_only_changes_and_propagates_deletes(tmp_path: Path) -> None
     quiet = setup.run("sync")
     assert (quiet.created, quiet.updated, quiet.deleted, quiet.lag_seconds) == (0, 0, 0, 0)
     assert setup.run("verify").clean
+
+
+def test_a_refused_mass_delete_deletes_nothing_and_the_cycles_copies_still_land(tmp_path: Path) -> None:
+    files = {f"f{i:03d}.txt": os.urandom(100) for i in range(150)}
+    setup = Setup(tmp_path, "delete: true\n", files)
+    setup.run("load")
+    for i in range(120):  # 120 of 150: past the guard
+        (setup.src / f"f{i:03d}.txt").unlink()
+    (setup.src / "new.txt").write_bytes(b"arrived while the share was half empty")
+    with pytest.raises(MassDeleteRefused, match="blob set letters: 120 of 150 would be deleted"):
+        setup.run("sync")
+    kept = tree_md5(setup.dst)
+    assert all(f"f{i:03d}.txt" in kept for i in range(150))  # nothing deleted
+    assert kept["new.txt"] == hashlib.md5(b"arrived while the share was half empty").hexdigest()
+    allowed = setup.engine()
+    try:
+        result = allowed.sync(StageContext(setup.loaded, setup.journal, allow_mass_delete=True))
+    finally:
+        allowed.close()
+    assert result.deleted == 120 and result.created == 0
+    assert tree_md5(setup.dst) == tree_md5(setup.src)
 
 
 def test_sync_keeps_target_files_when_delete_is_off(tmp_path: Path) -> None:
