@@ -6,10 +6,13 @@ every blob must carry the Content-MD5 of its bytes."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -27,7 +30,7 @@ from azure.storage.blob import (
     ResourceTypes,
     generate_account_sas,
 )
-from fixtures_azurite import ACCOUNT, ACCOUNT_KEY, Azurite, FaultyProxy, env_with
+from fixtures_azurite import ACCOUNT, ACCOUNT_KEY, AZURITE_BIN, Azurite, FaultyProxy, env_with, free_port
 from rich.console import Console
 from test_blobs_azure import AzureSetup
 from test_blobs_local import MIB, ROOT
@@ -35,7 +38,7 @@ from test_blobs_local import MIB, ROOT
 from migrate.blobs.azure import AzureBlobStore
 from migrate.blobs.engine import BlobEngine
 from migrate.blobs.local import PAGE_ENTRIES, LocalFolderStore
-from migrate.blobs.store import Listing
+from migrate.blobs.store import BlobProps, Listing, Precondition
 from migrate.plan.model import Connection
 from migrate.progress import _PlainTask
 from migrate.stages.engine import StageContext
@@ -267,3 +270,54 @@ def test_sas_uploads_take_the_lean_put_token_credentials_and_proxies_the_sdk(
         assert store.direct is None
     finally:
         store.close()
+
+
+def test_lean_put_over_https_trusts_the_same_ca_bundle_as_the_sdk(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Azurite over TLS with a self-signed certificate named in REQUESTS_CA_BUNDLE: the lean path verifies
+    it as the SDK does (a direct put answers, rather than failing over), and the load lands with Content-MD5."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [str(AZURITE_BIN), "--inMemoryPersistence", "--disableTelemetry", "--skipApiVersionCheck", "--loose",
+         "--blobHost", "127.0.0.1", "--blobPort", str(port), "--cert", str(cert), "--key", str(key)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=1, context=context)
+                conn.request("GET", f"/{ACCOUNT}?comp=list")
+                conn.getresponse().read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "Azurite over TLS did not answer"
+                time.sleep(0.1)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        cs = (f"DefaultEndpointsProtocol=https;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+              f"BlobEndpoint=https://127.0.0.1:{port}/{ACCOUNT};")
+        files = {f"tls/t{i:02d}.txt": os.urandom(500 + i) for i in range(30)}
+        setup = AzureSetup(tmp_path / "plan", cs, "tls-letters", "", files)
+        store = AzureBlobStore.from_connection(setup.loaded.plan.connections["cloud"])
+        try:
+            assert store.direct is not None
+            store.ensure()
+            data = b"straight through the lean path"
+            props = BlobProps(len(data), hashlib.md5(data).digest(), time.time_ns(), "text/plain")
+            assert store.direct.put("probe.txt", data, props, Precondition.absent())  # no Unsure: TLS verified
+            store.delete("probe.txt", Precondition.always())
+        finally:
+            store.close()
+        result = setup.run("load")
+        assert not result.problems and result.metrics["files_copied"] == len(files)
+        client = BlobServiceClient.from_connection_string(cs, connection_verify=str(cert))
+        assert_same_bytes_and_md5(client.get_container_client("tls-letters"), setup.src)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

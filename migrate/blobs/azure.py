@@ -131,7 +131,8 @@ class AzureBlobStore(BlobStore):
         assert conn.container
         endpoint = conn.account_url or _blob_endpoint(conn.connection_string or "")
         session = _session((2 + SMALL_FACTOR) * concurrency + 8, endpoint)  # file, block, small-file pools
-        transport = RequestsTransport(session=session, session_owner=True,
+        # azure-core hands its own `verify` to every request, overriding the session's: give it the bundle
+        transport = RequestsTransport(session=session, session_owner=True, connection_verify=session.verify,
                                       connection_timeout=20, read_timeout=120, use_env_settings=False)
         options: dict[str, Any] = {
             "transport": transport,

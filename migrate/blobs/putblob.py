@@ -27,6 +27,7 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote
 
+import requests.certs
 import urllib3
 from azure.core.pipeline import PipelineContext, PipelineRequest
 from azure.core.pipeline.transport import HttpRequest
@@ -56,7 +57,8 @@ class DirectPut:
         self.version = str(container.api_version)
         policy = getattr(container, "_credential_policy", None)
         self.sign = policy.on_request if isinstance(policy, SharedKeyCredentialPolicy) else None
-        kwargs: dict[str, Any] = {"ca_certs": ca_bundle} if ca_bundle else {}
+        # the trust store of the SDK path: REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, else requests' own (certifi)
+        kwargs: dict[str, Any] = {"ca_certs": ca_bundle or requests.certs.where(), "cert_reqs": "CERT_REQUIRED"}
         self.pool = urllib3.PoolManager(num_pools=2, maxsize=connections, block=False, retries=False,
                                         timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
                                         **kwargs)
