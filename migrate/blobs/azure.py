@@ -7,7 +7,9 @@ through `retry.call` (tenacity), and failures are translated by `retry.explain`.
 
 Every object written carries Content-MD5 (set in the commit for block uploads, where the service does not
 compute it), the source mtime in metadata `mtime` (as rclone writes it) and a content type. Blocks are sent
-with a transactional MD5 so the service checks each one on arrival.
+with a transactional MD5 so the service checks each one on arrival. A whole small object goes first as one
+signed request on the lean path of `putblob.py` (shared key or SAS, no proxy); whatever that path cannot
+settle is sent again through the SDK, with the same condition.
 """
 
 from __future__ import annotations
