@@ -120,7 +120,7 @@ def run_ours(work: Path, source: Path, port: int, container: str) -> tuple[float
     log = work / f"bench-{container}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "migrate", "run", str(plan), "--until", "load", "--json"],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+                                   env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)  # this checkout's code
         _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
     output = log.read_text(errors="replace")
