@@ -8,8 +8,10 @@ bounded memory, journaled per path.
   deletes go to a third pool SMALL_FACTOR times wider, sized for many tiny requests that each spend more
   time waiting for an answer than moving bytes. A big file never waits behind thousands of small ones.
   `max_workers` (the throttle's `max_connections`) caps the objects in flight over both pools.
-- Memory is bounded by a byte budget (at most `concurrency` blocks, and never more than BUDGET_CAP bytes)
-  that every read takes from before it reads and gives back once its bytes are on the target.
+- Memory is bounded by two byte budgets that every read takes from before it reads and gives back once its
+  bytes are on the target: blocks of large objects (at most `concurrency` blocks, never more than
+  BUDGET_CAP bytes) and whole small objects (never more than SMALL_BUDGET_CAP bytes), so blocks in flight
+  never hold the small files up.
 - One read pass per object computes both the Content-MD5 of the whole and the MD5 of each block (sent so
   the service checks it, and part of the block id). A resumed upload re-reads the source but sends only
   the blocks the target does not already hold.
@@ -49,7 +51,8 @@ from migrate.blobs.store import (
 from migrate.stages.engine import Progress, ProgressTask
 
 SOURCE_ATTEMPTS = 3
-BUDGET_CAP = 96 * 1024 * 1024
+BUDGET_CAP = 96 * 1024 * 1024  # blocks of large objects in flight
+SMALL_BUDGET_CAP = 32 * 1024 * 1024  # whole small objects in flight
 SMALL_FACTOR = 2  # the pool for whole small objects is this many times `concurrency` wide
 MAX_BACKLOG = 10_000  # jobs queued ahead of the copy while the listing goes on
 
@@ -122,11 +125,13 @@ class BlobCopier:
         self.progress = progress
         self.description = description
         self.budget = ByteBudget(max(block_size, min(concurrency * block_size, BUDGET_CAP)))
+        self.small_concurrency = small_concurrency or concurrency
+        # whole small objects have their own budget: blocks of big files in flight never starve them
+        self.small_budget = ByteBudget(max(block_size, min(self.small_concurrency * block_size, SMALL_BUDGET_CAP)))
         self.outcome = CopyOutcome()
         self._lock = threading.Lock()
         self._fatal: BaseException | None = None
         self._bar: ProgressTask | None = None
-        self.small_concurrency = small_concurrency or concurrency
         self._large: ThreadPoolExecutor | None = None
         self._blocks: ThreadPoolExecutor | None = None
         self._small: ThreadPoolExecutor | None = None
@@ -322,7 +327,7 @@ class BlobCopier:
 
     def _copy_whole(self, transfer: Transfer, reader: SourceReader) -> tuple[str, bytes, int, int]:
         path = transfer.entry.path
-        held = self.budget.take(max(reader.size, 1))
+        held = self.small_budget.take(max(reader.size, 1))
         try:
             data = reader.read(reader.size + 1)  # +1 notices growth; check_unchanged confirms
             reader.check_unchanged()
@@ -330,7 +335,7 @@ class BlobCopier:
             etag = self._write_checked(path, props, transfer.when,
                                        lambda: self.target.put(path, data, props, transfer.when))
         finally:
-            self.budget.give(held)
+            self.small_budget.give(held)
         self._advance(props.size)
         return etag, props.md5, props.size, props.mtime_ns
 
