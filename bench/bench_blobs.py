@@ -9,7 +9,8 @@ process to its exit (start-up, imports, listing, every request, the journal). Ou
 `python -m migrate run PLAN --until load` (preflight, which lists the source and probes the target, then the
 load; it creates its container itself); rclone's is `rclone copy SRC :azureblob:CONTAINER --transfers 16
 --checkers 16` with a container SAS URL (its container is created before the clock starts: rclone cannot
-create one through a container SAS). Our peak RSS is read with wait4. After our run, `rclone check`
+create one through a container SAS). Our peak RSS and both tools' CPU time are read with wait4, and Azurite's
+CPU time during each run from /proc (it is one Node.js thread: the floor for both). After our run, `rclone check`
 compares the source with our container: it must find 0 differences and check every hash (our blobs carry
 Content-MD5). The ratio printed is the median of ours over the median of rclone's, same run.
 
@@ -101,7 +102,8 @@ def container_sas_url(port: int, container: str) -> str:
     return f"http://127.0.0.1:{port}/{ACCOUNT}/{container}?{sas}"
 
 
-def run_ours(work: Path, source: Path, port: int, container: str) -> tuple[float, int, str]:
+def run_ours(work: Path, source: Path, port: int, container: str) -> tuple[float, int, str, float]:
+    """(wall seconds, peak RSS bytes, the load's summary, CPU seconds) of the whole command."""
     plan = work / f"bench-{container}.yaml"
     plan.write_text(textwrap.dedent(f"""
         version: 1
@@ -135,14 +137,25 @@ def run_ours(work: Path, source: Path, port: int, container: str) -> tuple[float
         summary = stages[0]["summary"] if stages else summary
     except (ValueError, KeyError, TypeError, IndexError):
         pass
-    return wall, usage.ru_maxrss * 1024, summary.strip()
+    return wall, usage.ru_maxrss * 1024, summary.strip(), usage.ru_utime + usage.ru_stime
 
 
-def run_rclone(source: Path, sas_url: str, container: str) -> float:
+def run_rclone(source: Path, sas_url: str, container: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the whole rclone copy."""
     started = time.perf_counter()
-    subprocess.run(["rclone", "copy", str(source), f":azureblob:{container}", "--azureblob-sas-url", sas_url,
-                    "--transfers", "16", "--checkers", "16", "-q"], check=True, timeout=900)
-    return time.perf_counter() - started
+    process = subprocess.Popen(["rclone", "copy", str(source), f":azureblob:{container}", "--azureblob-sas-url",
+                                sas_url, "--transfers", "16", "--checkers", "16", "-q"])
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"rclone failed ({os.waitstatus_to_exitcode(status)})")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a live process used so far (Azurite's, read from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rclone_check(source: Path, sas_url: str, container: str) -> tuple[int, str]:
@@ -176,6 +189,7 @@ def main() -> int:
           f"{args.small} x {args.small_kib} KiB); {rclone_version}; {os.cpu_count()} CPUs")
     ours_times: list[float] = []
     peer_times: list[float] = []
+    cpu: dict[str, list[float]] = {"migrate": [], "migrate's Azurite": [], "rclone": [], "rclone's Azurite": []}
     peak = 0
     checks: list[tuple[int, str]] = []
 
@@ -184,7 +198,11 @@ def main() -> int:
         azurite = start_azurite(port)
         try:
             create_container(port, "rclone")
-            peer_times.append(run_rclone(source, container_sas_url(port, "rclone"), "rclone"))
+            before = cpu_seconds(azurite.pid)
+            wall, used = run_rclone(source, container_sas_url(port, "rclone"), "rclone")
+            peer_times.append(wall)
+            cpu["rclone"].append(used)
+            cpu["rclone's Azurite"].append(cpu_seconds(azurite.pid) - before)
         finally:
             azurite.terminate()
             azurite.wait(timeout=10)
@@ -194,7 +212,10 @@ def main() -> int:
         port = free_port()
         azurite = start_azurite(port)
         try:
-            wall, rss, summary = run_ours(work, source, port, f"migrate{len(ours_times)}")
+            before = cpu_seconds(azurite.pid)
+            wall, rss, summary, used = run_ours(work, source, port, f"migrate{len(ours_times)}")
+            cpu["migrate's Azurite"].append(cpu_seconds(azurite.pid) - before)
+            cpu["migrate"].append(used)
             ours_times.append(wall)
             peak = max(peak, rss)
             checks.append(rclone_check(source, container_sas_url(port, f"migrate{len(ours_times) - 1}"),
@@ -229,6 +250,7 @@ def main() -> int:
           f"({total / MIB / ours:.0f} MiB/s)")
     print(f"ratio migrate/rclone: {ours / peer:.2f} (target <= {TARGET_RATIO:.2f})")
     print(f"migrate peak RSS: {peak / MIB:.0f} MiB (target <= 300 MiB)")
+    print("median CPU seconds: " + ", ".join(f"{who} {statistics.median(v):.2f}" for who, v in cpu.items()))
     print(f"rclone check source vs migrate's container, every round (worst exit {code}):\n{check}")
     ok = ours <= TARGET_RATIO * peer and peak <= 300 * MIB and code == 0 and "could not be checked" not in check
     print("RESULT:", "PASS" if ok else "FAIL")
