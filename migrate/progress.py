@@ -35,8 +35,11 @@ def speed(per_second: float | None, unit: str) -> str:
     return f"{per_second:,.0f} {unit or 'items'}/s"
 
 
-def items(done: int, total: int | None) -> str:
-    """Files finished alongside the bytes: '123/2,000 files'; '' when the task counts none."""
+def items(done: int, total: int | None, listing: bool = False) -> str:
+    """Files finished alongside the bytes: '123/2,000 files'; '' when the task counts none. While the listing
+    still goes on the total is what it found so far: '123/1,000+ files (listing)'."""
+    if listing:
+        return f"{done:,}/{total or 0:,}+ files (listing)"
     return f"{done:,}/{total:,} files" if total else ""
 
 
@@ -46,16 +49,29 @@ class _AmountColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         unit = task.fields.get("unit", "")
         done = amount(task.completed, unit)
-        text = f"{done}/{amount(task.total, unit)}" if task.total else done
+        listing = bool(task.fields.get("listing"))
+        if listing:  # the total is unknown (no bar, no percentage, no time left): what is listed so far
+            text = f"{done}/{amount(task.fields.get('known', 0), unit)}+"
+        else:
+            text = f"{done}/{amount(task.total, unit)}" if task.total else done
         parts = [text, speed(task.finished_speed or task.speed, unit),
-                 items(task.fields.get("items_done", 0), task.fields.get("items_total"))]
+                 items(task.fields.get("items_done", 0), task.fields.get("items_total"), listing)]
         return Text(" ".join(p for p in parts if p), style="progress.download")
 
 
 class _RichTask:
-    def __init__(self, owner: ConsoleProgress, task_id: Any) -> None:
+    def __init__(self, owner: ConsoleProgress, task_id: Any, total: float | None, items_total: int | None) -> None:
         self.owner, self.task_id = owner, task_id
         self.items_done = 0
+        self.known, self.items_total = total or 0, items_total or 0
+
+    def extend(self, amount: float, items: int = 0, listing: bool = False) -> None:
+        self.known += amount
+        self.items_total += items
+        fields: dict[str, Any] = {"known": self.known, "items_total": self.items_total, "listing": listing}
+        if not listing:
+            fields["total"] = self.known  # while listing the task keeps total None: no percentage, no time left
+        self.owner.bars.update(self.task_id, **fields)
 
     def advance(self, amount: float = 1, items: int = 0) -> None:
         if items:
@@ -76,6 +92,7 @@ class _PlainTask:
                  items_total: int | None) -> None:
         self.console, self.description, self.total, self.unit = console, description, total, unit
         self.items_total = items_total
+        self.listing = False
         self.done = 0.0
         self.items_done = 0
         self.started = self.last = time.monotonic()
@@ -83,11 +100,13 @@ class _PlainTask:
 
     def line(self) -> str:
         text = f"  {self.description}: {amount(self.done, self.unit)}"
-        if self.total:
+        if self.listing:
+            text += f" of {amount(self.total or 0, self.unit)}+ listed so far"
+        elif self.total:
             text += f" of {amount(self.total, self.unit)} ({100 * self.done / self.total:.0f}%)"
         elapsed = time.monotonic() - self.started
         extra = [speed(self.done / elapsed if elapsed > 0 else None, self.unit),
-                 items(self.items_done, self.items_total)]
+                 items(self.items_done, self.items_total, self.listing)]
         return ", ".join([text, *(e for e in extra if e)])
 
     def advance(self, amount: float = 1, items: int = 0) -> None:
@@ -98,6 +117,12 @@ class _PlainTask:
                 return
             self.last = time.monotonic()
         self.console.print(self.line(), highlight=False, markup=False)
+
+    def extend(self, amount: float, items: int = 0, listing: bool = False) -> None:
+        with self.lock:
+            self.total = (self.total or 0) + amount
+            self.items_total = (self.items_total or 0) + items
+            self.listing = listing
 
     def close(self) -> None:
         pass
@@ -142,5 +167,5 @@ class ConsoleProgress:
             return NullProgress().task(description, total, unit)
         if self.live:
             return _RichTask(self, self.bars.add_task(description, total=total, unit=unit, items_total=items_total,
-                                                      items_done=0))
+                                                      items_done=0), total, items_total)
         return _PlainTask(self.console, description, total, unit, items_total)

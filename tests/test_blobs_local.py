@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from migrate.blobs.local import LocalFolderStore, is_litter
 from migrate.blobs.records import RecordBook
 from migrate.blobs.store import (
     BlobProps,
+    Listing,
     Precondition,
     SourceChanged,
     TargetChanged,
@@ -28,7 +30,7 @@ from migrate.blobs.store import (
     format_mtime,
     parse_mtime,
 )
-from migrate.errors import EndpointError
+from migrate.errors import EndpointError, MassDeleteRefused
 from migrate.plan.loader import LoadedPlan, load_plan
 from migrate.stages.engine import StageContext
 from migrate.state.journal import Journal
@@ -303,6 +305,27 @@ def test_sync_copies_only_changes_and_propagates_deletes(tmp_path: Path) -> None
     assert setup.run("verify").clean
 
 
+def test_a_refused_mass_delete_deletes_nothing_and_the_cycles_copies_still_land(tmp_path: Path) -> None:
+    files = {f"f{i:03d}.txt": os.urandom(100) for i in range(150)}
+    setup = Setup(tmp_path, "delete: true\n", files)
+    setup.run("load")
+    for i in range(120):  # 120 of 150: past the guard
+        (setup.src / f"f{i:03d}.txt").unlink()
+    (setup.src / "new.txt").write_bytes(b"arrived while the share was half empty")
+    with pytest.raises(MassDeleteRefused, match="blob set letters: 120 of 150 would be deleted"):
+        setup.run("sync")
+    kept = tree_md5(setup.dst)
+    assert all(f"f{i:03d}.txt" in kept for i in range(150))  # nothing deleted
+    assert kept["new.txt"] == hashlib.md5(b"arrived while the share was half empty").hexdigest()
+    allowed = setup.engine()
+    try:
+        result = allowed.sync(StageContext(setup.loaded, setup.journal, allow_mass_delete=True))
+    finally:
+        allowed.close()
+    assert result.deleted == 120 and result.created == 0
+    assert tree_md5(setup.dst) == tree_md5(setup.src)
+
+
 def test_sync_keeps_target_files_when_delete_is_off(tmp_path: Path) -> None:
     setup = Setup(tmp_path, files={"a.txt": b"a", "b.txt": b"b"})
     setup.run("load")
@@ -522,3 +545,91 @@ def test_record_book_survives_reload(tmp_path: Path) -> None:
     assert records["a/b.txt"].md5 == hashlib.md5(b"abc").digest()
     assert records["a/b.txt"].mtime_ns == 1_700_000_000_000_000_001 and records["a/b.txt"].owns("etag-1")
     assert records["c.txt"].status == "failed" and "abc123" not in records["c.txt"].error
+
+
+# -- throttling holds across the pools (large objects, blocks, small objects) --
+
+
+class CountingFolder(LocalFolderStore):
+    """A real folder that notes how many of its files are open for reading at once (one per object copied)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.open = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def open_read(self, path: str, expected: object = None) -> object:  # type: ignore[override]
+        reader = super().open_read(path)
+        with self.lock:
+            self.open += 1
+            self.most = max(self.most, self.open)
+        close = reader.close
+
+        def closed() -> None:
+            close()
+            with self.lock:
+                self.open -= 1
+
+        reader.close = closed  # type: ignore[method-assign]
+        return reader
+
+
+def test_throttle_holds_bytes_and_connections_over_both_pools(tmp_path: Path) -> None:
+    from migrate.throttle.control import Throttles
+
+    files = {f"notes/n{i:03d}.txt": os.urandom(16 * 1024) for i in range(200)}  # 3.1 MiB of small objects
+    files["scans/big.tif"] = os.urandom(3 * MIB)  # 3 MiB in 256 KiB blocks
+    setup = Setup(tmp_path, "block_size: 262144\nthrottle: {bytes_per_second: 2 MiB, max_connections: 2}\n", files)
+    engine = setup.engine()
+    source = CountingFolder(setup.src)
+    engine._source = source
+    started = time.monotonic()
+    try:
+        result = engine.load(StageContext(setup.loaded, setup.journal,
+                                          throttles=Throttles(setup.loaded, setup.journal)))
+    finally:
+        engine.close()
+    seconds = time.monotonic() - started
+    total = sum(len(v) for v in files.values())
+    assert not result.problems and result.metrics["files_copied"] == len(files)
+    assert total / seconds <= 2 * MIB * 1.15, f"{total / seconds / MIB:.2f} MiB/s"
+    assert source.most <= 2  # max_connections caps the objects in flight over the large and small pools
+    assert tree_md5(setup.dst) == {k: hashlib.md5(v).hexdigest() for k, v in files.items()}
+
+
+class PacedFolder(LocalFolderStore):
+    """A real folder that notes, as its listing hands on each page, how many files it had listed and how
+    many were already copied to `target`."""
+
+    def __init__(self, root: Path, target: Path) -> None:
+        super().__init__(root)
+        self.target = target
+        self.at_pages: list[tuple[int, int]] = []
+
+    def listing_pages(self) -> Iterator[Listing]:
+        listed = 0
+        for page in super().listing_pages():
+            self.at_pages.append((listed, count_files(self.target)))
+            listed += len(page.entries)
+            yield page
+
+
+def test_the_listing_waits_when_the_backlog_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from migrate.blobs import copy
+
+    monkeypatch.setattr(copy, "MAX_BACKLOG", 40)
+    files = {f"d{i % 4}/f{i:05d}.txt": os.urandom(512) for i in range(4000)}
+    setup = Setup(tmp_path, "concurrency: 2\n", files)
+    engine = setup.engine()
+    source = PacedFolder(setup.src, setup.dst)
+    engine._source = source
+    try:
+        result = engine.load(setup.ctx())
+    finally:
+        engine.close()
+    assert not result.problems and result.metrics["files_copied"] == len(files)
+    # each page is asked for only once the copy has caught up to within the backlog (and the few in flight)
+    for listed, copied in source.at_pages[1:]:
+        assert copied >= listed - 40 - 2 - 4, source.at_pages
+    assert tree_md5(setup.dst) == {k: hashlib.md5(v).hexdigest() for k, v in files.items()}

@@ -7,7 +7,9 @@ through `retry.call` (tenacity), and failures are translated by `retry.explain`.
 
 Every object written carries Content-MD5 (set in the commit for block uploads, where the service does not
 compute it), the source mtime in metadata `mtime` (as rclone writes it) and a content type. Blocks are sent
-with a transactional MD5 so the service checks each one on arrival.
+with a transactional MD5 so the service checks each one on arrival. A whole small object goes first as one
+signed request on the lean path of `putblob.py` (shared key or SAS, no proxy); whatever that path cannot
+settle is sent again through the SDK, with the same condition.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,6 +35,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from migrate.blobs import retry
+from migrate.blobs.copy import SMALL_FACTOR
+from migrate.blobs.putblob import DirectPut, Unsure
 from migrate.blobs.store import (
     BlobEntry,
     BlobProps,
@@ -112,9 +117,10 @@ class AzureBlobStore(BlobStore):
 
     kind = "blob"
 
-    def __init__(self, container: ContainerClient, prefix: str = "") -> None:
+    def __init__(self, container: ContainerClient, prefix: str = "", direct: DirectPut | None = None) -> None:
         self.container = container
         self.prefix = prefix
+        self.direct = direct  # the lean Put Blob path for whole small objects (putblob.py)
         self.display = redact(container.url.split("?", 1)[0]) + (f"/{prefix}" if prefix else "")
 
     def identity(self) -> str:
@@ -126,7 +132,9 @@ class AzureBlobStore(BlobStore):
         """Open the container a plan connection names."""
         assert conn.container
         endpoint = conn.account_url or _blob_endpoint(conn.connection_string or "")
-        transport = RequestsTransport(session=_session(2 * concurrency + 8, endpoint), session_owner=True,
+        session = _session((2 + SMALL_FACTOR) * concurrency + 8, endpoint)  # file, block, small-file pools
+        # azure-core hands its own `verify` to every request, overriding the session's: give it the bundle
+        transport = RequestsTransport(session=session, session_owner=True, connection_verify=session.verify,
                                       connection_timeout=20, read_timeout=120, use_env_settings=False)
         options: dict[str, Any] = {
             "transport": transport,
@@ -164,9 +172,16 @@ class AzureBlobStore(BlobStore):
 
                 credential = default_credential(conn.azure.cloud if conn.azure else "AzureCloud")
             service = BlobServiceClient(conn.account_url, credential=credential, **options)
-        return cls(service.get_container_client(conn.container), prefix=prefix)
+        container = service.get_container_client(conn.container)
+        direct = None
+        if DirectPut.usable(container) and not session.proxies:
+            direct = DirectPut(container, SMALL_FACTOR * concurrency + 8,
+                               session.verify if isinstance(session.verify, str) else None)
+        return cls(container, prefix=prefix, direct=direct)
 
     def close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
         self.container.close()
 
     # -- names --
@@ -216,8 +231,8 @@ class AzureBlobStore(BlobStore):
         md5 = props.content_settings.content_md5 if props.content_settings else None
         return BlobEntry(path, int(props.size), mtime_ns, _etag(props.etag), bytes(md5) if md5 else None)
 
-    def listing(self) -> Listing:
-        listing = Listing()
+    def listing_pages(self) -> Iterator[Listing]:
+        """One page per List Blobs answer (up to 5,000 names), each handed on before the next is asked for."""
         token: str | None = None
         while True:
             def page(token: str | None = token) -> tuple[list[Any], str | None]:
@@ -229,15 +244,18 @@ class AzureBlobStore(BlobStore):
             try:
                 items, token = retry.call(page)
             except ResourceNotFoundError:
-                return listing
+                yield Listing()
+                return
             except Exception as exc:
                 raise self._fail(exc, "list", per_object=False) from None
+            listing = Listing()
             for props in items:
                 path = props.name[len(self.prefix):]
                 if path:
                     listing.entries[path] = self._entry(props, path)
+            yield listing
             if not token:
-                return listing
+                return
 
     def stat(self, path: str) -> BlobEntry | None:
         try:
@@ -295,6 +313,11 @@ class AzureBlobStore(BlobStore):
             raise self._fail(exc, f"{what} {path}") from None
 
     def put(self, path: str, data: bytes, props: BlobProps, when: Precondition) -> str:
+        if self.direct is not None:
+            try:
+                return self.direct.put(self.name(path), data, props, when)
+            except Unsure:
+                pass  # the same conditional request through the SDK: retried, and its error explained
         blob = self._blob(path)
 
         def upload() -> dict[str, Any]:

@@ -1,9 +1,17 @@
-"""Carry out a ChangeSet: parallel, streaming copies with bounded memory, journaled per path.
+"""Carry out ChangeSets, page after page as the listing yields them: parallel, streaming copies with
+bounded memory, journaled per path.
 
-- `concurrency` objects are copied at once; a large object's blocks go to a second pool of the same size,
-  so four big files still keep every connection busy.
-- Memory is bounded by a byte budget (at most `concurrency` blocks, and never more than BUDGET_CAP bytes)
-  that every read takes from before it reads and gives back once its bytes are on the target.
+- Work starts with the first page (`start`, then `submit` per page, then `finish`): copying overlaps the
+  rest of the listing. At most MAX_BACKLOG jobs wait at any time; the listing waits beyond that.
+- Three pools: objects above `block_size` go `concurrency` at once, their blocks to a second pool of the
+  same size (so four big files still keep every connection busy); whole small objects, touches and
+  deletes go to a third pool SMALL_FACTOR times wider, sized for many tiny requests that each spend more
+  time waiting for an answer than moving bytes. A big file never waits behind thousands of small ones.
+  `max_workers` (the throttle's `max_connections`) caps the objects in flight over both pools.
+- Memory is bounded by two byte budgets that every read takes from before it reads and gives back once its
+  bytes are on the target: blocks of large objects (at most `concurrency` blocks, never more than
+  BUDGET_CAP bytes) and whole small objects (never more than SMALL_BUDGET_CAP bytes), so blocks in flight
+  never hold the small files up.
 - One read pass per object computes both the Content-MD5 of the whole and the MD5 of each block (sent so
   the service checks it, and part of the block id). A resumed upload re-reads the source but sends only
   the blocks the target does not already hold.
@@ -43,7 +51,10 @@ from migrate.blobs.store import (
 from migrate.stages.engine import Progress, ProgressTask
 
 SOURCE_ATTEMPTS = 3
-BUDGET_CAP = 128 * 1024 * 1024
+BUDGET_CAP = 96 * 1024 * 1024  # blocks of large objects in flight
+SMALL_BUDGET_CAP = 32 * 1024 * 1024  # whole small objects in flight
+SMALL_FACTOR = 2  # the pool for whole small objects is this many times `concurrency` wide
+MAX_BACKLOG = 10_000  # jobs queued ahead of the copy while the listing goes on
 
 
 class ByteBudget:
@@ -103,7 +114,8 @@ class BlobCopier:
     """Copies, touches, adopts and deletes, recording each path in the journal once it is durable."""
 
     def __init__(self, source: BlobStore, target: BlobStore, book: RecordBook, *, concurrency: int,
-                 block_size: int, progress: Progress, description: str, throttle: Any = None) -> None:
+                 block_size: int, progress: Progress, description: str, throttle: Any = None,
+                 small_concurrency: int | None = None, max_workers: int | None = None) -> None:
         self.source = source
         self.throttle = throttle  # the item's limiter: bytes written count against bytes_per_second
         self.target = target
@@ -113,11 +125,20 @@ class BlobCopier:
         self.progress = progress
         self.description = description
         self.budget = ByteBudget(max(block_size, min(concurrency * block_size, BUDGET_CAP)))
+        self.small_concurrency = small_concurrency or concurrency
+        # whole small objects have their own budget: blocks of big files in flight never starve them
+        self.small_budget = ByteBudget(max(block_size, min(self.small_concurrency * block_size, SMALL_BUDGET_CAP)))
         self.outcome = CopyOutcome()
         self._lock = threading.Lock()
         self._fatal: BaseException | None = None
         self._bar: ProgressTask | None = None
+        self._large: ThreadPoolExecutor | None = None
         self._blocks: ThreadPoolExecutor | None = None
+        self._small: ThreadPoolExecutor | None = None
+        # at most `max_workers` objects in flight over both pools (the throttle's max_connections)
+        self._slots = threading.BoundedSemaphore(max_workers or concurrency + self.small_concurrency)
+        self._backlog = threading.BoundedSemaphore(MAX_BACKLOG)
+        self._started = time.monotonic()
 
     # -- bookkeeping --
 
@@ -141,63 +162,116 @@ class BlobCopier:
             for key, value in deltas.items():
                 setattr(self.outcome, key, getattr(self.outcome, key) + value)
 
-    # -- the run --
+    # -- the run: start, submit page after page, finish --
 
-    def run(self, changes: ChangeSet) -> CopyOutcome:
-        started = time.monotonic()
+    def start(self) -> None:
+        """Open the pools and the progress bar; then `submit` pages of work as the listing yields them."""
+        self._started = time.monotonic()
+        self._bar = self.progress.task(self.description, total=None, unit="B", items_total=0)
+        self._large = ThreadPoolExecutor(self.concurrency, thread_name_prefix="blob-copy")
+        self._blocks = ThreadPoolExecutor(self.concurrency, thread_name_prefix="blob-block")
+        self._small = ThreadPoolExecutor(self.small_concurrency, thread_name_prefix="blob-small")
+
+    @property
+    def stopped(self) -> bool:
+        """An endpoint failure (or Ctrl-C in a worker) ended the copy: listing further is pointless."""
+        return self._fatal is not None
+
+    def submit(self, changes: ChangeSet) -> None:
+        """Queue one page of decisions. Blocks while MAX_BACKLOG jobs wait (the listing never runs far ahead
+        of the copy, so memory stays bounded however many files the source holds)."""
+        if self._fatal is not None:
+            return
         for src, dst, digest in changes.adoptions:
             self.book.done(src.path, src.size, digest, src.mtime_ns, dst.etag or "")
-            self.outcome.adopted += 1
+            self._count(adopted=1)
         for path in changes.forget:
             self.book.deleted(path)
-        for path, why in changes.conflicts:
-            self.outcome.problems.append(f"{path}: {why}")
-        jobs: list[Callable[[], None]] = []
-        for transfer in sorted(changes.transfers, key=lambda t: -t.entry.size):  # big first: better spread
-            jobs.append(partial(self._transfer, transfer))
+        with self._lock:
+            self.outcome.problems += [f"{path}: {why}" for path, why in changes.conflicts]
+        if self._bar is not None and changes.transfers:
+            self._bar.extend(changes.bytes_to_copy, items=len(changes.transfers), listing=True)
+        for transfer in changes.transfers:
+            small = transfer.entry.size <= self.block_size
+            self._queue(self._small if small else self._large, partial(self._transfer, transfer))
         for src, etag, digest in changes.touches:
-            jobs.append(partial(self._touch, src, etag, digest))
+            self._queue(self._small, partial(self._touch, src, etag, digest))
         for path, when, since_ns in changes.deletes:
-            jobs.append(partial(self._delete, path, when, since_ns))
-        self._bar = self.progress.task(self.description, total=changes.bytes_to_copy, unit="B",
-                                      items_total=len(changes.transfers))
+            self._queue(self._small, partial(self._delete, path, when, since_ns))
+
+    def _queue(self, pool: ThreadPoolExecutor | None, job: Callable[[], None]) -> None:
+        assert pool is not None
+        while not self._backlog.acquire(timeout=0.2):
+            if self._fatal is not None:
+                return
         try:
-            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="blob-copy") as files, \
-                    ThreadPoolExecutor(self.concurrency, thread_name_prefix="blob-block") as blocks:
-                self._blocks = blocks
-                futures = [files.submit(self._guarded, job) for job in jobs]
-                try:
-                    for future in futures:
-                        future.result()
-                except BaseException:
-                    self._fatal = self._fatal or _Stop()
-                    for future in futures:
-                        future.cancel()
-                    raise
-        finally:
-            self.book.flush()
+            future = pool.submit(self._guarded, job)
+        except BaseException:
+            self._backlog.release()
+            raise
+        future.add_done_callback(self._job_done)
+
+    def _job_done(self, future: Future[None]) -> None:
+        self._backlog.release()
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            with self._lock:
+                self._fatal = self._fatal or exc
+
+    def finish(self) -> CopyOutcome:
+        """The listing is complete: wait for every queued job, flush the journal, raise a fatal error."""
+        try:
             if self._bar is not None:
-                self._bar.close()
-            self.outcome.seconds = time.monotonic() - started
+                self._bar.extend(0, listing=False)
+            for pool in (self._small, self._large, self._blocks):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self._close()
         if self._fatal is not None and not isinstance(self._fatal, _Stop):
             raise self._fatal
         return self.outcome
 
+    def abort(self) -> None:
+        """Stop taking work (an error or Ctrl-C in the listing): queued jobs are dropped, running ones end."""
+        self._fatal = self._fatal or _Stop()
+        try:
+            for pool in (self._small, self._large, self._blocks):
+                if pool is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            self.book.flush()
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+            self.outcome.seconds = time.monotonic() - self._started
+
     def _guarded(self, job: Callable[[], None]) -> None:
         if self._fatal is not None:
             return
-        try:
-            job()
-        except _Stop:
-            return
-        except EndpointError as exc:
-            with self._lock:
-                self._fatal = self._fatal or exc
-        except OSError as exc:  # the source side is wrapped by its store: this is the target failing
-            with self._lock:
-                self._fatal = self._fatal or EndpointError(
-                    f"cannot write to {self.target.display}: {exc.strerror or exc}",
-                    hint="check free space and permissions on the target")
+        with self._slots:
+            try:
+                job()
+            except _Stop:
+                return
+            except EndpointError as exc:
+                with self._lock:
+                    self._fatal = self._fatal or exc
+            except OSError as exc:  # the source side is wrapped by its store: this is the target failing
+                with self._lock:
+                    self._fatal = self._fatal or EndpointError(
+                        f"cannot write to {self.target.display}: {exc.strerror or exc}",
+                        hint="check free space and permissions on the target")
 
     # -- one path --
 
@@ -253,7 +327,7 @@ class BlobCopier:
 
     def _copy_whole(self, transfer: Transfer, reader: SourceReader) -> tuple[str, bytes, int, int]:
         path = transfer.entry.path
-        held = self.budget.take(max(reader.size, 1))
+        held = self.small_budget.take(max(reader.size, 1))
         try:
             data = reader.read(reader.size + 1)  # +1 notices growth; check_unchanged confirms
             reader.check_unchanged()
@@ -261,7 +335,7 @@ class BlobCopier:
             etag = self._write_checked(path, props, transfer.when,
                                        lambda: self.target.put(path, data, props, transfer.when))
         finally:
-            self.budget.give(held)
+            self.small_budget.give(held)
         self._advance(props.size)
         return etag, props.md5, props.size, props.mtime_ns
 

@@ -6,14 +6,14 @@ import secrets
 import time
 from typing import Any
 
-from migrate.blobs.copy import BlobCopier, CopyOutcome
+from migrate.blobs.copy import SMALL_FACTOR, BlobCopier, CopyOutcome
 from migrate.blobs.endpoints import normalise_prefix, open_store
 from migrate.blobs.filters import PathFilter
-from migrate.blobs.inventory import ChangeSet, classify, filtered, resolve
+from migrate.blobs.inventory import ChangeSet, ChangeStream, CycleTally, classify, filtered, resolve
 from migrate.blobs.records import PathRecord, RecordBook
 from migrate.blobs.store import EMPTY_MD5, BlobProps, BlobStore, Listing, Precondition, StoreFault
 from migrate.blobs.verify import BlobVerifier
-from migrate.errors import EndpointError
+from migrate.errors import EndpointError, MassDeleteRefused
 from migrate.plan.loader import LoadedPlan
 from migrate.plan.model import BlobItem
 from migrate.redact import redact
@@ -120,14 +120,14 @@ class BlobEngine(ItemEngine):
         """Copy what changed since the last cycle; delete on the target only when the item says so."""
         cycle_start = time.time_ns()
         changes, outcome, _ = self._cycle(ctx, delete=self.item.delete, label="sync")
-        pending = changes.pending_since()
         remaining = list(outcome.failed.values())
         lag = max(0.0, (cycle_start - min(remaining)) / 1e9) if remaining else 0.0
-        at_start = max(0.0, (cycle_start - min(pending)) / 1e9) if pending else 0.0
+        oldest = changes.oldest_pending_ns
+        at_start = max(0.0, (cycle_start - oldest) / 1e9) if oldest is not None else 0.0
         return SyncResult(
             self.name, created=outcome.created, updated=outcome.updated + outcome.touched, deleted=outcome.deleted,
             lag_seconds=round(lag, 3),
-            lag_detail={"at_start": round(at_start, 3), "pending_at_start": len(pending),
+            lag_detail={"at_start": round(at_start, 3), "pending_at_start": changes.pending,
                         "pending_after": len(remaining), "conflicts": len(changes.conflicts)},
             problems=changes.problems + outcome.problems,
             metrics={**outcome.metrics(), "unchanged": changes.unchanged,
@@ -225,46 +225,75 @@ class BlobEngine(ItemEngine):
                                 hint="check the source connection's path or container in the plan, and that "
                                      "a share is mounted")
 
-    def _cycle(self, ctx: StageContext, *, delete: bool, label: str) -> tuple[ChangeSet, CopyOutcome, bool]:
+    def _cycle(self, ctx: StageContext, *, delete: bool, label: str) -> tuple[CycleTally, CopyOutcome, bool]:
+        """List the target, then list the source page by page, each page's copies starting at once while
+        the next page is listed; deletes wait for the end of the listing (only then is a path known to be
+        gone from the source)."""
         started_ns = time.time_ns()
         self._require_source()
         created = self.target.ensure()
         book = RecordBook(ctx.journal, self.name, before_flush=self.target.durable)
         records = book.load()
         state: dict[str, Any] = ctx.journal.get(self.name, STATE_KEY) or {}
-        source = filtered(self.source.listing(), self.keep)
         target = filtered(self.target.listing(), self.keep)
         if self.reverse and not records:
             records = self._seed_reverse_records(ctx, book, target)
-        changes = classify(source, target, records, delete=delete,
-                           previous_inventory_ns=int(state.get("inventory_at_ns", 0)))
-        changes.problems += source.problems
-        changes.warnings += source.warnings
-        if changes.deletes and not source.entries:
-            changes.problems.append(f"the source lists no file at all: refusing to delete {len(changes.deletes)} "
-                                    "files on the target (an unmounted share looks empty; delete by hand if meant)")
-            changes.deletes = []
-        if changes.deletes and source.problems:
-            changes.problems.append(f"the source listing had problems: deleting none of {len(changes.deletes)} "
-                                    "files on the target this cycle (a file that could not be listed is not gone)")
-            changes.deletes = []
-        if changes.deletes:
-            check_deletes([PlannedDeletes(f"blob set {self.name}", len(changes.deletes), len(target.entries))],
-                          ctx.allow_mass_delete)
-        resolve(changes, lambda e: self.source.hash(e.path), lambda e: self.target.hash(e.path),
-                self.item.concurrency)
+        stream = ChangeStream(target, records, delete=delete,
+                              previous_inventory_ns=int(state.get("inventory_at_ns", 0)))
         throttle = ctx.throttle(self.item)
-        copier = BlobCopier(self.source, self.target, book, concurrency=throttle.workers(self.item.concurrency),
+        concurrency = throttle.workers(self.item.concurrency)
+        small = throttle.workers(SMALL_FACTOR * self.item.concurrency)
+        copier = BlobCopier(self.source, self.target, book, concurrency=concurrency, small_concurrency=small,
+                            max_workers=throttle.workers(self.item.concurrency + small),
                             block_size=self.item.block_size, progress=ctx.progress,
                             description=f"{label} {self.name}", throttle=throttle)
-        outcome = copier.run(changes)
-        if not changes.problems and not outcome.problems and target.litter:
+        tally = CycleTally()
+        refused: MassDeleteRefused | None = None
+        listing_problems = 0
+        copier.start()
+        try:
+            for page in self.source.listing_pages():
+                page = filtered(page, self.keep)
+                changes = stream.page(page)
+                changes.problems += page.problems
+                changes.warnings += page.warnings
+                listing_problems += len(page.problems)
+                resolve(changes, lambda e: self.source.hash(e.path), lambda e: self.target.hash(e.path),
+                        self.item.concurrency)
+                tally.add(changes)
+                copier.submit(changes)
+                if copier.stopped:
+                    break
+            rest = stream.finish() if not copier.stopped else ChangeSet()
+            if rest.deletes and not stream.files:
+                rest.problems.append(f"the source lists no file at all: refusing to delete {len(rest.deletes)} "
+                                     "files on the target (an unmounted share looks empty; delete by hand if meant)")
+                rest.deletes = []
+            if rest.deletes and listing_problems:
+                rest.problems.append(f"the source listing had problems: deleting none of {len(rest.deletes)} "
+                                     "files on the target this cycle (a file that could not be listed is not gone)")
+                rest.deletes = []
+            if rest.deletes:
+                try:
+                    check_deletes([PlannedDeletes(f"blob set {self.name}", len(rest.deletes),
+                                                  len(target.entries))], ctx.allow_mass_delete)
+                except MassDeleteRefused as exc:
+                    refused, rest.deletes = exc, []  # raised once the copies under way are finished
+            tally.add(rest)
+            copier.submit(rest)
+        except BaseException:
+            copier.abort()
+            raise
+        outcome = copier.finish()
+        if refused is not None:
+            raise refused
+        if not tally.problems and not outcome.problems and target.litter:
             self.target.clean_litter(target.litter)
-        for path, why in changes.conflicts[:MAX_EVENTS]:
+        for path, why in tally.conflicts[:MAX_EVENTS]:
             ctx.journal.event("blob_conflict", f"{path}: {why}", item=self.name, outcome="refused")
         rate = outcome.bytes_copied / outcome.seconds if outcome.bytes_copied > 64 * 1024 * 1024 else 0
         ctx.journal.put(self.name, STATE_KEY, {
-            "inventory_at_ns": started_ns, "files": len(source.entries), "bytes": source.bytes,
+            "inventory_at_ns": started_ns, "files": stream.files, "bytes": stream.bytes,
             "target_files": len(target.entries), "bytes_per_second": round(rate) or state.get("bytes_per_second"),
         })
-        return changes, outcome, created
+        return tally, outcome, created

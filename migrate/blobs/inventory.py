@@ -74,6 +74,30 @@ class ChangeSet:
             [s.since_ns for s in self.suspects if s.kind == "mtime"]
 
 
+@dataclass
+class CycleTally:
+    """What a streamed load or sync cycle decided, in counts and messages: the decisions themselves went to
+    the copier page by page and were let go."""
+
+    unchanged: int = 0
+    pending: int = 0  # paths not yet on the target when the cycle began (transfers, deletes, new mtimes)
+    oldest_pending_ns: int | None = None
+    conflicts: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, changes: ChangeSet) -> None:
+        self.unchanged += changes.unchanged
+        since = changes.pending_since()
+        if since:
+            self.pending += len(since)
+            oldest = min(since)
+            self.oldest_pending_ns = oldest if self.oldest_pending_ns is None else min(oldest, self.oldest_pending_ns)
+        self.conflicts += changes.conflicts
+        self.problems += changes.problems
+        self.warnings += changes.warnings
+
+
 def filtered(listing: Listing, keep: PathFilter) -> Listing:
     if not keep.active:
         return listing
@@ -84,55 +108,92 @@ def filtered(listing: Listing, keep: PathFilter) -> Listing:
 def classify(source: Listing, target: Listing, records: dict[str, PathRecord], *, delete: bool,
              previous_inventory_ns: int = 0) -> ChangeSet:
     """Decide per path what to do, leaving the hash-dependent cases in `suspects` (see `resolve`)."""
-    changes = ChangeSet()
+    stream = ChangeStream(target, records, delete=delete, previous_inventory_ns=previous_inventory_ns)
+    changes = stream.page(source)
+    rest = stream.finish()
+    changes.deletes, changes.forget, changes.kept_extra = rest.deletes, rest.forget, rest.kept_extra
+    changes.warnings += rest.warnings
+    return changes
 
-    def since(entry_mtime: int, record: PathRecord | None) -> int:
+
+class ChangeStream:
+    """`classify` fed the source listing page by page, so copying starts while the source is still listed.
+
+    The target listing and the records are whole (each source path is decided against them); what the
+    target holds beyond the source (deletes, records to forget) is known only when `finish` is called,
+    after the last page. Source entries are not kept: a page's decisions go to the copier and are let go.
+    """
+
+    def __init__(self, target: Listing, records: dict[str, PathRecord], *, delete: bool,
+                 previous_inventory_ns: int = 0) -> None:
+        self.target = target
+        self.records = records
+        self.delete = delete
+        self.previous_inventory_ns = previous_inventory_ns
+        self.unseen_target = set(target.entries)
+        self.unseen_records = set(records)
+        self.files = 0  # source entries decided so far
+        self.bytes = 0
+
+    def _since(self, entry_mtime: int, record: PathRecord | None) -> int:
         if record is not None and record.status == "failed" and record.since_ns:
             return record.since_ns
-        return max(entry_mtime, previous_inventory_ns)
+        return max(entry_mtime, self.previous_inventory_ns)
 
-    for path, src in source.entries.items():
-        dst = target.entries.get(path)
-        rec = records.get(path)
-        if dst is None:
-            reason = "recreate" if rec is not None and rec.status == "done" else "new"
-            if reason == "recreate":
-                changes.warnings.append(f"{path}: deleted on the target behind our back; copying it again")
-            changes.transfers.append(Transfer(src, Precondition.absent(), reason, since(src.mtime_ns, rec)))
-        elif rec is not None and rec.owns(dst.etag):
-            if src.size != rec.size or (src.md5 is not None and rec.md5 is not None and src.md5 != rec.md5):
-                changes.transfers.append(Transfer(src, Precondition.matching(dst.etag or ""), "changed",
-                                                  since(src.mtime_ns, rec)))
-            elif src.mtime_ns == rec.mtime_ns:
-                changes.unchanged += 1
-            elif src.md5 is not None:  # the store knows the MD5 (a blob source): no read needed
-                changes.touches.append((src, dst.etag or "", src.md5))
+    def page(self, source: Listing) -> ChangeSet:
+        """The decisions for one page of source entries."""
+        changes = ChangeSet()
+        since = self._since
+        for path, src in source.entries.items():
+            self.files += 1
+            self.bytes += src.size
+            self.unseen_target.discard(path)
+            self.unseen_records.discard(path)
+            dst = self.target.entries.get(path)
+            rec = self.records.get(path)
+            if dst is None:
+                reason = "recreate" if rec is not None and rec.status == "done" else "new"
+                if reason == "recreate":
+                    changes.warnings.append(f"{path}: deleted on the target behind our back; copying it again")
+                changes.transfers.append(Transfer(src, Precondition.absent(), reason, since(src.mtime_ns, rec)))
+            elif rec is not None and rec.owns(dst.etag):
+                if src.size != rec.size or (src.md5 is not None and rec.md5 is not None and src.md5 != rec.md5):
+                    changes.transfers.append(Transfer(src, Precondition.matching(dst.etag or ""), "changed",
+                                                      since(src.mtime_ns, rec)))
+                elif src.mtime_ns == rec.mtime_ns:
+                    changes.unchanged += 1
+                elif src.md5 is not None:  # the store knows the MD5 (a blob source): no read needed
+                    changes.touches.append((src, dst.etag or "", src.md5))
+                else:
+                    changes.suspects.append(Suspect("mtime", src, dst, rec, since(src.mtime_ns, rec)))
+            elif dst.size != src.size:
+                if _interrupted_write(src, dst, rec):
+                    changes.transfers.append(Transfer(src, Precondition.matching(dst.etag or ""), "changed",
+                                                      since(src.mtime_ns, rec)))
+                else:
+                    changes.conflicts.append((path, _conflict_reason(rec, dst)))
             else:
-                changes.suspects.append(Suspect("mtime", src, dst, rec, since(src.mtime_ns, rec)))
-        elif dst.size != src.size:
-            if _interrupted_write(src, dst, rec):
-                changes.transfers.append(Transfer(src, Precondition.matching(dst.etag or ""), "changed",
-                                                  since(src.mtime_ns, rec)))
-            else:
-                changes.conflicts.append((path, _conflict_reason(rec, dst)))
-        else:
-            changes.suspects.append(Suspect("foreign", src, dst, rec, since(src.mtime_ns, rec)))
+                changes.suspects.append(Suspect("foreign", src, dst, rec, since(src.mtime_ns, rec)))
+        return changes
 
-    for path, dst in target.entries.items():
-        if path in source.entries:
-            continue
-        rec = records.get(path)
-        if delete and rec is not None and rec.owns(dst.etag):
-            changes.deletes.append((path, Precondition.matching(dst.etag or ""), previous_inventory_ns))
-        else:
-            changes.kept_extra.append(path)
-            if delete:
-                changes.warnings.append(f"{path}: on the target only and not written by this migration "
-                                        "(or changed since); left in place")
-    for path, rec in records.items():
-        if rec.status != "deleted" and path not in source.entries and path not in target.entries:
-            changes.forget.append(path)
-    return changes
+    def finish(self) -> ChangeSet:
+        """After the last page: target paths with no source (deleted when ours and `delete`), and records of
+        paths gone on both sides."""
+        changes = ChangeSet()
+        for path in sorted(self.unseen_target):
+            dst = self.target.entries[path]
+            rec = self.records.get(path)
+            if self.delete and rec is not None and rec.owns(dst.etag):
+                changes.deletes.append((path, Precondition.matching(dst.etag or ""), self.previous_inventory_ns))
+            else:
+                changes.kept_extra.append(path)
+                if self.delete:
+                    changes.warnings.append(f"{path}: on the target only and not written by this migration "
+                                            "(or changed since); left in place")
+        for path in sorted(self.unseen_records):
+            if self.records[path].status != "deleted" and path not in self.target.entries:
+                changes.forget.append(path)
+        return changes
 
 
 def _interrupted_write(src: BlobEntry, dst: BlobEntry, rec: PathRecord | None) -> bool:

@@ -26,6 +26,7 @@ import shutil
 import stat as stat_mod
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from migrate.blobs.store import (
@@ -47,6 +48,7 @@ from migrate.blobs.store import (
 LITTER_PREFIX = ".migrate-"
 LITTER_SUFFIXES = (".tmp", ".part", ".part-ids")
 HASH_CHUNK = 1024 * 1024
+PAGE_ENTRIES = 1000  # files per listing page handed on while the listing goes on
 
 
 def is_litter(name: str) -> bool:
@@ -148,10 +150,12 @@ class LocalFolderStore(BlobStore):
         except OSError:
             return None
 
-    def listing(self) -> Listing:
-        listing = Listing()
+    def listing_pages(self) -> Iterator[Listing]:
+        """Depth first, a folder's files before its subfolders; a page every PAGE_ENTRIES files (and at the end)."""
+        page = Listing()
         if not self.root.is_dir():
-            return listing
+            yield page
+            return
         stack: list[tuple[str, str]] = [(str(self.root), "")]
         while stack:
             folder, rel_folder = stack.pop()
@@ -159,12 +163,15 @@ class LocalFolderStore(BlobStore):
                 with os.scandir(folder) as it:
                     children = list(it)
             except OSError as exc:
-                listing.problems.append(f"{rel_folder or '.'}: cannot list folder: {exc.strerror or exc}")
+                page.problems.append(f"{rel_folder or '.'}: cannot list folder: {exc.strerror or exc}")
                 continue
             for child in children:
                 rel = f"{rel_folder}/{child.name}" if rel_folder else child.name
-                self._list_one(child, rel, listing, stack)
-        return listing
+                self._list_one(child, rel, page, stack)
+                if len(page.entries) >= PAGE_ENTRIES:
+                    yield page
+                    page = Listing()
+        yield page
 
     def _list_one(self, child: os.DirEntry[str], rel: str, listing: Listing,
                   stack: list[tuple[str, str]]) -> None:

@@ -12,6 +12,7 @@ import base64
 import mimetypes
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import ClassVar, Literal
@@ -62,6 +63,13 @@ class Listing:
     @property
     def bytes(self) -> int:
         return sum(e.size for e in self.entries.values())
+
+    def absorb(self, page: Listing) -> None:
+        """Add one page of a listing to this one."""
+        self.entries.update(page.entries)
+        self.problems += page.problems
+        self.warnings += page.warnings
+        self.litter += page.litter
 
 
 @dataclass(frozen=True)
@@ -163,9 +171,17 @@ class BlobStore(ABC):
     def ensure(self) -> bool:
         """Create the root when missing; True when it was created."""
 
-    @abstractmethod
     def listing(self) -> Listing:
         """Every object under the root."""
+        whole = Listing()
+        for page in self.listing_pages():
+            whole.absorb(page)
+        return whole
+
+    @abstractmethod
+    def listing_pages(self) -> Iterator[Listing]:
+        """Every object under the root, a page at a time as the listing proceeds (a load starts copying
+        the first page while the next is listed). Each page holds its own entries and problems."""
 
     @abstractmethod
     def stat(self, path: str) -> BlobEntry | None:

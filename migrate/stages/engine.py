@@ -22,6 +22,9 @@ REVERSE_SUFFIX = ".reverse"  # journal name of an item's reverse replication
 
 class ProgressTask(Protocol):
     def advance(self, amount: float = 1, items: int = 0) -> None: ...
+    def extend(self, amount: float, items: int = 0, listing: bool = False) -> None:
+        """Raise the totals by what a listing just found; `listing` says whether it is still going on (the
+        totals are then lower bounds, and shown as such)."""
     def close(self) -> None: ...
 
 
@@ -37,6 +40,9 @@ class Progress(Protocol):
 
 class _NullTask:
     def advance(self, amount: float = 1, items: int = 0) -> None:
+        pass
+
+    def extend(self, amount: float, items: int = 0, listing: bool = False) -> None:
         pass
 
     def close(self) -> None:
