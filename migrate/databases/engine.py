@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateSchema
 
-from migrate.databases import inventory, pgdump
+from migrate.databases import inventory, pgdump, postdata
 from migrate.databases import load as loading
 from migrate.databases import sequences as seqs
 from migrate.databases import sync as syncing
@@ -326,24 +326,6 @@ class DatabaseEngine(ItemEngine):
                           item=self.name)
         return [info.label for info in sources]
 
-    def _post_load_native(self, ctx: StageContext, pairs: list[TablePair]) -> list[str]:
-        """pg_dump's post-data (keys, indexes, foreign keys, triggers) once, then refresh materialized views."""
-        schemas, excluded = self._pg_scope([p.source.info for p in pairs])
-        done = []
-        if ctx.journal.get(self.name, PG_SECTION + "post-data") is None:
-            with self.target.errors("cannot read"), self.target.engine.connect() as conn:
-                # pre-data makes no index: one on a moved table means a run killed after the post-data
-                # committed and before it was journaled
-                replayed = pgdump.has_indexes(conn, [p.target.info.label for p in pairs])
-            if not replayed:
-                pgdump.replay(self.target, pgdump.dump(self.source, "post-data", schemas, excluded), "post-data")
-            ctx.journal.put(self.name, PG_SECTION + "post-data", datetime.now(UTC).isoformat())
-            done.append(f"pg_dump post-data of {', '.join(sorted(schemas))}")
-        with self.target.errors("cannot refresh materialized views"), self.target.engine.connect() as conn:
-            done += [f"refreshed {name}" for name in pgdump.refresh_materialized_views(conn, schemas)]
-            conn.commit()
-        return done
-
     def load(self, ctx: StageContext) -> StageResult:
         started = time.monotonic()
         pairs = self._pairs()
@@ -352,68 +334,114 @@ class DatabaseEngine(ItemEngine):
             capture.ensure(ctx.journal, self._logical(pairs))
         done = ctx.journal.chunks(self.name, loading.STAGE)
         owned = set(ctx.journal.get(self.name, OWNED, []))
-        work: list[tuple[TablePair, int, KeyRange, bool]] = []
-        estimate = 0
-        for pair in pairs:
-            if pair.watermark is not None and ctx.journal.get(self.name, syncing.watermark_key(pair)) is None:
-                # before the first row moves, so sync later re-reads whatever changes during the load
-                syncing.record_watermark(ctx.journal, self.name, pair, syncing.source_watermark(pair))
-            planned = ctx.journal.get(self.name, f"ranges:{pair.label}") is not None
-            ranges = loading.plan_ranges(pair, ctx.journal, self.name, self.item.chunk_rows)
-            ids = [loading.chunk_id(pair.label, i) for i in range(len(ranges))]
-            journaled = any(i in done for i in ids)
-            with self.target.errors("cannot inspect"), self.target.engine.connect() as conn:
-                keyless = self.target.dialect != "sqlite" and not has_primary_key(conn, _table(pair))
-            # a chunk never started, on a table we own that has no key yet, cannot hold any row: no delete
-            may_skip = keyless and pair.label in owned and (journaled or not planned)
-            for index, rng in enumerate(ranges):
-                state = done.get(ids[index], ("",))[0]
-                if state != "done":
-                    work.append((pair, index, rng, may_skip and state == ""))
-            with self.source.errors("cannot count"), self.source.engine.connect() as conn:
-                estimate += estimate_rows(self.source, conn, pair.source.info)
-        already = sum(units for status, units, _ in done.values() if status == "done")
-        task = ctx.progress.task(f"{self.name}: load", total=max(estimate, already) or None, unit="rows")
-        task.advance(already)
-
-        def pending(chunks: list[tuple[TablePair, int]]) -> None:
-            ctx.journal.mark_chunks(self.name, loading.STAGE, [
-                (loading.chunk_id(pair.label, index), "pending", 0, None) for pair, index in chunks])
-
-        def mark(chunks: list[tuple[TablePair, int, int]]) -> None:
-            ctx.journal.mark_chunks(self.name, loading.STAGE, [
-                (loading.chunk_id(pair.label, index), "done", rows, None) for pair, index, rows in chunks])
-            task.advance(sum(rows for _, _, rows in chunks))
-
         throttle = self.throttle(ctx)
         workers = 1 if self.target.dialect == "sqlite" else throttle.workers(self.item.parallel)
+        freezable = self._freezable(pairs) if self.target.dialect == "postgresql" else set()
+        post = postdata.NativePostData(self.source, self.target, [p.source.info.label for p in pairs]) \
+            if self.native_schema and ctx.journal.get(self.name, PG_SECTION + "post-data") is None else None
+        tables: list[loading.TableLoad] = []
+        estimate = 0
         try:
-            moved = loading.run_chunks(work, workers, pending, mark, throttle)
+            for pair in pairs:
+                if pair.watermark is not None and ctx.journal.get(self.name, syncing.watermark_key(pair)) is None:
+                    # before the first row moves, so sync later re-reads whatever changes during the load
+                    syncing.record_watermark(ctx.journal, self.name, pair, syncing.source_watermark(pair))
+                planned = ctx.journal.get(self.name, f"ranges:{pair.label}") is not None
+                ranges = loading.plan_ranges(pair, ctx.journal, self.name, self.item.chunk_rows)
+                states = [done.get(loading.chunk_id(pair.label, i), ("",))[0] for i in range(len(ranges))]
+                with self.target.errors("cannot inspect"), self.target.engine.connect() as conn:
+                    keyless = self.target.dialect != "sqlite" and not has_primary_key(conn, _table(pair))
+                # a chunk never started, on a table we own that has no key yet, cannot hold any row: no delete
+                may_skip = keyless and pair.label in owned and (any(states) or not planned)
+                chunks = [(index, rng, loading.FRESH if may_skip and states[index] == "" else loading.REPLACE)
+                          for index, rng in enumerate(ranges) if states[index] != "done"]
+                if chunks and "done" not in states and pair.label in owned and pair.label in freezable:
+                    # we own it and none of it is done: its first chunk empties it and copies frozen rows
+                    chunks[0] = (chunks[0][0], chunks[0][1], loading.FREEZE)
+                tables.append(loading.TableLoad(pair, chunks, partial(self._after_table, pair, post, workers)))
+                with self.source.errors("cannot count"), self.source.engine.connect() as conn:
+                    estimate += estimate_rows(self.source, conn, pair.source.info)
+            loading.size_openings(tables, workers, self.item.chunk_rows)
+            work = sum(len(t.chunks) for t in tables)
+            frozen = sum(1 for t in tables if t.chunks and t.chunks[0][2] == loading.FREEZE)
+            already = sum(units for status, units, _ in done.values() if status == "done")
+            task = ctx.progress.task(f"{self.name}: load", total=max(estimate, already) or None, unit="rows")
+            task.advance(already)
+
+            def pending(chunks: list[tuple[TablePair, int]]) -> None:
+                ctx.journal.mark_chunks(self.name, loading.STAGE, [
+                    (loading.chunk_id(pair.label, index), "pending", 0, None) for pair, index in chunks])
+
+            def mark(chunks: list[tuple[TablePair, int, int]]) -> None:
+                ctx.journal.mark_chunks(self.name, loading.STAGE, [
+                    (loading.chunk_id(pair.label, index), "done", rows, None) for pair, index, rows in chunks])
+                task.advance(sum(rows for _, _, rows in chunks))
+
+            scheduler = loading.LoadScheduler(tables, workers, pending, mark, throttle)
+            try:
+                moved = scheduler.run()
+            finally:
+                task.close()
+            notes = scheduler.notes
+            if post is not None:
+                notes += post.finish()
+                ctx.journal.put(self.name, PG_SECTION + "post-data", datetime.now(UTC).isoformat())
         finally:
-            task.close()
-        post = []
+            if post is not None:
+                post.close()
+        post_load = [n for n in notes if not n.startswith("analyzed ")]
+        analyzed = len(notes) - len(post_load)
         if self.native_schema:
-            post = self._post_load_native(ctx, pairs)
+            schemas, _ = self._pg_scope([p.source.info for p in pairs])
+            with self.target.errors("cannot refresh materialized views"), self.target.engine.connect() as conn:
+                post_load += [f"refreshed {name}" for name in pgdump.refresh_materialized_views(conn, schemas)]
+                conn.commit()
         else:
             with self.target.errors("cannot create indexes"), self.target.engine.connect() as conn:
                 target_schema = build_target([p.source.info for p in pairs], self.source.dialect,
                                              self.target.dialect)
                 for pair in pairs:
-                    post += create_post_load(conn, target_schema.tables[pair.label], self.target.dialect)
+                    post_load += create_post_load(conn, target_schema.tables[pair.label], self.target.dialect)
                     conn.commit()
-        if self.target.dialect == "postgresql":  # statistics now, so the target plans well from the first query
-            with self.target.errors("cannot analyze"), self.target.engine.connect() as conn:
-                for pair in pairs:
-                    conn.exec_driver_sql(f"ANALYZE {pair.target.ops.qualified(pair.target.clause)}")
-                conn.commit()
-            post.append(f"analyzed {len(pairs)} table(s)")
+        if analyzed:  # statistics, so the target plans well from the first query
+            post_load.append(f"analyzed {analyzed} table(s)")
         seconds = time.monotonic() - started
         total = already + moved
-        return StageResult(self.name, "load", summary=f"{moved} rows in {len(work)} chunks ({total} in all)",
-                           metrics={"rows": total, "rows_this_run": moved, "chunks_this_run": len(work),
+        return StageResult(self.name, "load", summary=f"{moved} rows in {work} chunks ({total} in all)",
+                           metrics={"rows": total, "rows_this_run": moved, "chunks_this_run": work,
+                                    "frozen_tables": frozen, "workers": workers,
                                     "seconds": round(seconds, 3),
                                     "rows_per_second": round(moved / seconds) if seconds else 0,
-                                    "post_load": post})
+                                    "post_load": post_load})
+
+    def _after_table(self, pair: TablePair, post: postdata.NativePostData | None, workers: int) -> list[list[Any]]:
+        """A loaded table's post-load phases: its own index and constraint builds (PostgreSQL -> PostgreSQL,
+        from pg_dump's post-data), then ANALYZE (PostgreSQL targets)."""
+        phases: list[list[Any]] = []
+        if post is not None:
+            phases.append([partial(post.build, build, workers) for build in post.builds_for(pair.target.info)])
+        if self.target.dialect == "postgresql":
+            phases.append([partial(self._analyze, pair)])
+        return phases
+
+    def _analyze(self, pair: TablePair) -> str:
+        with self.target.errors("cannot analyze"), self.target.engine.connect() as conn:
+            conn.exec_driver_sql(f"ANALYZE {pair.target.ops.qualified(pair.target.clause)}")
+            conn.commit()
+        return f"analyzed {pair.label}"
+
+    def _freezable(self, pairs: list[TablePair]) -> set[str]:
+        """Labels of the target tables a load may TRUNCATE and COPY ... FREEZE: ordinary tables (not partitioned,
+        not foreign) that no foreign key references."""
+        with self.target.errors("cannot inspect"), self.target.engine.connect() as conn:
+            default = str(conn.execute(text("SELECT current_schema()")).scalar_one())
+            rows = conn.execute(text(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind = 'r' AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' "
+                "AND f.confrelid = c.oid) AND n.nspname = ANY(:s)"),
+                {"s": sorted({(p.target.info.schema or default) for p in pairs})}).scalars().all()
+        plain = set(rows)
+        return {p.label for p in pairs if _qualified(p.target.info.label, default) in plain}
 
     def advance_sequences(self, ctx: StageContext) -> list[str]:
         """`migrate:sequences`: every target sequence/identity at least the source's value and the highest

@@ -118,13 +118,6 @@ def refresh_materialized_views(conn: Connection, schemas: Iterable[str]) -> list
     return names
 
 
-def has_indexes(conn: Connection, tables: Iterable[str]) -> bool:
-    """Whether any of `tables` (`schema.table` or a bare name on the search path) has an index."""
-    return bool(conn.execute(text(
-        "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = ANY(CAST(:t AS regclass[])))"),
-        {"t": [pg_qualified(t) for t in tables]}).scalar())
-
-
 def _idempotent_schemas(sql: str) -> str:
     """`CREATE SCHEMA x;` as `CREATE SCHEMA IF NOT EXISTS x;`: the target may have the schema already."""
     return re.sub(r"^CREATE SCHEMA (?!IF NOT EXISTS)", "CREATE SCHEMA IF NOT EXISTS ", sql, flags=re.MULTILINE)
