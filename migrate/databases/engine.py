@@ -290,8 +290,9 @@ class DatabaseEngine(ItemEngine):
                     create_table(conn, table, self.target.dialect)
                     created.append(info.label)
                 conn.commit()
-                owned.add(info.label)
-                ctx.journal.put(self.name, OWNED, sorted(owned))
+                if info.label not in owned:  # journaled as soon as made ours (one write per new table)
+                    owned.add(info.label)
+                    ctx.journal.put(self.name, OWNED, sorted(owned))
         parts = [f"created {len(created)}"] + ([f"adopted {len(adopted)} empty"] if adopted else []) + \
             ([f"truncated {len(truncated)}"] if truncated else [])
         return StageResult(self.name, "schema", summary=", ".join(parts) + " tables",
@@ -335,24 +336,25 @@ class DatabaseEngine(ItemEngine):
         done = ctx.journal.chunks(self.name, loading.STAGE)
         owned = set(ctx.journal.get(self.name, OWNED, []))
         throttle = self.throttle(ctx)
-        workers = 1 if self.target.dialect == "sqlite" else throttle.workers(self.item.parallel)
+        workers = self.load_workers(ctx)
         freezable = self._freezable(pairs) if self.target.dialect == "postgresql" else set()
         post = postdata.NativePostData(self.source, self.target, [p.source.info.label for p in pairs]) \
             if self.native_schema and ctx.journal.get(self.name, PG_SECTION + "post-data") is None else None
         tables: list[loading.TableLoad] = []
         estimate = 0
+        planned: dict[str, Any] = {}  # new tables' key ranges, journaled together before any chunk starts
         try:
             for pair in pairs:
                 if pair.watermark is not None and ctx.journal.get(self.name, syncing.watermark_key(pair)) is None:
                     # before the first row moves, so sync later re-reads whatever changes during the load
                     syncing.record_watermark(ctx.journal, self.name, pair, syncing.source_watermark(pair))
-                planned = ctx.journal.get(self.name, f"ranges:{pair.label}") is not None
-                ranges = loading.plan_ranges(pair, ctx.journal, self.name, self.item.chunk_rows)
+                ranges = loading.plan_ranges(pair, ctx.journal, self.name, self.item.chunk_rows, planned)
+                new = f"ranges:{pair.label}" in planned
                 states = [done.get(loading.chunk_id(pair.label, i), ("",))[0] for i in range(len(ranges))]
                 with self.target.errors("cannot inspect"), self.target.engine.connect() as conn:
                     keyless = self.target.dialect != "sqlite" and not has_primary_key(conn, _table(pair))
                 # a chunk never started, on a table we own that has no key yet, cannot hold any row: no delete
-                may_skip = keyless and pair.label in owned and (any(states) or not planned)
+                may_skip = keyless and pair.label in owned and (any(states) or new)
                 chunks = [(index, rng, loading.FRESH if may_skip and states[index] == "" else loading.REPLACE)
                           for index, rng in enumerate(ranges) if states[index] != "done"]
                 if chunks and "done" not in states and pair.label in owned and pair.label in freezable:
@@ -361,6 +363,7 @@ class DatabaseEngine(ItemEngine):
                 tables.append(loading.TableLoad(pair, chunks, partial(self._after_table, pair, post, workers)))
                 with self.source.errors("cannot count"), self.source.engine.connect() as conn:
                     estimate += estimate_rows(self.source, conn, pair.source.info)
+            ctx.journal.put_many(self.name, planned)
             loading.size_openings(tables, workers, self.item.chunk_rows)
             work = sum(len(t.chunks) for t in tables)
             frozen = sum(1 for t in tables if t.chunks and t.chunks[0][2] == loading.FREEZE)
@@ -377,7 +380,8 @@ class DatabaseEngine(ItemEngine):
                     (loading.chunk_id(pair.label, index), "done", rows, None) for pair, index, rows in chunks])
                 task.advance(sum(rows for _, _, rows in chunks))
 
-            scheduler = loading.LoadScheduler(tables, workers, pending, mark, throttle)
+            scheduler = loading.LoadScheduler(tables, workers, pending, mark, throttle,
+                                              after_ready=post.dumped if post is not None else None)
             try:
                 moved = scheduler.run()
             finally:
@@ -413,6 +417,18 @@ class DatabaseEngine(ItemEngine):
                                     "seconds": round(seconds, 3),
                                     "rows_per_second": round(moved / seconds) if seconds else 0,
                                     "post_load": post_load})
+
+    def load_workers(self, ctx: StageContext) -> int:
+        """Jobs the load runs at once (chunk copies, index builds, ANALYZE), each holding at most one connection
+        to each side: `parallel`, capped by the throttle's max_connections; one for a SQLite target."""
+        return 1 if self.target.dialect == "sqlite" else self.throttle(ctx).workers(self.item.parallel)
+
+    def connection_budget(self, ctx: StageContext) -> str:
+        """What `migrate plan` says about the connections a load opens on each side."""
+        jobs = self.load_workers(ctx)
+        return (f"connections during the load: at most {jobs + 1} to the source and {jobs + 1} to the target "
+                f"({jobs} job(s) at once — chunk copies of any table, index builds, ANALYZE — plus one for "
+                "planning, pg_dump and psql)")
 
     def _after_table(self, pair: TablePair, post: postdata.NativePostData | None, workers: int) -> list[list[Any]]:
         """A loaded table's post-load phases: its own index and constraint builds (PostgreSQL -> PostgreSQL,
@@ -691,6 +707,7 @@ class DatabaseEngine(ItemEngine):
             if target_engine is not None and target_engine is not self.target._engine:
                 target_engine.dispose()
             self._preview_slot(preview)
+            preview.details.append(self.connection_budget(ctx))
         finally:
             if source_engine is not self.source._engine:
                 source_engine.dispose()

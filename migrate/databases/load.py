@@ -31,8 +31,10 @@ def chunk_id(label: str, index: int) -> str:
     return f"{label}#{index}"
 
 
-def plan_ranges(pair: TablePair, journal: Journal, item: str, chunk_rows: int) -> list[KeyRange]:
-    """The load's key ranges for a table: from the journal when a load already started, else planned now."""
+def plan_ranges(pair: TablePair, journal: Journal, item: str, chunk_rows: int,
+                planned: dict[str, Any] | None = None) -> list[KeyRange]:
+    """The load's key ranges for a table: from the journal when a load already started, else planned now and
+    journaled (or, given `planned`, added to it for the caller to journal in one write with other tables')."""
     stored = journal.get(item, f"ranges:{pair.label}")
     if stored is not None:
         return decode_ranges(stored)
@@ -40,7 +42,10 @@ def plan_ranges(pair: TablePair, journal: Journal, item: str, chunk_rows: int) -
     with src.endpoint.errors("cannot plan chunks"), src.endpoint.engine.connect() as conn:
         bounds = src.order.boundaries(conn, chunk_rows)
     ranges = split(bounds)
-    journal.put(item, f"ranges:{pair.label}", encode_ranges(ranges))
+    if planned is None:
+        journal.put(item, f"ranges:{pair.label}", encode_ranges(ranges))
+    else:
+        planned[f"ranges:{pair.label}"] = encode_ranges(ranges)
     return ranges
 
 
@@ -154,8 +159,13 @@ class LoadScheduler:
 
     def __init__(self, tables: list[TableLoad], workers: int,
                  start: Callable[[list[tuple[TablePair, int]]], None],
-                 done: Callable[[list[tuple[TablePair, int, int]]], None], throttle: Any = None) -> None:
+                 done: Callable[[list[tuple[TablePair, int, int]]], None], throttle: Any = None,
+                 after_ready: Future[Any] | None = None) -> None:
         self.tables = tables
+        # post-load work needs this first (pg_dump's post-data, dumped meanwhile): tables whose rows are in
+        # wait for it in `_parked` while the workers go on copying
+        self.after_ready = after_ready
+        self._parked: list[TableLoad] = []
         self.workers = max(1, workers)
         self.start = start
         self.done = done
@@ -173,10 +183,19 @@ class LoadScheduler:
             running: dict[Future[Any], _Job] = {}
             self._fill(pool, running)
             try:
-                while running:
-                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                while running or self._parked:
+                    waiting: list[Future[Any]] = list(running)
+                    if self._parked and self.after_ready is not None:
+                        waiting.append(self.after_ready)
+                    finished, _ = wait(waiting, return_when=FIRST_COMPLETED)
                     batch: list[tuple[TablePair, int, int]] = []
+                    if self._parked and (self.after_ready is None or self.after_ready.done()):
+                        parked, self._parked = self._parked, []
+                        for table in parked:
+                            self._release(table)
                     for future in finished:
+                        if future not in running:
+                            continue
                         job = running.pop(future)
                         result = future.result()
                         if job.chunks:  # the rows count once, on the first chunk of an opening transaction
@@ -207,6 +226,8 @@ class LoadScheduler:
         elif table.chunks:
             self._ready.extend(_Job(table, partial(_copy, table.pair, rng, mode), [index])
                                for index, rng, mode in table.chunks)
+        elif self.after_ready is not None and not self.after_ready.done():
+            self._parked.append(table)
         else:
             table._phases = table.after()
             self._next_phase(table)

@@ -84,12 +84,16 @@ def server_version(conn: Connection) -> int:
     return int(conn.execute(text("SHOW server_version_num")).scalar_one())
 
 
-def dump(source: Endpoint, section: str, schemas: Iterable[str], excluded: Iterable[str] = ()) -> str:
+def dump(source: Endpoint, section: str, schemas: Iterable[str], excluded: Iterable[str] = (),
+         version: int | None = None) -> str:
     """The SQL of one section of `pg_dump --schema-only` for `schemas`, without `excluded` tables; no owners
-    and no grants (roles are not moved: the inventory says so)."""
+    and no grants (roles are not moved: the inventory says so). `version`: the source's server_version_num
+    when the caller read it already."""
     pg_dump = client("pg_dump")
-    with source.errors("cannot connect"), source.engine.connect() as conn:
-        check_version(client_major(pg_dump), server_version(conn))
+    if version is None:
+        with source.errors("cannot connect"), source.engine.connect() as conn:
+            version = server_version(conn)
+    check_version(client_major(pg_dump), version)
     argv = [pg_dump, "--schema-only", f"--section={section}", "--no-owner", "--no-privileges",
             "--no-publications", "--no-subscriptions", "--quote-all-identifiers"]
     # a quoted name is an exact pattern: case and pattern characters are taken literally

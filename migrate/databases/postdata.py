@@ -209,14 +209,17 @@ class NativePostData:
         with source.errors("cannot read"), source.engine.connect() as conn:
             self.default = str(conn.execute(text("SELECT current_schema()")).scalar_one())
             self.schemas, excluded = pgdump.scope(conn, labels)
+            version = pgdump.server_version(conn)
         self.moved = {_qualified(label, self.default) for label in labels}
         self._pool = ThreadPoolExecutor(max_workers=1)
-        self._dump: Future[str] = self._pool.submit(pgdump.dump, source, "post-data", self.schemas, excluded)
+        # only pg_dump's own connection meanwhile (the server's version is known already)
+        self.dumped: Future[str] = self._pool.submit(pgdump.dump, source, "post-data", self.schemas, excluded,
+                                                     version)
         self._split: PostData | None = None
 
     def parsed(self) -> PostData:
         if self._split is None:
-            self._split = split(self._dump.result(), self.moved)
+            self._split = split(self.dumped.result(), self.moved)
         return self._split
 
     def builds_for(self, info: TableInfo) -> list[Build]:
