@@ -26,7 +26,7 @@ from migrate.databases.dialects import ops_for, raw_sql
 from migrate.databases.endpoint import Endpoint
 from migrate.databases.health import source_health
 from migrate.databases.identity import database_identity
-from migrate.databases.keyranges import KeyRange, decode_key, decode_ranges, split
+from migrate.databases.keyranges import KeyRange, decode_key, decode_ranges, encode_ranges, split
 from migrate.databases.schema import (
     NoPrimaryKey,
     TableInfo,
@@ -341,18 +341,32 @@ class DatabaseEngine(ItemEngine):
         post = postdata.NativePostData(self.source, self.target, [p.source.info.label for p in pairs]) \
             if self.native_schema and ctx.journal.get(self.name, PG_SECTION + "post-data") is None else None
         tables: list[loading.TableLoad] = []
-        estimate = 0
-        planned: dict[str, Any] = {}  # new tables' key ranges, journaled together before any chunk starts
+        stored = {p.label: ctx.journal.get(self.name, f"ranges:{p.label}") for p in pairs}
+
+        def survey(pair: TablePair) -> tuple[list[KeyRange], bool, int]:
+            """A table's key ranges (planned now if its load has not started), whether the target table
+            has no key yet, and its estimated rows: in `workers` threads, tables side by side."""
+            known = stored[pair.label]
+            ranges = decode_ranges(known) if known is not None else loading.new_ranges(pair, self.item.chunk_rows)
+            with self.target.errors("cannot inspect"), self.target.engine.connect() as conn:
+                keyless = self.target.dialect != "sqlite" and not has_primary_key(conn, _table(pair))
+            with self.source.errors("cannot count"), self.source.engine.connect() as conn:
+                return ranges, keyless, estimate_rows(self.source, conn, pair.source.info)
+
         try:
             for pair in pairs:
                 if pair.watermark is not None and ctx.journal.get(self.name, syncing.watermark_key(pair)) is None:
                     # before the first row moves, so sync later re-reads whatever changes during the load
                     syncing.record_watermark(ctx.journal, self.name, pair, syncing.source_watermark(pair))
-                ranges = loading.plan_ranges(pair, ctx.journal, self.name, self.item.chunk_rows, planned)
-                new = f"ranges:{pair.label}" in planned
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                surveyed = list(pool.map(survey, pairs))
+            # new tables' key ranges, journaled together before any chunk starts
+            planned = {f"ranges:{pair.label}": encode_ranges(ranges)
+                       for pair, (ranges, _, _) in zip(pairs, surveyed, strict=True) if stored[pair.label] is None}
+            estimate = sum(rows for _, _, rows in surveyed)
+            for pair, (ranges, keyless, _) in zip(pairs, surveyed, strict=True):
+                new = stored[pair.label] is None
                 states = [done.get(loading.chunk_id(pair.label, i), ("",))[0] for i in range(len(ranges))]
-                with self.target.errors("cannot inspect"), self.target.engine.connect() as conn:
-                    keyless = self.target.dialect != "sqlite" and not has_primary_key(conn, _table(pair))
                 # a chunk never started, on a table we own that has no key yet, cannot hold any row: no delete
                 may_skip = keyless and pair.label in owned and (any(states) or new)
                 chunks = [(index, rng, loading.FRESH if may_skip and states[index] == "" else loading.REPLACE)
@@ -361,8 +375,6 @@ class DatabaseEngine(ItemEngine):
                     # we own it and none of it is done: its first chunk empties it and copies frozen rows
                     chunks[0] = (chunks[0][0], chunks[0][1], loading.FREEZE)
                 tables.append(loading.TableLoad(pair, chunks, partial(self._after_table, pair, post, workers)))
-                with self.source.errors("cannot count"), self.source.engine.connect() as conn:
-                    estimate += estimate_rows(self.source, conn, pair.source.info)
             ctx.journal.put_many(self.name, planned)
             loading.size_openings(tables, workers, self.item.chunk_rows)
             work = sum(len(t.chunks) for t in tables)

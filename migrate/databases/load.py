@@ -19,9 +19,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
-from migrate.databases.keyranges import KeyRange, decode_ranges, encode_ranges, split
+from migrate.databases.keyranges import KeyRange, split
 from migrate.databases.tables import TablePair
-from migrate.state.journal import Journal
 
 STAGE = "load"
 STREAM_BATCH = 5000
@@ -31,22 +30,12 @@ def chunk_id(label: str, index: int) -> str:
     return f"{label}#{index}"
 
 
-def plan_ranges(pair: TablePair, journal: Journal, item: str, chunk_rows: int,
-                planned: dict[str, Any] | None = None) -> list[KeyRange]:
-    """The load's key ranges for a table: from the journal when a load already started, else planned now and
-    journaled (or, given `planned`, added to it for the caller to journal in one write with other tables')."""
-    stored = journal.get(item, f"ranges:{pair.label}")
-    if stored is not None:
-        return decode_ranges(stored)
+def new_ranges(pair: TablePair, chunk_rows: int) -> list[KeyRange]:
+    """Key ranges of about `chunk_rows` rows each for a table whose load has not started (the caller journals
+    them before any chunk starts, so a resumed load works on exactly these)."""
     src = pair.source
     with src.endpoint.errors("cannot plan chunks"), src.endpoint.engine.connect() as conn:
-        bounds = src.order.boundaries(conn, chunk_rows)
-    ranges = split(bounds)
-    if planned is None:
-        journal.put(item, f"ranges:{pair.label}", encode_ranges(ranges))
-    else:
-        planned[f"ranges:{pair.label}"] = encode_ranges(ranges)
-    return ranges
+        return split(src.order.boundaries(conn, chunk_rows))
 
 
 def _source_rows(pair: TablePair, query: Any, rng: KeyRange) -> Iterator[tuple[Any, ...]]:
