@@ -239,9 +239,9 @@ class LoadScheduler:
     def _next_phase(self, table: TableLoad) -> None:
         while table._phases:
             phase = table._phases.pop(0)
-            if phase:
+            if phase:  # ahead of the copies still queued: a loaded table gets its indexes beside them
                 table._left = len(phase)
-                self._ready.extend(_Job(table, job) for job in phase)
+                self._ready.extendleft(reversed([_Job(table, job) for job in phase]))
                 return
 
     def _fill(self, pool: ThreadPoolExecutor, running: dict[Future[Any], _Job]) -> None:
