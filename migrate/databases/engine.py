@@ -269,9 +269,10 @@ class DatabaseEngine(ItemEngine):
                 for schema_name in sorted({i.schema for i in sources if i.schema and i.schema not in known}):
                     conn.execute(CreateSchema(schema_name))
                 conn.commit()
+            there = _existing(inspector, sources)
             for info in sources:
                 table = target_schema.tables[info.label]
-                if inspector.has_table(info.name, schema=info.schema):
+                if (info.schema, info.name) in there:
                     if info.label not in owned:
                         rows = conn.execute(select(func.count()).select_from(table)).scalar() or 0
                         if rows and self.item.existing_target == "truncate":
@@ -315,8 +316,7 @@ class DatabaseEngine(ItemEngine):
             return []
         with self.target.errors("schema failed"), self.target.engine.connect() as conn, \
                 self.source.errors("cannot read"), self.source.engine.connect() as sconn:
-            inspector = inspect(conn)
-            if any(inspector.has_table(info.name, schema=info.schema) for info in sources):
+            if _existing(inspect(conn), sources):
                 return []
             extensions = pgdump.extensions_sql(sconn, conn)
         schemas, excluded = self._pg_scope(sources)
@@ -808,6 +808,16 @@ class DatabaseEngine(ItemEngine):
 def _table(pair: TablePair) -> Table:
     """A bare table object naming the target table (for inspection)."""
     return Table(pair.target.info.name, MetaData(), schema=pair.target.info.schema)
+
+
+def _existing(inspector: Any, infos: list[TableInfo]) -> set[tuple[str | None, str]]:
+    """(schema, name) of the `infos` tables that exist on the inspected side: one catalog query per schema
+    (tables and views, as `has_table` sees them) instead of one per table."""
+    found: set[tuple[str | None, str]] = set()
+    for schema in {info.schema for info in infos}:
+        names = set(inspector.get_table_names(schema=schema)) | set(inspector.get_view_names(schema=schema))
+        found |= {(info.schema, info.name) for info in infos if info.schema == schema and info.name in names}
+    return found
 
 
 def _qualified(label: str, default_schema: str | None) -> str:

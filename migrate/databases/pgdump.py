@@ -8,6 +8,7 @@ environment (`PGPASSWORD`), never the command line, and their messages are redac
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ def client(tool: str) -> str:
     return found
 
 
+@functools.lru_cache(maxsize=8)
 def client_major(pg_dump: str) -> int:
     """The major version of a pg_dump binary (`pg_dump (PostgreSQL) 15.18 ...` -> 15)."""
     out = subprocess.run([pg_dump, "--version"], capture_output=True, text=True, timeout=30, check=False)
