@@ -98,15 +98,19 @@ def test_a_fresh_load_copies_every_table_frozen_and_builds_its_indexes(pg_url: s
     assert pg(pg_url2, "SELECT count(DISTINCT tablename) FROM pg_stats WHERE schemaname = 'public'") == [(4,)]
 
 
-def test_one_table_opens_with_a_share_of_its_chunks_frozen_and_the_rest_in_parallel(
-        pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+def test_a_table_larger_than_an_opening_is_frozen_in_its_first_part_and_the_rest_copied_in_parallel(
+        pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loading, "OPENING_MAX_ROWS", 11_000)  # 1,000,000 in earnest: a smaller table here
     readings(pg_url, "big", 30_000)
     h = Harness(write_plan(tmp_path, pg_url, pg_url2, parallel=3))
-    h.run()
+    h.engine.preflight(h.ctx)
+    h.engine.schema(h.ctx)
+    result = h.engine.load(h.ctx)
     h.close()
     frozen, pages = frozen_pages(pg_url2, "big")
-    # 31 ranges, 3 workers: the opening transaction copies the first 11 (1/3), the others follow in parallel
+    # 31 ranges of 1,000: the opening copies the first 11, frozen; the other 20 follow, 3 at a time
     assert 0.25 * pages < frozen < 0.5 * pages, (frozen, pages)
+    assert result.metrics["frozen_tables"] == 1 and result.metrics["chunks_this_run"] == 31
     same(pg_url, pg_url2, ["big"])
 
 
@@ -118,6 +122,7 @@ from pathlib import Path
 from migrate.databases import load as loading
 from test_db_sqlite import Harness
 
+loading.OPENING_MAX_ROWS = 11_000  # openings of 11 chunks of 1,000 rows (1,000,000 rows in earnest)
 real = loading.copy_range
 seen = {{"freeze": 0, "fresh": 0, "replace": 0}}
 def paced(pair, rng, mode="replace"):

@@ -376,7 +376,7 @@ class DatabaseEngine(ItemEngine):
                     chunks[0] = (chunks[0][0], chunks[0][1], loading.FREEZE)
                 tables.append(loading.TableLoad(pair, chunks, partial(self._after_table, pair, post, workers)))
             ctx.journal.put_many(self.name, planned)
-            loading.size_openings(tables, workers, self.item.chunk_rows)
+            loading.size_openings(tables, self.item.chunk_rows)
             work = sum(len(t.chunks) for t in tables)
             frozen = sum(1 for t in tables if t.chunks and t.chunks[0][2] == loading.FREEZE)
             already = sum(units for status, units, _ in done.values() if status == "done")

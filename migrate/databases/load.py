@@ -53,7 +53,7 @@ def _source_rows(pair: TablePair, query: Any, rng: KeyRange) -> Iterator[tuple[A
 REPLACE = "replace"  # delete the chunk's key range, then copy it
 FRESH = "fresh"  # the range cannot hold a row (never started on a table we own with no key yet): copy only
 FREEZE = "freeze"  # the table's opening chunk: TRUNCATE, then COPY ... FREEZE (PostgreSQL targets)
-OPENING_MAX_ROWS = 1_000_000  # the most rows an opening transaction copies (what a kill in it costs)
+OPENING_MAX_ROWS = 1_000_000  # rows' worth of chunks an opening transaction copies (what a kill in it costs)
 
 
 def copy_range(pair: TablePair, rng: KeyRange, mode: str = REPLACE) -> int:
@@ -117,16 +117,14 @@ class TableLoad:
     _left: int = 0  # jobs of the current phase still running
 
 
-def size_openings(tables: list[TableLoad], workers: int, chunk_rows: int) -> None:
-    """How many chunks each table's opening transaction copies: with at least `workers` tables to copy, the
-    workers are kept busy by tables side by side, so a table opens with all of its chunks; with fewer, it
-    opens with its first 1/`workers` of them and chunks in parallel do the rest. Never more than
-    OPENING_MAX_ROWS rows' worth of chunks."""
-    busy = sum(1 for t in tables if t.chunks)
+def size_openings(tables: list[TableLoad], chunk_rows: int) -> None:
+    """How many chunks each table's opening transaction copies: the first OPENING_MAX_ROWS rows' worth, so
+    all of a table up to that size (copied whole and frozen, as pgcopydb copies a table it does not split),
+    and of a larger one its first part, the rest following in parallel chunks. Tables are copied side by
+    side either way."""
     cap = max(1, OPENING_MAX_ROWS // max(1, chunk_rows))
     for table in tables:
-        count = len(table.chunks) if busy >= workers else -(-len(table.chunks) // max(1, workers))
-        table.opening = max(1, min(cap, count))
+        table.opening = max(1, min(cap, len(table.chunks)))
 
 
 @dataclass
