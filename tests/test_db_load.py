@@ -22,7 +22,7 @@ from test_pg_schema import PAGILA_LIKE, copy_md5
 
 from helpers import cli_process
 from migrate.databases import load as loading
-from migrate.databases import pgdump, postdata
+from migrate.databases import pgdump, postdata, sampledranges
 from migrate.databases.endpoint import Endpoint
 
 pytestmark = pytest.mark.postgres
@@ -311,3 +311,30 @@ def test_each_build_session_gets_maintenance_work_mem_fit_for_its_table(pg_url: 
     # outside the build's transaction the session is back to its own setting
     with psycopg.connect(dsn(pg_url)) as conn:
         assert conn.execute("SHOW maintenance_work_mem").fetchone() == ("64MB",)
+
+
+def test_key_ranges_from_statistics_cover_every_key_in_chunks_near_chunk_rows(pg_url: str, pg_url2: str,
+                                                                             tmp_path: Path) -> None:
+    # 300,000 keys, skewed: dense at first, then sparse with growing gaps
+    pg(pg_url, """CREATE TABLE skewed (id bigint PRIMARY KEY, v text);
+        INSERT INTO skewed SELECT CASE WHEN g <= 200000 THEN g ELSE 200000 + (g - 200000)::bigint * (g - 200000)
+        END, 'v' || g FROM generate_series(1, 300000) g; ANALYZE skewed;""")
+    h = Harness(write_plan(tmp_path, pg_url, pg_url2, tables="[skewed]", chunk_rows=20_000))
+    h.engine.preflight(h.ctx)
+    h.engine.schema(h.ctx)
+    pair = h.engine._pairs()[0]
+    with h.engine.source.engine.connect() as conn:
+        bounds = sampledranges.histogram_bounds(pair, conn, 20_000)
+    assert bounds is not None and bounds == sorted(set(bounds))
+    ranges = loading.new_ranges(pair, 20_000)
+    assert [r.hi for r in ranges[:-1]] == bounds and ranges[0].lo is None and ranges[-1].hi is None
+    sizes = []
+    for rng in ranges:  # counted outside the tool, from the stored boundaries
+        lo = -1 if rng.lo is None else rng.lo[0]
+        hi = 2**62 if rng.hi is None else rng.hi[0]
+        sizes.append(pg(pg_url, "SELECT count(*) FROM skewed WHERE id > %s AND id <= %s", (lo, hi))[0][0])
+    assert sum(sizes) == 300_000
+    assert 10 <= len(ranges) <= 25 and max(sizes) <= 40_000, sizes
+    h.engine.load(h.ctx)
+    h.close()
+    same(pg_url, pg_url2, ["skewed"])

@@ -20,6 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
 from migrate.databases.keyranges import KeyRange, split
+from migrate.databases.sampledranges import histogram_bounds
 from migrate.databases.tables import TablePair
 
 STAGE = "load"
@@ -35,7 +36,8 @@ def new_ranges(pair: TablePair, chunk_rows: int) -> list[KeyRange]:
     them before any chunk starts, so a resumed load works on exactly these)."""
     src = pair.source
     with src.endpoint.errors("cannot plan chunks"), src.endpoint.engine.connect() as conn:
-        return split(src.order.boundaries(conn, chunk_rows))
+        bounds = histogram_bounds(pair, conn, chunk_rows)  # PostgreSQL's statistics, where they serve
+        return split(bounds if bounds is not None else src.order.boundaries(conn, chunk_rows))
 
 
 def _source_rows(pair: TablePair, query: Any, rng: KeyRange) -> Iterator[tuple[Any, ...]]:
