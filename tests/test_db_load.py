@@ -338,3 +338,34 @@ def test_key_ranges_from_statistics_cover_every_key_in_chunks_near_chunk_rows(pg
     h.engine.load(h.ctx)
     h.close()
     same(pg_url, pg_url2, ["skewed"])
+
+
+def test_a_source_error_in_a_psql_read_fails_the_copy_and_writes_nothing(pg_url: str, pg_url2: str,
+                                                                         tmp_path: Path) -> None:
+    """The big openings read through psql (copypipe.py): its failure is the chunk's failure, one line naming
+    the connection, and the target transaction rolls back."""
+    from migrate.databases import copypipe
+    from migrate.errors import EndpointError
+
+    pg(pg_url2, "CREATE TABLE sink (id bigint, v int)")
+    source = Endpoint("src", pg_url, tmp_path)
+    target = Endpoint("dst", pg_url2, tmp_path, role="target")
+    with target.engine.connect() as conn:
+        conn.begin()
+        conn.exec_driver_sql("TRUNCATE sink")
+        with pytest.raises(EndpointError) as caught:
+            copypipe.copy_through_psql(source, conn, "SELECT g::bigint, 1 / (g - 500) FROM generate_series(1, 1000) g",
+                                       "COPY sink (id, v) FROM STDIN (FORMAT BINARY, FREEZE)", "BINARY")
+        conn.rollback()
+    message = str(caught.value)
+    assert "\n" not in message and "source connection 'src'" in message and "division by zero" in message
+    assert pg(pg_url2, "SELECT count(*) FROM sink") == [(0,)]
+    with target.engine.connect() as conn:  # and the same call copies when the source reads well
+        conn.begin()
+        conn.exec_driver_sql("TRUNCATE sink")
+        assert copypipe.copy_through_psql(source, conn, "SELECT g::bigint, g % 7 FROM generate_series(1, 1000) g",
+                                          "COPY sink (id, v) FROM STDIN (FORMAT BINARY, FREEZE)", "BINARY") == 1000
+        conn.commit()
+    assert pg(pg_url2, "SELECT count(*), sum(v) FROM sink") == [(1000, sum(g % 7 for g in range(1, 1001)))]
+    source.dispose()
+    target.dispose()

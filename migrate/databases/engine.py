@@ -364,7 +364,8 @@ class DatabaseEngine(ItemEngine):
             planned = {f"ranges:{pair.label}": encode_ranges(ranges)
                        for pair, (ranges, _, _) in zip(pairs, surveyed, strict=True) if stored[pair.label] is None}
             estimate = sum(rows for _, _, rows in surveyed)
-            for pair, (ranges, keyless, _) in zip(pairs, surveyed, strict=True):
+            for pair, (ranges, keyless, rows) in zip(pairs, surveyed, strict=True):
+                pair.rows_estimate = rows
                 new = stored[pair.label] is None
                 states = [done.get(loading.chunk_id(pair.label, i), ("",))[0] for i in range(len(ranges))]
                 # a chunk never started, on a table we own that has no key yet, cannot hold any row: no delete

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
+from migrate.databases import copypipe
 from migrate.databases.keyranges import KeyRange, split
 from migrate.databases.sampledranges import histogram_bounds
 from migrate.databases.tables import TablePair
@@ -93,12 +94,34 @@ def copy_range(pair: TablePair, rng: KeyRange, mode: str = REPLACE) -> int:
 
 def _copy_postgres(pair: TablePair, tconn: Connection, query: Any, rng: KeyRange, freeze: bool) -> int:
     src = pair.source
+    literal = copypipe.literal_select(query, src.endpoint) \
+        if freeze and pair.rows_estimate >= copypipe.MIN_ROWS else None
+    if literal is not None:  # a big opening: psql reads the source's COPY in C (copypipe.py)
+        ops = pair.target.ops
+        fmt = "BINARY" if _same_major(src.endpoint, tconn) else "TEXT"
+        names = ", ".join(ops.quote(c) for c in pair.columns)
+        with src.endpoint.errors(f"read of {pair.label} keys {rng} failed"):
+            return copypipe.copy_through_psql(
+                src.endpoint, tconn, literal,
+                f"COPY {ops.qualified(pair.target.clause)} ({names}) FROM STDIN (FORMAT {fmt}, FREEZE)", fmt)
     with src.endpoint.errors(f"read of {pair.label} keys {rng} failed"), src.endpoint.engine.connect() as sconn:
         compiled = query.compile(dialect=sconn.dialect)
         written = pair.target.ops.copy_between(  # type: ignore[attr-defined]
             sconn, tconn, str(compiled), compiled.params, pair.target.clause, pair.columns, freeze=freeze)
         sconn.rollback()
     return int(written)
+
+
+_majors: dict[int, int] = {}  # id(endpoint) -> its server's major version
+
+
+def _same_major(source: Any, tconn: Connection) -> bool:
+    """Binary COPY is only promised to read back on the same major version (text always is)."""
+    if id(source) not in _majors:
+        with source.engine.connect() as conn:
+            _majors[id(source)] = int(conn.connection.driver_connection.info.server_version) // 10000
+    target = int(tconn.connection.driver_connection.info.server_version) // 10000  # type: ignore[union-attr]
+    return _majors[id(source)] == target
 
 
 @dataclass

@@ -80,6 +80,7 @@ class TablePair:
     sync_text: frozenset[str] = frozenset()  # same dialect: values a driver reads but cannot write back as read
     unique_on_target: bool | None = None  # the target enforces the key (ON CONFLICT works); None: not looked yet
     throttle: Any = None  # the item's limiter during sync (migrate.throttle.Throttle)
+    rows_estimate: int = 0  # the source's estimate, set by the load (big openings copy through psql)
 
     @property
     def cross(self) -> bool:
