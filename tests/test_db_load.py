@@ -22,7 +22,7 @@ from test_pg_schema import PAGILA_LIKE, copy_md5
 
 from helpers import cli_process
 from migrate.databases import load as loading
-from migrate.databases import pgdump, postdata, sampledranges
+from migrate.databases import pgdump, postdata, sampledranges, scheduler
 from migrate.databases.endpoint import Endpoint
 
 pytestmark = pytest.mark.postgres
@@ -100,7 +100,7 @@ def test_a_fresh_load_copies_every_table_frozen_and_builds_its_indexes(pg_url: s
 
 def test_a_table_larger_than_an_opening_is_frozen_in_its_first_part_and_the_rest_copied_in_parallel(
         pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loading, "OPENING_MAX_ROWS", 11_000)  # 1,000,000 in earnest: a smaller table here
+    monkeypatch.setattr(scheduler, "OPENING_MAX_ROWS", 11_000)  # 1,000,000 in earnest: a smaller table here
     readings(pg_url, "big", 30_000)
     h = Harness(write_plan(tmp_path, pg_url, pg_url2, parallel=3))
     h.engine.preflight(h.ctx)
@@ -120,9 +120,10 @@ sys.path.insert(0, {repo!r})
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from migrate.databases import load as loading
+from migrate.databases import scheduler
 from test_db_sqlite import Harness
 
-loading.OPENING_MAX_ROWS = 11_000  # openings of 11 chunks of 1,000 rows (1,000,000 rows in earnest)
+scheduler.OPENING_MAX_ROWS = 11_000  # openings of 11 chunks of 1,000 rows (1,000,000 rows in earnest)
 real = loading.copy_range
 seen = {{"freeze": 0, "fresh": 0, "replace": 0}}
 def paced(pair, rng, mode="replace"):

@@ -18,6 +18,7 @@ from sqlalchemy.schema import CreateSchema
 
 from migrate.databases import inventory, pgdump, postdata
 from migrate.databases import load as loading
+from migrate.databases import scheduler as scheduling
 from migrate.databases import sequences as seqs
 from migrate.databases import sync as syncing
 from migrate.databases.capture import LogicalCapture
@@ -340,7 +341,7 @@ class DatabaseEngine(ItemEngine):
         freezable = self._freezable(pairs) if self.target.dialect == "postgresql" else set()
         post = postdata.NativePostData(self.source, self.target, [p.source.info.label for p in pairs]) \
             if self.native_schema and ctx.journal.get(self.name, PG_SECTION + "post-data") is None else None
-        tables: list[loading.TableLoad] = []
+        tables: list[scheduling.TableLoad] = []
         stored = {p.label: ctx.journal.get(self.name, f"ranges:{p.label}") for p in pairs}
 
         def survey(pair: TablePair) -> tuple[list[KeyRange], bool, int]:
@@ -375,9 +376,9 @@ class DatabaseEngine(ItemEngine):
                 if chunks and "done" not in states and pair.label in owned and pair.label in freezable:
                     # we own it and none of it is done: its first chunk empties it and copies frozen rows
                     chunks[0] = (chunks[0][0], chunks[0][1], loading.FREEZE)
-                tables.append(loading.TableLoad(pair, chunks, partial(self._after_table, pair, post, workers)))
+                tables.append(scheduling.TableLoad(pair, chunks, partial(self._after_table, pair, post, workers)))
             ctx.journal.put_many(self.name, planned)
-            loading.size_openings(tables, self.item.chunk_rows)
+            scheduling.size_openings(tables, self.item.chunk_rows)
             work = sum(len(t.chunks) for t in tables)
             frozen = sum(1 for t in tables if t.chunks and t.chunks[0][2] == loading.FREEZE)
             already = sum(units for status, units, _ in done.values() if status == "done")
@@ -393,7 +394,7 @@ class DatabaseEngine(ItemEngine):
                     (loading.chunk_id(pair.label, index), "done", rows, None) for pair, index, rows in chunks])
                 task.advance(sum(rows for _, _, rows in chunks))
 
-            scheduler = loading.LoadScheduler(tables, workers, pending, mark, throttle,
+            scheduler = scheduling.LoadScheduler(tables, workers, pending, mark, throttle,
                                               after_ready=post.dumped if post is not None else None)
             try:
                 moved = scheduler.run()
