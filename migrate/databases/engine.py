@@ -11,32 +11,30 @@ from fnmatch import fnmatchcase
 from functools import partial
 from typing import Any
 
-from sqlalchemy import MetaData, Table, delete, false, func, insert, inspect, select, text, update
+from sqlalchemy import delete, false, func, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateSchema
 
-from migrate.databases import inventory, pgdump, postdata
+from migrate.databases import inventory, pgdump
 from migrate.databases import load as loading
-from migrate.databases import scheduler as scheduling
 from migrate.databases import sequences as seqs
 from migrate.databases import sync as syncing
 from migrate.databases.capture import LogicalCapture
 from migrate.databases.checksum import KeyRangeChecksum, RowDifference
 from migrate.databases.dialects import ops_for, raw_sql
 from migrate.databases.endpoint import Endpoint
+from migrate.databases.fullload import OWNED, PG_SECTION, FullLoad, connection_budget
 from migrate.databases.health import source_health
 from migrate.databases.identity import database_identity
-from migrate.databases.keyranges import KeyRange, decode_key, decode_ranges, encode_ranges, split
+from migrate.databases.keyranges import KeyRange, decode_key, decode_ranges, split
 from migrate.databases.schema import (
     NoPrimaryKey,
     TableInfo,
     build_target,
-    create_post_load,
     create_table,
     dependency_order,
     estimate_rows,
-    has_primary_key,
     list_tables,
     partitions_also_named,
     reflect_table,
@@ -50,9 +48,6 @@ from migrate.redact import redact
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 from migrate.stages.guards import check_deletes
 from migrate.units import human_bytes
-
-OWNED = "owned_tables"  # target tables this migration created, adopted empty, or truncated
-PG_SECTION = "pg_dump:"  # + section: when that section of the source's pg_dump was replayed on the target
 
 
 class DatabaseEngine(ItemEngine):
@@ -329,149 +324,7 @@ class DatabaseEngine(ItemEngine):
         return [info.label for info in sources]
 
     def load(self, ctx: StageContext) -> StageResult:
-        started = time.monotonic()
-        pairs = self._pairs()
-        capture = self.capture()
-        if capture is not None:  # before the first row is read: nothing committed during the load is missed
-            capture.ensure(ctx.journal, self._logical(pairs))
-        done = ctx.journal.chunks(self.name, loading.STAGE)
-        owned = set(ctx.journal.get(self.name, OWNED, []))
-        throttle = self.throttle(ctx)
-        workers = self.load_workers(ctx)
-        freezable = self._freezable(pairs) if self.target.dialect == "postgresql" else set()
-        post = postdata.NativePostData(self.source, self.target, [p.source.info.label for p in pairs]) \
-            if self.native_schema and ctx.journal.get(self.name, PG_SECTION + "post-data") is None else None
-        tables: list[scheduling.TableLoad] = []
-        stored = {p.label: ctx.journal.get(self.name, f"ranges:{p.label}") for p in pairs}
-
-        def survey(pair: TablePair) -> tuple[list[KeyRange], bool, int]:
-            """A table's key ranges (planned now if its load has not started), whether the target table
-            has no key yet, and its estimated rows: in `workers` threads, tables side by side."""
-            known = stored[pair.label]
-            ranges = decode_ranges(known) if known is not None else loading.new_ranges(pair, self.item.chunk_rows)
-            with self.target.errors("cannot inspect"), self.target.engine.connect() as conn:
-                keyless = self.target.dialect != "sqlite" and not has_primary_key(conn, _table(pair))
-            with self.source.errors("cannot count"), self.source.engine.connect() as conn:
-                return ranges, keyless, estimate_rows(self.source, conn, pair.source.info)
-
-        try:
-            for pair in pairs:
-                if pair.watermark is not None and ctx.journal.get(self.name, syncing.watermark_key(pair)) is None:
-                    # before the first row moves, so sync later re-reads whatever changes during the load
-                    syncing.record_watermark(ctx.journal, self.name, pair, syncing.source_watermark(pair))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                surveyed = list(pool.map(survey, pairs))
-            # new tables' key ranges, journaled together before any chunk starts
-            planned = {f"ranges:{pair.label}": encode_ranges(ranges)
-                       for pair, (ranges, _, _) in zip(pairs, surveyed, strict=True) if stored[pair.label] is None}
-            estimate = sum(rows for _, _, rows in surveyed)
-            for pair, (ranges, keyless, rows) in zip(pairs, surveyed, strict=True):
-                pair.rows_estimate = rows
-                new = stored[pair.label] is None
-                states = [done.get(loading.chunk_id(pair.label, i), ("",))[0] for i in range(len(ranges))]
-                # a chunk never started, on a table we own that has no key yet, cannot hold any row: no delete
-                may_skip = keyless and pair.label in owned and (any(states) or new)
-                chunks = [(index, rng, loading.FRESH if may_skip and states[index] == "" else loading.REPLACE)
-                          for index, rng in enumerate(ranges) if states[index] != "done"]
-                if chunks and "done" not in states and pair.label in owned and pair.label in freezable:
-                    # we own it and none of it is done: its first chunk empties it and copies frozen rows
-                    chunks[0] = (chunks[0][0], chunks[0][1], loading.FREEZE)
-                tables.append(scheduling.TableLoad(pair, chunks, partial(self._after_table, pair, post, workers)))
-            ctx.journal.put_many(self.name, planned)
-            scheduling.size_openings(tables, self.item.chunk_rows)
-            work = sum(len(t.chunks) for t in tables)
-            frozen = sum(1 for t in tables if t.chunks and t.chunks[0][2] == loading.FREEZE)
-            already = sum(units for status, units, _ in done.values() if status == "done")
-            task = ctx.progress.task(f"{self.name}: load", total=max(estimate, already) or None, unit="rows")
-            task.advance(already)
-
-            def pending(chunks: list[tuple[TablePair, int]]) -> None:
-                ctx.journal.mark_chunks(self.name, loading.STAGE, [
-                    (loading.chunk_id(pair.label, index), "pending", 0, None) for pair, index in chunks])
-
-            def mark(chunks: list[tuple[TablePair, int, int]]) -> None:
-                ctx.journal.mark_chunks(self.name, loading.STAGE, [
-                    (loading.chunk_id(pair.label, index), "done", rows, None) for pair, index, rows in chunks])
-                task.advance(sum(rows for _, _, rows in chunks))
-
-            scheduler = scheduling.LoadScheduler(tables, workers, pending, mark, throttle,
-                                              after_ready=post.dumped if post is not None else None)
-            try:
-                moved = scheduler.run()
-            finally:
-                task.close()
-            notes = scheduler.notes
-            if post is not None:
-                notes += post.finish()
-                ctx.journal.put(self.name, PG_SECTION + "post-data", datetime.now(UTC).isoformat())
-        finally:
-            if post is not None:
-                post.close()
-        post_load = [n for n in notes if not n.startswith("analyzed ")]
-        analyzed = len(notes) - len(post_load)
-        if self.native_schema:
-            schemas, _ = self._pg_scope([p.source.info for p in pairs])
-            with self.target.errors("cannot refresh materialized views"), self.target.engine.connect() as conn:
-                post_load += [f"refreshed {name}" for name in pgdump.refresh_materialized_views(conn, schemas)]
-                conn.commit()
-        else:
-            with self.target.errors("cannot create indexes"), self.target.engine.connect() as conn:
-                target_schema = build_target([p.source.info for p in pairs], self.source.dialect,
-                                             self.target.dialect)
-                for pair in pairs:
-                    post_load += create_post_load(conn, target_schema.tables[pair.label], self.target.dialect)
-                    conn.commit()
-        if analyzed:  # statistics, so the target plans well from the first query
-            post_load.append(f"analyzed {analyzed} table(s)")
-        seconds = time.monotonic() - started
-        total = already + moved
-        return StageResult(self.name, "load", summary=f"{moved} rows in {work} chunks ({total} in all)",
-                           metrics={"rows": total, "rows_this_run": moved, "chunks_this_run": work,
-                                    "frozen_tables": frozen, "workers": workers,
-                                    "seconds": round(seconds, 3),
-                                    "rows_per_second": round(moved / seconds) if seconds else 0,
-                                    "post_load": post_load})
-
-    def load_workers(self, ctx: StageContext) -> int:
-        """Jobs the load runs at once (chunk copies, index builds, ANALYZE), each holding at most one connection
-        to each side: `parallel`, capped by the throttle's max_connections; one for a SQLite target."""
-        return 1 if self.target.dialect == "sqlite" else self.throttle(ctx).workers(self.item.parallel)
-
-    def connection_budget(self, ctx: StageContext) -> str:
-        """What `migrate plan` says about the connections a load opens on each side."""
-        jobs = self.load_workers(ctx)
-        return (f"connections during the load: at most {jobs + 1} to the source and {jobs + 1} to the target "
-                f"({jobs} job(s) at once — chunk copies of any table, index builds, ANALYZE — plus one for "
-                "planning, pg_dump and psql)")
-
-    def _after_table(self, pair: TablePair, post: postdata.NativePostData | None, workers: int) -> list[list[Any]]:
-        """A loaded table's post-load phases: its own index and constraint builds (PostgreSQL -> PostgreSQL,
-        from pg_dump's post-data), then ANALYZE (PostgreSQL targets)."""
-        phases: list[list[Any]] = []
-        if post is not None:
-            phases.append([partial(post.build, build, workers) for build in post.builds_for(pair.target.info)])
-        if self.target.dialect == "postgresql":
-            phases.append([partial(self._analyze, pair)])
-        return phases
-
-    def _analyze(self, pair: TablePair) -> str:
-        with self.target.errors("cannot analyze"), self.target.engine.connect() as conn:
-            conn.exec_driver_sql(f"ANALYZE {pair.target.ops.qualified(pair.target.clause)}")
-            conn.commit()
-        return f"analyzed {pair.label}"
-
-    def _freezable(self, pairs: list[TablePair]) -> set[str]:
-        """Labels of the target tables a load may TRUNCATE and COPY ... FREEZE: ordinary tables (not partitioned,
-        not foreign) that no foreign key references."""
-        with self.target.errors("cannot inspect"), self.target.engine.connect() as conn:
-            default = str(conn.execute(text("SELECT current_schema()")).scalar_one())
-            rows = conn.execute(text(
-                "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relkind = 'r' AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' "
-                "AND f.confrelid = c.oid) AND n.nspname = ANY(:s)"),
-                {"s": sorted({(p.target.info.schema or default) for p in pairs})}).scalars().all()
-        plain = set(rows)
-        return {p.label for p in pairs if _qualified(p.target.info.label, default) in plain}
+        return FullLoad(self).run(ctx)
 
     def advance_sequences(self, ctx: StageContext) -> list[str]:
         """`migrate:sequences`: every target sequence/identity at least the source's value and the highest
@@ -721,7 +574,7 @@ class DatabaseEngine(ItemEngine):
             if target_engine is not None and target_engine is not self.target._engine:
                 target_engine.dispose()
             self._preview_slot(preview)
-            preview.details.append(self.connection_budget(ctx))
+            preview.details.append(connection_budget(self, ctx))
         finally:
             if source_engine is not self.source._engine:
                 source_engine.dispose()
@@ -805,11 +658,6 @@ class DatabaseEngine(ItemEngine):
     def close(self) -> None:
         self.source.dispose()
         self.target.dispose()
-
-
-def _table(pair: TablePair) -> Table:
-    """A bare table object naming the target table (for inspection)."""
-    return Table(pair.target.info.name, MetaData(), schema=pair.target.info.schema)
 
 
 def _existing(inspector: Any, infos: list[TableInfo]) -> set[tuple[str | None, str]]:
