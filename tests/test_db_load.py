@@ -91,6 +91,10 @@ def test_a_fresh_load_copies_every_table_frozen_and_builds_its_indexes(pg_url: s
     for name in names:
         assert pg(pg_url2, indexes, (name,)) == pg(pg_url, indexes, (name,)) == [(f"ix_{name}_ward",),
                                                                                    (f"{name}_pkey",)]
+    constraints = "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s::regclass"
+    for name in names:  # the key built as pgcopydb does (unique index, then the constraint over it): the same
+        assert pg(pg_url2, constraints, (name,)) == pg(pg_url, constraints, (name,)) == [
+            (f"{name}_pkey", "p", "PRIMARY KEY (id)")]
     notes = result.metrics["post_load"]
     assert any("8 index/constraint builds in parallel" in n for n in notes), notes
     assert "analyzed 4 table(s)" in notes
@@ -279,6 +283,11 @@ def test_post_data_splits_into_each_tables_builds_and_the_rest(pg_url: str, tmp_
                      "public.film": ["film_fulltext_idx", "film_pkey", "film_title_trgm_idx", "idx_title"],
                      "public.payment_p2022_01": ["payment_p2022_01_pkey"],
                      "public.payment_p2022_02": ["payment_p2022_02_pkey"]}
+    film = {b.name: b for b in post.builds["public.film"]}
+    assert film["film_pkey"].steps == (
+        'CREATE UNIQUE INDEX "film_pkey" ON "public"."film" USING btree ("film_id");',
+        'ALTER TABLE ONLY "public"."film" ADD CONSTRAINT "film_pkey" PRIMARY KEY USING INDEX "film_pkey";')
+    assert film["idx_title"].steps == (film["idx_title"].statement,)
     for builds in post.builds.values():
         for build in builds:
             assert build.statement not in post.rest

@@ -102,7 +102,9 @@ class FullLoad:
                     chunks[0] = (chunks[0][0], chunks[0][1], loading.FREEZE)
                 tables.append(scheduling.TableLoad(pair, chunks, partial(self._after_table, pair, post, workers)))
             ctx.journal.put_many(name, planned)
-            scheduling.size_openings(tables, item.chunk_rows)
+            # limits in the plan, or set by `migrate throttle` before the run: openings of one chunk
+            throttled = getattr(throttle, "spec", None) is not None or throttle.effective().limited
+            scheduling.size_openings(tables, item.chunk_rows, throttled=throttled)
             work = sum(len(t.chunks) for t in tables)
             frozen = sum(1 for t in tables if t.chunks and t.chunks[0][2] == loading.FREEZE)
             already = sum(units for status, units, _ in done.values() if status == "done")
@@ -136,7 +138,7 @@ class FullLoad:
         if engine.native_schema:
             schemas, _ = engine._pg_scope([p.source.info for p in pairs])
             with target.errors("cannot refresh materialized views"), target.engine.connect() as conn:
-                post_load += [f"refreshed {name}" for name in pgdump.refresh_materialized_views(conn, schemas)]
+                post_load += [f"refreshed {view}" for view in pgdump.refresh_materialized_views(conn, schemas)]
                 conn.commit()
         else:
             with target.errors("cannot create indexes"), target.engine.connect() as conn:

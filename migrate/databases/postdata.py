@@ -36,6 +36,8 @@ _INDEX = re.compile(rf"^CREATE (?:UNIQUE )?INDEX (?P<name>{_IDENT}) ON (?P<only>
                     rf"(?P<table>{_IDENT}) ")
 _CONSTRAINT = re.compile(rf"^ALTER TABLE (?:ONLY )?(?P<schema>{_IDENT})\.(?P<table>{_IDENT})\s+ADD CONSTRAINT "
                          rf"(?P<name>{_IDENT}) (?P<kind>PRIMARY KEY|UNIQUE|EXCLUDE|FOREIGN KEY|CHECK)\b")
+_PLAIN_KEY = re.compile(rf"^ALTER TABLE ONLY (?P<schema>{_IDENT})\.(?P<table>{_IDENT})\s+ADD CONSTRAINT "
+                        rf"(?P<name>{_IDENT}) PRIMARY KEY \((?P<columns>{_IDENT}(?:, {_IDENT})*)\);$")
 _TRIGGER = re.compile(rf"^CREATE (?:CONSTRAINT )?TRIGGER (?P<name>{_IDENT}) .*? ON (?P<schema>{_IDENT})\."
                       rf"(?P<table>{_IDENT}) ", re.DOTALL)
 _SETTING = re.compile(r"^(SET (?P<name>\w+) = .*;|SELECT pg_catalog\.set_config\('(?P<cfg>\w+)', .*\);)$")
@@ -48,8 +50,20 @@ class Build:
     table: str  # schema.table, unquoted
     kind: str  # "index" or "constraint"
     name: str  # unquoted
-    statement: str
+    statement: str  # as pg_dump wrote it
     settings: tuple[str, ...]  # pg_dump's session settings at this entry, as transaction-local SETs
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        """What runs, in one transaction. A plain primary key is built as pgcopydb builds it: its unique index
+        first (CREATE INDEX takes a SHARE lock, so the table's other indexes build at the same time; ADD
+        PRIMARY KEY would hold ACCESS EXCLUSIVE throughout), then the constraint over that index (a moment)."""
+        key = _PLAIN_KEY.match(self.statement)
+        if key is None:
+            return (self.statement,)
+        table, name = f"{key.group('schema')}.{key.group('table')}", key.group("name")
+        return (f"CREATE UNIQUE INDEX {name} ON {table} USING btree ({key.group('columns')});",
+                f"ALTER TABLE ONLY {table} ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name};")
 
     @property
     def label(self) -> str:
@@ -195,7 +209,8 @@ def run_build(conn: Connection, build: Build, sessions: int) -> str:
         for setting in build.settings:
             raw.execute(setting)  # type: ignore[union-attr]
         raw.execute(f"SET LOCAL maintenance_work_mem = '{memory // 1024}kB'")  # type: ignore[union-attr]
-        raw.execute(build.statement)  # type: ignore[union-attr]
+        for step in build.steps:
+            raw.execute(step)  # type: ignore[union-attr]
     return f"{build.label} (maintenance_work_mem {memory // MIB} MiB)"
 
 
@@ -223,7 +238,10 @@ class NativePostData:
         return self._split
 
     def builds_for(self, info: TableInfo) -> list[Build]:
-        return self.parsed().builds.get(_qualified(info.label, self.default), [])
+        """A table's builds, its indexes first: a constraint ends holding ACCESS EXCLUSIVE on the table, so it
+        starts once the indexes are under way and does not hold a worker waiting for them."""
+        builds = self.parsed().builds.get(_qualified(info.label, self.default), [])
+        return sorted(builds, key=lambda build: build.kind == "constraint")
 
     def build(self, build: Build, sessions: int) -> str:
         """One build on a session of its own (in a load worker)."""

@@ -36,12 +36,12 @@ class TableLoad:
     _left: int = 0  # jobs of the current phase still running
 
 
-def size_openings(tables: list[TableLoad], chunk_rows: int) -> None:
+def size_openings(tables: list[TableLoad], chunk_rows: int, throttled: bool = False) -> None:
     """How many chunks each table's opening transaction copies: the first OPENING_MAX_ROWS rows' worth, so
     all of a table up to that size (copied whole and frozen, as pgcopydb copies a table it does not split),
     and of a larger one its first part, the rest following in parallel chunks. Tables are copied side by
-    side either way."""
-    cap = max(1, OPENING_MAX_ROWS // max(1, chunk_rows))
+    side either way. `throttled` (the item has limits): one chunk, so rates and pauses hold chunk by chunk."""
+    cap = 1 if throttled else max(1, OPENING_MAX_ROWS // max(1, chunk_rows))
     for table in tables:
         table.opening = max(1, min(cap, len(table.chunks)))
 
