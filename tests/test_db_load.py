@@ -379,3 +379,15 @@ def test_a_source_error_in_a_psql_read_fails_the_copy_and_writes_nothing(pg_url:
     assert pg(pg_url2, "SELECT count(*), sum(v) FROM sink") == [(1000, sum(g % 7 for g in range(1, 1001)))]
     source.dispose()
     target.dispose()
+
+
+def test_an_item_with_throttle_limits_opens_with_one_chunk(pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    """Rates and pauses act between chunks: under limits an opening is one chunk, not a million rows."""
+    readings(pg_url, "big", 30_000)
+    plan_path = write_plan(tmp_path, pg_url, pg_url2)
+    plan_path.write_text(plan_path.read_text() + "    throttle: {rows_per_second: 10000000}\n", encoding="utf-8")
+    ran = cli_process("run", str(plan_path), "--until", "load")
+    assert ran.returncode == 0, ran.stderr
+    frozen, pages = frozen_pages(pg_url2, "big")
+    assert 0 < frozen < 0.1 * pages, (frozen, pages)  # 1 of 31 chunks
+    same(pg_url, pg_url2, ["big"])
