@@ -72,17 +72,30 @@ def same(source: str, target: str, tables: list[str]) -> None:
         assert copy_md5(source, f"SELECT * FROM {table}") == copy_md5(target, f"SELECT * FROM {table}"), table
 
 
-def test_a_fresh_load_copies_every_table_frozen_and_builds_its_indexes(pg_url: str, pg_url2: str,
-                                                                       tmp_path: Path) -> None:
+def test_a_fresh_load_copies_every_table_frozen_and_builds_its_indexes(
+        pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from migrate.databases import copypipe
+
     names = [f"r{n}" for n in range(4)]
     for number, name in enumerate(names):
         readings(pg_url, name, 3000 + 1000 * number)
+    # the two larger tables' openings read through psql (500,000 rows in earnest), the others in the driver
+    monkeypatch.setattr(copypipe, "MIN_ROWS", 4500)
+    piped: list[str] = []
+    real = copypipe.copy_through_psql
+
+    def through_psql(source, target, select_sql, copy_in, fmt):  # type: ignore[no-untyped-def]
+        piped.append(copy_in.split(" ")[1])
+        return real(source, target, select_sql, copy_in, fmt)
+
+    monkeypatch.setattr(copypipe, "copy_through_psql", through_psql)
     h = Harness(write_plan(tmp_path, pg_url, pg_url2))
     h.engine.preflight(h.ctx)
     h.engine.schema(h.ctx)
     result = h.engine.load(h.ctx)
     h.close()
-    assert result.metrics["frozen_tables"] == 4  # 4 tables >= 2 workers: each opened whole, frozen
+    assert sorted(piped) == ["r2", "r3"]
+    assert result.metrics["frozen_tables"] == 4  # each opened whole, frozen
     same(pg_url, pg_url2, names)
     for name in names:
         frozen, pages = frozen_pages(pg_url2, name)
