@@ -10,7 +10,8 @@ round; medians are compared and every ratio (their time / ours) is printed. Scen
   many   a 20-table schema, 2M rows in all (100k rows per table, a primary key and a secondary index each)
 
 Our peak RSS is measured on the child process (wait4). Every target is checked afterwards: row counts and
-index counts equal to the source's. Ours runs byte-compiled, as an installed package does.
+index counts equal to the source's. Ours runs byte-compiled, as an installed package does. The source is
+VACUUM ANALYZEd once built, and a CHECKPOINT precedes every run, so no tool pays for another's writes.
 
     .venv/bin/python bench/bench_db_load.py [--scenarios one,many] [--rounds 3] [--parallel 2]
         [--chunk-rows 50000]
@@ -276,6 +277,18 @@ def shape(cluster: PostgresCluster, database: str) -> dict[str, tuple[int, int]]
         return out
 
 
+def settle(cluster: PostgresCluster, database: str | None = None) -> None:
+    """VACUUM ANALYZE a freshly built source (no tool pays for setting its hint bits), then CHECKPOINT (no tool
+    pays for writing out the previous one's pages)."""
+    import psycopg
+
+    if database is not None:
+        with psycopg.connect(cluster.dsn(database), autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -309,6 +322,7 @@ def main() -> None:
                 build_many(cluster, 20, args.many_rows, source)
             else:
                 raise SystemExit(f"unknown scenario {scenario!r} (one, many)")
+            settle(cluster, source)
             expected = shape(cluster, source)
             times: dict[str, list[float]] = {"ours": [], "pg_dump | psql": [], "pgcopydb": []}
             for round_ in range(args.rounds):
@@ -316,12 +330,15 @@ def main() -> None:
                     base = f"{scenario}_{round_}"
                     target = cluster.create_database(f"ours_{base}")
                     plan = whole_plan(Path(folder), cluster.url(source), target, args.parallel, args.chunk_rows)
+                    settle(cluster)
                     seconds, rss = ours(plan)
                     times["ours"].append(seconds)
                     peak = max(peak, rss)
                     cluster.create_database(f"dump_{base}")
+                    settle(cluster)
                     times["pg_dump | psql"].append(pg_dump_psql(cluster, source, f"dump_{base}"))
                     cluster.create_database(f"copydb_{base}")
+                    settle(cluster)
                     times["pgcopydb"].append(pgcopydb_clone(cluster, source, f"copydb_{base}",
                                                             Path(folder) / "pgcopydb"))
                     for db in (f"ours_{base}", f"dump_{base}", f"copydb_{base}"):
