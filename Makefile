@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install pgclient services postgres azurite rclone lint bench clean
+.PHONY: demo test install pgclient services postgres azurite rclone pgcopydb lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,7 +52,11 @@ lint: install
 rclone:
 	@command -v rclone >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null; }
 
-bench: install services rclone
+# pgcopydb is the peer of the database load benchmark (Debian package).
+pgcopydb:
+	@command -v pgcopydb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgcopydb >/dev/null; }
+
+bench: install services rclone pgcopydb
 	$(PY) bench/bench_blobs.py
 	$(PY) bench/bench_db_load.py
 	$(PY) bench/bench_db_verify.py

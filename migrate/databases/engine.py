@@ -11,7 +11,7 @@ from fnmatch import fnmatchcase
 from functools import partial
 from typing import Any
 
-from sqlalchemy import MetaData, Table, delete, false, func, insert, inspect, select, text, update
+from sqlalchemy import delete, false, func, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import CreateSchema
@@ -24,18 +24,17 @@ from migrate.databases.capture import LogicalCapture
 from migrate.databases.checksum import KeyRangeChecksum, RowDifference
 from migrate.databases.dialects import ops_for, raw_sql
 from migrate.databases.endpoint import Endpoint
+from migrate.databases.fullload import OWNED, PG_SECTION, FullLoad, connection_budget
 from migrate.databases.health import source_health
 from migrate.databases.identity import database_identity
-from migrate.databases.keyranges import KeyRange, decode_key, decode_ranges, split
+from migrate.databases.keyranges import KeyRange, decode_key, decode_ranges, encode_ranges, split
 from migrate.databases.schema import (
     NoPrimaryKey,
     TableInfo,
     build_target,
-    create_post_load,
     create_table,
     dependency_order,
     estimate_rows,
-    has_primary_key,
     list_tables,
     partitions_also_named,
     reflect_table,
@@ -49,9 +48,6 @@ from migrate.redact import redact
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 from migrate.stages.guards import check_deletes
 from migrate.units import human_bytes
-
-OWNED = "owned_tables"  # target tables this migration created, adopted empty, or truncated
-PG_SECTION = "pg_dump:"  # + section: when that section of the source's pg_dump was replayed on the target
 
 
 class DatabaseEngine(ItemEngine):
@@ -280,9 +276,10 @@ class DatabaseEngine(ItemEngine):
                 for schema_name in sorted({i.schema for i in sources if i.schema and i.schema not in known}):
                     conn.execute(CreateSchema(schema_name))
                 conn.commit()
+            there = _existing(inspector, sources)
             for info in sources:
                 table = target_schema.tables[info.label]
-                if inspector.has_table(info.name, schema=info.schema):
+                if (info.schema, info.name) in there:
                     if info.label not in owned:
                         rows = conn.execute(select(func.count()).select_from(table)).scalar() or 0
                         if rows and self.item.existing_target == "truncate":
@@ -301,8 +298,9 @@ class DatabaseEngine(ItemEngine):
                     create_table(conn, table, self.target.dialect)
                     created.append(info.label)
                 conn.commit()
-                owned.add(info.label)
-                ctx.journal.put(self.name, OWNED, sorted(owned))
+                if info.label not in owned:  # journaled as soon as made ours (one write per new table)
+                    owned.add(info.label)
+                    ctx.journal.put(self.name, OWNED, sorted(owned))
         parts = [f"created {len(created)}"] + ([f"adopted {len(adopted)} empty"] if adopted else []) + \
             ([f"truncated {len(truncated)}"] if truncated else [])
         return StageResult(self.name, "schema", summary=", ".join(parts) + " tables",
@@ -325,8 +323,7 @@ class DatabaseEngine(ItemEngine):
             return []
         with self.target.errors("schema failed"), self.target.engine.connect() as conn, \
                 self.source.errors("cannot read"), self.source.engine.connect() as sconn:
-            inspector = inspect(conn)
-            if any(inspector.has_table(info.name, schema=info.schema) for info in sources):
+            if _existing(inspect(conn), sources):
                 return []
             extensions = pgdump.extensions_sql(sconn, conn)
         schemas, excluded = self._pg_scope(sources)
@@ -337,94 +334,8 @@ class DatabaseEngine(ItemEngine):
                           item=self.name)
         return [info.label for info in sources]
 
-    def _post_load_native(self, ctx: StageContext, pairs: list[TablePair]) -> list[str]:
-        """pg_dump's post-data (keys, indexes, foreign keys, triggers) once, then refresh materialized views."""
-        schemas, excluded = self._pg_scope([p.source.info for p in pairs])
-        done = []
-        if ctx.journal.get(self.name, PG_SECTION + "post-data") is None:
-            with self.target.errors("cannot read"), self.target.engine.connect() as conn:
-                # pre-data makes no index: one on a moved table means a run killed after the post-data
-                # committed and before it was journaled
-                replayed = pgdump.has_indexes(conn, [p.target.info.label for p in pairs])
-            if not replayed:
-                pgdump.replay(self.target, pgdump.dump(self.source, "post-data", schemas, excluded), "post-data")
-            ctx.journal.put(self.name, PG_SECTION + "post-data", datetime.now(UTC).isoformat())
-            done.append(f"pg_dump post-data of {', '.join(sorted(schemas))}")
-        with self.target.errors("cannot refresh materialized views"), self.target.engine.connect() as conn:
-            done += [f"refreshed {name}" for name in pgdump.refresh_materialized_views(conn, schemas)]
-            conn.commit()
-        return done
-
     def load(self, ctx: StageContext) -> StageResult:
-        started = time.monotonic()
-        pairs = self._pairs()
-        capture = self.capture()
-        if capture is not None:  # before the first row is read: nothing committed during the load is missed
-            capture.ensure(ctx.journal, self._logical(pairs))
-        done = ctx.journal.chunks(self.name, loading.STAGE)
-        owned = set(ctx.journal.get(self.name, OWNED, []))
-        work: list[tuple[TablePair, int, KeyRange, bool]] = []
-        estimate = 0
-        for pair in pairs:
-            if pair.watermark is not None and ctx.journal.get(self.name, syncing.watermark_key(pair)) is None:
-                # before the first row moves, so sync later re-reads whatever changes during the load
-                syncing.record_watermark(ctx.journal, self.name, pair, syncing.source_watermark(pair))
-            planned = ctx.journal.get(self.name, f"ranges:{pair.label}") is not None
-            ranges = loading.plan_ranges(pair, ctx.journal, self.name, self.item.chunk_rows)
-            ids = [loading.chunk_id(pair.label, i) for i in range(len(ranges))]
-            journaled = any(i in done for i in ids)
-            with self.target.errors("cannot inspect"), self.target.engine.connect() as conn:
-                keyless = self.target.dialect != "sqlite" and not has_primary_key(conn, _table(pair))
-            # a chunk never started, on a table we own that has no key yet, cannot hold any row: no delete
-            may_skip = keyless and pair.label in owned and (journaled or not planned)
-            for index, rng in enumerate(ranges):
-                state = done.get(ids[index], ("",))[0]
-                if state != "done":
-                    work.append((pair, index, rng, may_skip and state == ""))
-            with self.source.errors("cannot count"), self.source.engine.connect() as conn:
-                estimate += estimate_rows(self.source, conn, pair.source.info)
-        already = sum(units for status, units, _ in done.values() if status == "done")
-        task = ctx.progress.task(f"{self.name}: load", total=max(estimate, already) or None, unit="rows")
-        task.advance(already)
-
-        def pending(chunks: list[tuple[TablePair, int]]) -> None:
-            ctx.journal.mark_chunks(self.name, loading.STAGE, [
-                (loading.chunk_id(pair.label, index), "pending", 0, None) for pair, index in chunks])
-
-        def mark(chunks: list[tuple[TablePair, int, int]]) -> None:
-            ctx.journal.mark_chunks(self.name, loading.STAGE, [
-                (loading.chunk_id(pair.label, index), "done", rows, None) for pair, index, rows in chunks])
-            task.advance(sum(rows for _, _, rows in chunks))
-
-        throttle = self.throttle(ctx)
-        workers = 1 if self.target.dialect == "sqlite" else throttle.workers(self.item.parallel)
-        try:
-            moved = loading.run_chunks(work, workers, pending, mark, throttle)
-        finally:
-            task.close()
-        post = []
-        if self.native_schema:
-            post = self._post_load_native(ctx, pairs)
-        else:
-            with self.target.errors("cannot create indexes"), self.target.engine.connect() as conn:
-                target_schema = build_target([p.source.info for p in pairs], self.source.dialect,
-                                             self.target.dialect)
-                for pair in pairs:
-                    post += create_post_load(conn, target_schema.tables[pair.label], self.target.dialect)
-                    conn.commit()
-        if self.target.dialect == "postgresql":  # statistics now, so the target plans well from the first query
-            with self.target.errors("cannot analyze"), self.target.engine.connect() as conn:
-                for pair in pairs:
-                    conn.exec_driver_sql(f"ANALYZE {pair.target.ops.qualified(pair.target.clause)}")
-                conn.commit()
-            post.append(f"analyzed {len(pairs)} table(s)")
-        seconds = time.monotonic() - started
-        total = already + moved
-        return StageResult(self.name, "load", summary=f"{moved} rows in {len(work)} chunks ({total} in all)",
-                           metrics={"rows": total, "rows_this_run": moved, "chunks_this_run": len(work),
-                                    "seconds": round(seconds, 3),
-                                    "rows_per_second": round(moved / seconds) if seconds else 0,
-                                    "post_load": post})
+        return FullLoad(self).run(ctx)
 
     # -- the load as claimable tasks (`migrate worker`, see migrate.stages.worker) --
 
@@ -444,7 +355,7 @@ class DatabaseEngine(ItemEngine):
         for pair in pairs:
             if pair.watermark is not None and ctx.journal.get(self.name, syncing.watermark_key(pair)) is None:
                 syncing.record_watermark(ctx.journal, self.name, pair, syncing.source_watermark(pair))
-            ranges = loading.plan_ranges(pair, ctx.journal, self.name, self.item.chunk_rows)
+            ranges = self._load_ranges(ctx, pair)
             tasks += [chunk for i in range(len(ranges))
                       if done.get(chunk := loading.chunk_id(pair.label, i), ("",))[0] != "done"]
         return tasks
@@ -453,11 +364,20 @@ class DatabaseEngine(ItemEngine):
         """Copy one chunk (`table#index`) under its target lock and journal it done; returns its rows."""
         label, index = task.rsplit("#", 1)
         pair = next(p for p in self._task_pairs() if p.label == label)
-        ranges = loading.plan_ranges(pair, ctx.journal, self.name, self.item.chunk_rows)
+        ranges = self._load_ranges(ctx, pair)
         rows = loading.copy_range(pair, ranges[int(index)], fence=loading.chunk_lock(label, int(index)))
         ctx.journal.mark_chunk(self.name, loading.STAGE, task, "done", rows)
         self.throttle(ctx).rows(rows)
         return rows
+
+    def _load_ranges(self, ctx: StageContext, pair: TablePair) -> list[KeyRange]:
+        """A table's load key ranges: as journaled, else planned now and journaled before any chunk starts."""
+        stored = ctx.journal.get(self.name, f"ranges:{pair.label}")
+        if stored is not None:
+            return decode_ranges(stored)
+        ranges = loading.new_ranges(pair, self.item.chunk_rows)
+        ctx.journal.put(self.name, f"ranges:{pair.label}", encode_ranges(ranges))
+        return ranges
 
     def _task_pairs(self) -> list[TablePair]:
         if self._loaded_pairs is None:
@@ -736,6 +656,7 @@ class DatabaseEngine(ItemEngine):
             if target_engine is not None and target_engine is not self.target._engine:
                 target_engine.dispose()
             self._preview_slot(preview)
+            preview.details.append(connection_budget(self, ctx))
         finally:
             if source_engine is not self.source._engine:
                 source_engine.dispose()
@@ -821,9 +742,14 @@ class DatabaseEngine(ItemEngine):
         self.target.dispose()
 
 
-def _table(pair: TablePair) -> Table:
-    """A bare table object naming the target table (for inspection)."""
-    return Table(pair.target.info.name, MetaData(), schema=pair.target.info.schema)
+def _existing(inspector: Any, infos: list[TableInfo]) -> set[tuple[str | None, str]]:
+    """(schema, name) of the `infos` tables that exist on the inspected side: one catalog query per schema
+    (tables and views, as `has_table` sees them) instead of one per table."""
+    found: set[tuple[str | None, str]] = set()
+    for schema in {info.schema for info in infos}:
+        names = set(inspector.get_table_names(schema=schema)) | set(inspector.get_view_names(schema=schema))
+        found |= {(info.schema, info.name) for info in infos if info.schema == schema and info.name in names}
+    return found
 
 
 def _qualified(label: str, default_schema: str | None) -> str:

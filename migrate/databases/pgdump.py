@@ -8,6 +8,7 @@ environment (`PGPASSWORD`), never the command line, and their messages are redac
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ def client(tool: str) -> str:
     return found
 
 
+@functools.lru_cache(maxsize=8)
 def client_major(pg_dump: str) -> int:
     """The major version of a pg_dump binary (`pg_dump (PostgreSQL) 15.18 ...` -> 15)."""
     out = subprocess.run([pg_dump, "--version"], capture_output=True, text=True, timeout=30, check=False)
@@ -84,12 +86,16 @@ def server_version(conn: Connection) -> int:
     return int(conn.execute(text("SHOW server_version_num")).scalar_one())
 
 
-def dump(source: Endpoint, section: str, schemas: Iterable[str], excluded: Iterable[str] = ()) -> str:
+def dump(source: Endpoint, section: str, schemas: Iterable[str], excluded: Iterable[str] = (),
+         version: int | None = None) -> str:
     """The SQL of one section of `pg_dump --schema-only` for `schemas`, without `excluded` tables; no owners
-    and no grants (roles are not moved: the inventory says so)."""
+    and no grants (roles are not moved: the inventory says so). `version`: the source's server_version_num
+    when the caller read it already."""
     pg_dump = client("pg_dump")
-    with source.errors("cannot connect"), source.engine.connect() as conn:
-        check_version(client_major(pg_dump), server_version(conn))
+    if version is None:
+        with source.errors("cannot connect"), source.engine.connect() as conn:
+            version = server_version(conn)
+    check_version(client_major(pg_dump), version)
     argv = [pg_dump, "--schema-only", f"--section={section}", "--no-owner", "--no-privileges",
             "--no-publications", "--no-subscriptions", "--quote-all-identifiers"]
     # a quoted name is an exact pattern: case and pattern characters are taken literally
@@ -116,13 +122,6 @@ def refresh_materialized_views(conn: Connection, schemas: Iterable[str]) -> list
         conn.exec_driver_sql(f'REFRESH MATERIALIZED VIEW "{_ident(schema)}"."{_ident(name)}"')
         names.append(f"{schema}.{name}")
     return names
-
-
-def has_indexes(conn: Connection, tables: Iterable[str]) -> bool:
-    """Whether any of `tables` (`schema.table` or a bare name on the search path) has an index."""
-    return bool(conn.execute(text(
-        "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = ANY(CAST(:t AS regclass[])))"),
-        {"t": [pg_qualified(t) for t in tables]}).scalar())
 
 
 def _idempotent_schemas(sql: str) -> str:

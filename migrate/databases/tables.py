@@ -82,6 +82,7 @@ class TablePair:
     record_hash: bool | None = None  # both sides hash rows alike (checksum.record_hash); None: not looked yet
     throttle: Any = None  # the item's limiter during sync (migrate.throttle.Throttle)
     rows_read: int = 0  # rows a sync cycle read from the source to write (not the rows it only compared)
+    rows_estimate: int = 0  # the source's estimate, set by the load (big openings copy through psql)
 
     @property
     def cross(self) -> bool:

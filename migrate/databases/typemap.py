@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import types as sqltypes
-from sqlalchemy.dialects import mssql, postgresql
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import UserDefinedType
 
 from migrate.databases.values import ColumnKind, kind_of
@@ -139,6 +139,8 @@ def _to_postgresql(type_: sqltypes.TypeEngine[Any], declared: str | None, kind: 
 
 
 def _to_mssql(type_: sqltypes.TypeEngine[Any], declared: str | None, kind: ColumnKind, source: str) -> Mapped:
+    from sqlalchemy.dialects import mssql  # only for SQL Server targets: not imported before it is needed
+
     k = kind.kind
     if k == "int":
         size = _int_size(type_, source)

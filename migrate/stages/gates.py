@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -148,6 +146,9 @@ def _slot_evidence(loaded: LoadedPlan, journal: Journal) -> list[tuple[bool, str
 
 
 def _health(url: str, status: int, timeout: float) -> GateResult:
+    import urllib.error  # only where a plan has health gates: http.client, ssl and email are not light
+    import urllib.request
+
     shown = redact(url)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - plan-given URL

@@ -80,21 +80,25 @@ class PostgresOps(DialectOps):
     # -- writing --
 
     def write_rows(self, conn: Connection, table: TableClause, columns: Sequence[str],
-                   rows: Iterable[Sequence[Any]]) -> int:
-        """COPY ... FROM STDIN (text format; psycopg adapts each Python value)."""
+                   rows: Iterable[Sequence[Any]], freeze: bool = False) -> int:
+        """COPY ... FROM STDIN (text format; psycopg adapts each Python value); `freeze`: COPY ... FREEZE
+        (the table was truncated in this transaction)."""
         names = ", ".join(self.quote(c) for c in columns)
         raw = conn.connection.driver_connection
         total = 0
         with raw.cursor() as cursor:  # type: ignore[union-attr]
-            with cursor.copy(f"COPY {self.qualified(table)} ({names}) FROM STDIN") as copy:
+            options = " (FREEZE)" if freeze else ""
+            with cursor.copy(f"COPY {self.qualified(table)} ({names}) FROM STDIN{options}") as copy:
                 for row in rows:
                     copy.write_row(row)
                     total += 1
         return total
 
     def copy_between(self, source: Connection, target: Connection, select_sql: str,
-                     params: Mapping[str, Any], table: TableClause, columns: Sequence[str]) -> int:
-        """Stream `COPY (select) TO STDOUT` from a PostgreSQL source into `COPY table FROM STDIN`."""
+                     params: Mapping[str, Any], table: TableClause, columns: Sequence[str],
+                     freeze: bool = False) -> int:
+        """Stream `COPY (select) TO STDOUT` from a PostgreSQL source into `COPY table FROM STDIN`; `freeze`:
+        `COPY ... FREEZE` (the table was truncated in this transaction)."""
         names = ", ".join(self.quote(c) for c in columns)
         src = source.connection.driver_connection
         tgt = target.connection.driver_connection
@@ -103,7 +107,8 @@ class PostgresOps(DialectOps):
         fmt = PIPE_FORMAT if same_major else "TEXT"
         with src.cursor() as scur, tgt.cursor() as tcur:  # type: ignore[union-attr]
             with scur.copy(f"COPY ({select_sql}) TO STDOUT (FORMAT {fmt})", params or None) as cin:
-                with tcur.copy(f"COPY {self.qualified(table)} ({names}) FROM STDIN (FORMAT {fmt})") as cout:
+                frozen = ", FREEZE" if freeze else ""
+                with tcur.copy(f"COPY {self.qualified(table)} ({names}) FROM STDIN (FORMAT {fmt}{frozen})") as cout:
                     pump(src, cin, cout)  # type: ignore[arg-type]
             return max(int(tcur.rowcount or 0), 0)
 

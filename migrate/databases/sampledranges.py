@@ -1,0 +1,52 @@
+"""Key ranges from PostgreSQL's own statistics: for a single integer key, the column's histogram (pg_stats,
+kept by ANALYZE) gives chunk boundaries without reading the key index, where walking it costs a scan of every
+key (a fifth of a second per million rows). Buckets larger than a chunk are cut evenly by value.
+
+Ranges need not hold exactly `chunk_rows` rows: they only have to cover every key, which `split()` ensures
+(the first range is open below, the last open above), so stale statistics make chunks uneven, never wrong.
+Without statistics (never analyzed), or for any other key, the caller walks the index as before."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from migrate.databases.tables import TablePair
+
+MIN_ROWS = 200_000  # below this the walk costs next to nothing: keep its exact chunks
+
+
+def histogram_bounds(pair: TablePair, conn: Connection, chunk_rows: int) -> list[tuple[int]] | None:
+    """Boundaries about `chunk_rows` rows apart for a PostgreSQL source table keyed by one integer column, from
+    its statistics; None when they cannot be used."""
+    src = pair.source
+    if src.dialect != "postgresql" or len(pair.key) != 1 or src.kinds[pair.key[0]].kind != "int":
+        return None
+    info = src.info
+    qualified = f'"{info.schema}"."{info.name}"' if info.schema else f'"{info.name}"'
+    row = conn.execute(text(
+        "SELECT c.reltuples::bigint, s.histogram_bounds::text FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = :k "
+        "WHERE c.oid = CAST(:t AS regclass)"), {"t": qualified, "k": pair.key[0]}).first()
+    if row is None or row[1] is None or row[0] is None or row[0] < MIN_ROWS:
+        return None
+    try:
+        edges = sorted({int(v) for v in str(row[1]).strip("{}").split(",")})
+    except ValueError:
+        return None
+    if len(edges) < 3:
+        return None
+    per_bucket = int(row[0]) / (len(edges) - 1)
+    bounds: list[int] = []
+    carried = 0.0  # rows since the last boundary
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        cuts = int(per_bucket // chunk_rows)
+        if cuts >= 1:  # a bucket of several chunks: cut it evenly by value
+            step = (hi - lo) / (cuts + 1)
+            bounds += [lo + round(step * i) for i in range(1, cuts + 1)]
+        carried += per_bucket - cuts * chunk_rows
+        if cuts >= 1 or carried >= chunk_rows:
+            bounds.append(hi)
+            carried = 0.0
+    return [(b,) for b in sorted(set(bounds))]
