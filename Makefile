@@ -63,6 +63,8 @@ bench: install services rclone pgcopydb
 	$(PY) bench/bench_report.py
 	$(PY) bench/bench_sync.py
 	$(PY) bench/bench_throttle.py
+	$(PY) bench/bench_workers.py
+	$(PY) bench/bench_status.py
 
 clean:
 	rm -rf demo-work .pytest_cache .ruff_cache .mypy_cache
