@@ -301,6 +301,8 @@ def sync(plan_path: Path, watch: bool = False, max_cycles: int | None = None, it
             try:
                 with lock_wait.lock(ctx.journal, component):
                     direction = replication_direction(ctx)
+                    if direction == "reverse":
+                        _refuse_after_finish(ctx)
                     results = runner.reverse_sync() if direction == "reverse" else runner.sync()
                 failures = 0
             except (LockHeld, EndpointError) as exc:
@@ -592,6 +594,18 @@ def _captures(ctx: StageContext) -> list[Any]:
     return found
 
 
+FINISHED_KEY = "finished"  # when `migrate finish` released the component (reverse replication stops there)
+
+
+def _refuse_after_finish(ctx: StageContext) -> None:
+    """After `migrate finish` nothing replicates any more: a reverse cycle then would make the target's slot
+    again and leave it holding WAL with nobody to read it."""
+    finished = ctx.journal.get(PLAN_ITEM, FINISHED_KEY)
+    if finished:
+        raise MigrateError(f"reverse sync refused: the component was finished at {finished} (`migrate finish` "
+                           "dropped the replication slots; nothing replicates to the source any more)")
+
+
 def release(plan_path: Path, verb: str, lock_wait: LockWait = LockWait()) -> ReleaseResult:
     """`finish` (after a completed cutover) or `abandon` (at any time): drop the replication slots and
     publications logical decoding keeps on the sources, so they stop holding WAL. The journal keeps the rest."""
@@ -600,6 +614,10 @@ def release(plan_path: Path, verb: str, lock_wait: LockWait = LockWait()) -> Rel
             raise UsageError("finish is for a component that is cut over; this one is not",
                              hint="`migrate abandon PLAN` drops the slots of a migration that will not go ahead")
         result = ReleaseResult(verb)
+        if verb == "finish":  # first: a finish that fails part-way still stops reverse cycles making slots again
+            from datetime import UTC, datetime
+
+            ctx.journal.put(PLAN_ITEM, FINISHED_KEY, datetime.now(UTC).isoformat(timespec="seconds"))
         for capture in _captures(ctx):
             result.dropped += [f"{what} on {capture.source.label}" for what in capture.drop()]
         ctx.journal.event(verb, f"{verb}: dropped {', '.join(result.dropped) or 'nothing (none left)'}",

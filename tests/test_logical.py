@@ -352,6 +352,9 @@ def test_reverse_replication_decodes_the_targets_own_log_and_finish_drops_both_s
     assert finished.returncode == 0, finished.stderr
     assert "migrate_capture_epr_reverse" in finished.stderr and slot(pg_url) is None
     assert reverse_slot(pg_url2) == []
+    after = cli_process("sync", str(plan))  # finished: nothing replicates, and no slot is made again
+    assert after.returncode == 1 and "reverse sync refused: the component was finished" in after.stderr
+    assert reverse_slot(pg_url2) == []
     for url in (pg_url, pg_url2):
         assert not pg(url, "SELECT 1 FROM pg_publication WHERE pubname LIKE 'migrate_capture_epr%'")
 
