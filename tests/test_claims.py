@@ -25,6 +25,8 @@ sys.path.insert(0, {repo!r})
 from migrate.state.claims import WorkTable
 from migrate.state.journal import Journal
 work = WorkTable(Journal(sys.argv[1]), owner=sys.argv[2], ttl=60)
+print("ready", flush=True)
+sys.stdin.readline()  # all start claiming together
 got = []
 while claims := work.claim("obs", "load", limit=3):
     for claim in claims:
@@ -39,9 +41,17 @@ def test_runners_claiming_at_once_take_every_task_exactly_once(pg_url: str) -> N
     assert work.add("obs", "load", [f"chunk#{i}" for i in range(300)]) == 300
     assert work.add("obs", "load", [f"chunk#{i}" for i in range(300)]) == 0  # a second runner adds nothing
     script = CLAIMER.format(repo=str(REPO))
-    runners = [subprocess.Popen([sys.executable, "-c", script, pg_url, f"runner-{n}"], stdout=subprocess.PIPE,
-                                text=True) for n in range(4)]
-    taken = [json.loads(r.communicate(timeout=120)[0]) for r in runners]
+    runners = [subprocess.Popen([sys.executable, "-c", script, pg_url, f"runner-{n}"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for n in range(4)]
+    for runner in runners:  # every runner connected before any claims
+        assert runner.stdout is not None and runner.stdout.readline().strip() == "ready"
+    for runner in runners:
+        assert runner.stdin is not None
+        runner.stdin.write("go\n")
+        runner.stdin.close()
+    taken = [json.loads(r.stdout.read()) for r in runners if r.stdout is not None]
+    for runner in runners:
+        runner.wait(timeout=120)
     assert all(r.returncode == 0 for r in runners)
     everything = [task for part in taken for task in part]
     assert sorted(everything) == sorted(f"chunk#{i}" for i in range(300))  # each once: no gap, no overlap
