@@ -66,9 +66,13 @@ def build_source(cluster: PostgresCluster, rows: int, name: str = "src") -> str:
     return url
 
 
-def write_plan(folder: Path, source: str, target: str, parallel: int, chunk_rows: int) -> Path:
+def write_plan(folder: Path, source: str, target: str, parallel: int, chunk_rows: int,
+               tables: str = "[observations]",
+               incremental: str = "{column: updated_at, overlap: 60s}") -> Path:
+    """The bench's plan: by default the observations table with its watermark (verify and sync benches)."""
     folder.mkdir(parents=True, exist_ok=True)
     plan = folder / "plan.yaml"
+    watermark = f"\n            incremental: {incremental}" if incremental else ""
     plan.write_text(textwrap.dedent(f"""\
         version: 1
         component: bench
@@ -79,8 +83,7 @@ def write_plan(folder: Path, source: str, target: str, parallel: int, chunk_rows
           - name: obs
             source: src
             target: dst
-            tables: [observations]
-            incremental: {{column: updated_at, overlap: 60s}}
+            tables: {tables}{watermark}
             parallel: {parallel}
             chunk_rows: {chunk_rows}
         """), encoding="utf-8")
@@ -181,26 +184,6 @@ def build_many(cluster: PostgresCluster, tables: int, rows: int, name: str) -> N
         for number in range(1, tables + 1):
             conn.execute(MANY_TABLE.format(name=f"t{number:02d}", rows=rows // tables))
         conn.execute("ANALYZE")
-
-
-def whole_plan(folder: Path, source: str, target: str, parallel: int, chunk_rows: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    plan = folder / "plan.yaml"
-    plan.write_text(textwrap.dedent(f"""\
-        version: 1
-        component: bench
-        connections:
-          src: {{url: "{source}"}}
-          dst: {{url: "{target}"}}
-        databases:
-          - name: db
-            source: src
-            target: dst
-            tables: ["*"]
-            parallel: {parallel}
-            chunk_rows: {chunk_rows}
-        """), encoding="utf-8")
-    return plan
 
 
 def timed_command(argv: list[str], env: dict[str, str] | None = None, stdin: Any = None) -> tuple[float, float]:
@@ -329,7 +312,8 @@ def main() -> None:
                 with tempfile.TemporaryDirectory(prefix="bench-load-") as folder:
                     base = f"{scenario}_{round_}"
                     target = cluster.create_database(f"ours_{base}")
-                    plan = whole_plan(Path(folder), cluster.url(source), target, args.parallel, args.chunk_rows)
+                    plan = write_plan(Path(folder), cluster.url(source), target, args.parallel, args.chunk_rows,
+                                      tables='["*"]', incremental="")
                     settle(cluster)
                     seconds, rss = ours(plan)
                     times["ours"].append(seconds)

@@ -372,11 +372,11 @@ class DatabaseEngine(ItemEngine):
 
     def _load_ranges(self, ctx: StageContext, pair: TablePair) -> list[KeyRange]:
         """A table's load key ranges: as journaled, else planned now and journaled before any chunk starts."""
-        stored = ctx.journal.get(self.name, f"ranges:{pair.label}")
+        stored = ctx.journal.get(self.name, loading.ranges_key(pair.label))
         if stored is not None:
             return decode_ranges(stored)
         ranges = loading.new_ranges(pair, self.item.chunk_rows)
-        ctx.journal.put(self.name, f"ranges:{pair.label}", encode_ranges(ranges))
+        ctx.journal.put(self.name, loading.ranges_key(pair.label), encode_ranges(ranges))
         return ranges
 
     def _task_pairs(self) -> list[TablePair]:
@@ -438,7 +438,7 @@ class DatabaseEngine(ItemEngine):
                                                                                          self.source, probe))
 
     def _ranges(self, ctx: StageContext, pair: TablePair) -> list[KeyRange]:
-        stored = ctx.journal.get(self.name, f"ranges:{pair.label}")
+        stored = ctx.journal.get(self.name, loading.ranges_key(pair.label))
         if stored is not None:
             return decode_ranges(stored)
         src = pair.source
@@ -675,7 +675,7 @@ class DatabaseEngine(ItemEngine):
                     action = "truncate" if self.item.existing_target == "truncate" else "refuse"
                     preview.warnings.append(f"target table {info.label} already holds {there} rows "
                                             f"(existing_target: {action})")
-        stored = ctx.journal.get(self.name, f"ranges:{info.label}")
+        stored = ctx.journal.get(self.name, loading.ranges_key(info.label))
         ranges = len(stored) if stored else 0
         loaded = [units for chunk, (status, units, _) in done.items()
                   if chunk.startswith(f"{info.label}#") and status == "done"]

@@ -66,7 +66,7 @@ class FullLoad:
         post = postdata.NativePostData(source, target, [p.source.info.label for p in pairs]) \
             if engine.native_schema and ctx.journal.get(name, PG_SECTION + "post-data") is None else None
         tables: list[scheduling.TableLoad] = []
-        stored = {p.label: ctx.journal.get(name, f"ranges:{p.label}") for p in pairs}
+        stored = {p.label: ctx.journal.get(name, loading.ranges_key(p.label)) for p in pairs}
 
         def survey(pair: TablePair) -> tuple[list[KeyRange], bool, int]:
             """A table's key ranges (planned now if its load has not started), whether the target table
@@ -86,7 +86,7 @@ class FullLoad:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 surveyed = list(pool.map(survey, pairs))
             # new tables' key ranges, journaled together before any chunk starts
-            planned = {f"ranges:{pair.label}": encode_ranges(ranges)
+            planned = {loading.ranges_key(pair.label): encode_ranges(ranges)
                        for pair, (ranges, _, _) in zip(pairs, surveyed, strict=True) if stored[pair.label] is None}
             estimate = sum(rows for _, _, rows in surveyed)
             for pair, (ranges, keyless, rows) in zip(pairs, surveyed, strict=True):

@@ -33,6 +33,11 @@ def chunk_id(label: str, index: int) -> str:
     return f"{label}#{index}"
 
 
+def ranges_key(label: str) -> str:
+    """The journal key of a table's load key ranges (journaled before its first chunk starts)."""
+    return f"ranges:{label}"
+
+
 def new_ranges(pair: TablePair, chunk_rows: int) -> list[KeyRange]:
     """Key ranges of about `chunk_rows` rows each for a table whose load has not started (the caller journals
     them before any chunk starts, so a resumed load works on exactly these)."""

@@ -210,11 +210,9 @@ class WorkTable:
 def live_leases(journal: Journal) -> list[tuple[str, str, str]]:
     """(owner, item, task) of every live lease in a journal that workers use (none elsewhere): cutover refuses
     while any exists."""
-    if journal.engine.dialect.name != "postgresql":
+    if not _has_work_table(journal):
         return []
     with journal.connect() as conn:
-        if conn.execute(text("SELECT to_regclass('tasks')")).scalar() is None:
-            return []
         return [(str(r[0]), str(r[1]), str(r[2])) for r in conn.execute(text(
             "SELECT owner, item, task FROM tasks WHERE status = 'leased' AND lease_until >= clock_timestamp() "
             "ORDER BY owner, item, task"))]
@@ -223,11 +221,9 @@ def live_leases(journal: Journal) -> list[tuple[str, str, str]]:
 def runners(journal: Journal, item: str) -> list[dict[str, object]]:
     """Per worker that claimed any of the item's tasks, computed in the journal database: tasks done and the
     units they moved, live leases and when the latest one ends (for `status`). Empty without workers."""
-    if journal.engine.dialect.name != "postgresql":
+    if not _has_work_table(journal):
         return []
     with journal.connect() as conn:
-        if conn.execute(text("SELECT to_regclass('tasks')")).scalar() is None:
-            return []
         rows = conn.execute(text(
             "SELECT owner, count(*) FILTER (WHERE status = 'done'), coalesce(sum(units) FILTER (WHERE status = "
             "'done'), 0), count(*) FILTER (WHERE status = 'leased' AND lease_until >= clock_timestamp()), "
@@ -236,3 +232,11 @@ def runners(journal: Journal, item: str) -> list[dict[str, object]]:
             {"item": item}).all()
     return [{"owner": r[0], "done": int(r[1]), "units": int(r[2]), "leased": int(r[3]),
              "lease_until": r[4].isoformat() if r[4] else None} for r in rows]
+
+
+def _has_work_table(journal: Journal) -> bool:
+    """A PostgreSQL journal in which workers made the work table (none elsewhere)."""
+    if journal.engine.dialect.name != "postgresql":
+        return False
+    with journal.connect() as conn:
+        return conn.execute(text("SELECT to_regclass('tasks')")).scalar() is not None
