@@ -13,6 +13,7 @@ from test_db_postgres import dsn, pg
 from test_db_sqlite import Harness
 from test_direction import table_md5
 
+from migrate.databases.checksum import KeyRangeChecksum
 from migrate.databases.dialects.postgresql import record_hash_types
 
 pytestmark = pytest.mark.postgres
@@ -100,4 +101,29 @@ def test_verify_between_postgres_servers_finds_differences_a_row_hash_would_hide
         conn.execute("UPDATE obs SET note = 'tampered' WHERE id = 43")
     found = {(d.kind, d.key) for d in h.engine.verify(h.ctx).differences}
     assert found == {("different", "obs:id=42"), ("different", "obs:id=43")}
+    h.close()
+
+
+def test_a_cycle_interrupted_between_its_merge_and_the_overlap_keeps_the_old_watermark(
+        pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg(pg_url, "CREATE TABLE obs (id bigint PRIMARY KEY, value numeric(12,4), note text, updated_at timestamptz "
+               "NOT NULL)")
+    pg(pg_url, f"INSERT INTO obs SELECT g, g / 7.0, 'note ' || g, {STAMP} FROM generate_series(1, 3000) g")
+    h = Harness(overlap_plan(tmp_path, pg_url, pg_url2))
+    h.run()
+    pg(pg_url, "UPDATE obs SET note = 'fresh', updated_at = now() WHERE id = 5")  # far past the overlap
+    pg(pg_url, f"UPDATE obs SET value = -1, updated_at = {STAMP} - interval '30 seconds' WHERE id = 2000")  # late
+    key = f"wm:{h.engine._pairs()[0].label}"
+    before = h.journal.get("obs", key)
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt  # Ctrl-C, or kill -9, after the merge of new rows committed
+
+    monkeypatch.setattr(KeyRangeChecksum, "compare", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        h.engine.sync(h.ctx)
+    assert h.journal.get("obs", key) == before  # the overlap was not compared: the watermark stays
+    monkeypatch.undo()
+    h.engine.sync(h.ctx)
+    assert table_md5(dsn(pg_url), "obs") == table_md5(dsn(pg_url2), "obs")  # the late row arrived too
     h.close()

@@ -155,8 +155,6 @@ def _merge_changed(pair: TablePair, journal: Journal, item: str, old: Any, since
         query = query.where(src.col(column) > old)
     created, updated, seen = merge_postgres(pair, query, column)
     seen = as_watermark(seen, kind.kind)
-    if seen is not None and (old is None or seen > old):
-        record_watermark(journal, item, pair, seen)
     if old is not None and since is not None:
         def overlap(side: Side) -> Any:
             return and_(side.col(column) >= since, side.col(column) <= old)
@@ -166,6 +164,9 @@ def _merge_changed(pair: TablePair, journal: Journal, item: str, old: Any, since
         more, changed = copy_rows(pair, late, workers)  # type: ignore[arg-type]
         created += more
         updated += changed
+    # only now: a cycle interrupted before this point reads from the old watermark again, overlap included
+    if seen is not None and (old is None or seen > old):
+        record_watermark(journal, item, pair, seen)
     return created, updated, seen
 
 
