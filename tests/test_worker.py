@@ -165,13 +165,13 @@ def test_sigterm_gives_the_task_back_and_exits_130(pg_cluster, pg_url: str, pg_u
     plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=40_000)
     worker = start_workers(plan, 1, lease="60s")[0]
     pid, task = poll(lambda: held_in_flight(journal, pg_url2))
-    os.kill(pid, signal.SIGSTOP)  # held still while cutover looks
+    os.kill(pid, signal.SIGSTOP)  # held still while cutover looks, then told to stop before it can run on
     try:
         refused = json.loads(cli_process("cutover", "--check", str(plan), "--json").stdout)["result"]["refused"]
     finally:
+        os.kill(pid, signal.SIGTERM)
         os.kill(pid, signal.SIGCONT)
     assert any(r.startswith("workers: 1 task(s) leased by ") and f":{pid}" in r for r in refused), refused
-    os.kill(pid, signal.SIGTERM)
     assert worker.wait(timeout=30) == 130
     state = {t: (status, fence) for t, status, _, fence in tasks(journal)}
     assert state[task][0] == "pending"  # given back at once, not left to a 60 s lease
