@@ -21,7 +21,7 @@ pytestmark = pytest.mark.postgres
 STAMP = "timestamptz '2026-01-01 00:00:00+00'"
 
 
-def overlap_plan(folder: Path, source: str, target: str) -> Path:
+def overlap_plan(folder: Path, source: str, target: str, chunk_rows: int = 800) -> Path:
     path = folder / "plan.yaml"
     path.write_text(textwrap.dedent(f"""\
         version: 1
@@ -30,7 +30,7 @@ def overlap_plan(folder: Path, source: str, target: str) -> Path:
           src: {{url: "{source}"}}
           dst: {{url: "{target}"}}
         databases:
-          - {{name: obs, source: src, target: dst, tables: [obs], chunk_rows: 800, parallel: 2,
+          - {{name: obs, source: src, target: dst, tables: [obs], chunk_rows: {chunk_rows}, parallel: 2,
              incremental: {{column: updated_at, overlap: 60s}}}}
         """), encoding="utf-8")
     return path
@@ -41,12 +41,13 @@ def versions(url: str) -> dict[int, str]:
     return dict(pg(url, "SELECT id, xmin::text FROM obs"))
 
 
+@pytest.mark.parametrize("chunk_rows", [800, 100_000], ids=["ranges", "one-range"])
 def test_a_bulk_stamped_table_is_compared_not_copied_and_late_commits_in_the_overlap_are_caught(
-        pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+        pg_url: str, pg_url2: str, tmp_path: Path, chunk_rows: int) -> None:
     pg(pg_url, "CREATE TABLE obs (id bigint PRIMARY KEY, value numeric(12,4), note text, updated_at timestamptz "
                "NOT NULL)")
     pg(pg_url, f"INSERT INTO obs SELECT g, g / 7.0, 'note ' || g, {STAMP} FROM generate_series(1, 5000) g")
-    h = Harness(overlap_plan(tmp_path, pg_url, pg_url2))
+    h = Harness(overlap_plan(tmp_path, pg_url, pg_url2, chunk_rows))
     h.run()
     before = versions(pg_url2)
     # every row shares the watermark: all of them sit in the overlap, and all are equal
@@ -126,4 +127,24 @@ def test_a_cycle_interrupted_between_its_merge_and_the_overlap_keeps_the_old_wat
     monkeypatch.undo()
     h.engine.sync(h.ctx)
     assert table_md5(dsn(pg_url), "obs") == table_md5(dsn(pg_url2), "obs")  # the late row arrived too
+    h.close()
+
+
+def test_a_target_whose_only_unique_index_on_the_key_is_partial_is_merged_by_replacing_rows(
+        pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    """ON CONFLICT cannot use a partial unique index (nor a deferred one): such a target is merged by deleting
+    the staged keys and inserting the rows, not refused with 'no unique or exclusion constraint matching'."""
+    pg(pg_url, "CREATE TABLE readings (id bigint NOT NULL, note text, updated_at timestamptz NOT NULL)")
+    pg(pg_url, f"INSERT INTO readings SELECT g, 'note ' || g, {STAMP} FROM generate_series(1, 500) g")
+    path = overlap_plan(tmp_path, pg_url, pg_url2)
+    path.write_text(path.read_text().replace("tables: [obs]", "tables: [{name: readings, key: [id]}]"),
+                    encoding="utf-8")
+    h = Harness(path)
+    h.run()
+    pg(pg_url2, "CREATE UNIQUE INDEX readings_positive ON readings (id) WHERE id > 0")
+    pg(pg_url, "UPDATE readings SET note = 'fresh', updated_at = now() WHERE id IN (7, 8)")
+    pg(pg_url, "INSERT INTO readings VALUES (501, 'new', now())")
+    result = h.engine.sync(h.ctx)
+    assert (result.created, result.updated) == (1, 2)
+    assert table_md5(dsn(pg_url), "readings") == table_md5(dsn(pg_url2), "readings")
     h.close()

@@ -493,7 +493,7 @@ class DatabaseEngine(ItemEngine):
         workers = self.item.parallel * 2
         task = ctx.progress.task(f"{self.name}: sync", total=len(pairs) * 2, unit="tables")
         deletes: list[tuple[TablePair, list[Any]]] = []
-        newest: dict[str, Any] = {}
+        read: dict[str, syncing.Changed] = {}
         now = datetime.now(UTC)
         logical_pairs = self._logical(pairs)
         capture = self.capture() if logical_pairs else None
@@ -503,10 +503,10 @@ class DatabaseEngine(ItemEngine):
         try:
             for pair in pairs:  # parents first
                 if pair.watermark is not None:
-                    created, updated, newest[pair.label] = syncing.upsert_changed(
-                        pair, ctx.journal, self.name, self._ranges(ctx, pair), workers)
-                    result.created += created
-                    result.updated += updated
+                    changed = read[pair.label] = syncing.upsert_changed(
+                        pair, ctx.journal, self.name, self._ranges(ctx, pair), workers, keys=self.item.delete)
+                    result.created += changed.created
+                    result.updated += changed.updated
                 task.advance(1)
             logical_lag: float | None = None
             rescan = False
@@ -527,13 +527,14 @@ class DatabaseEngine(ItemEngine):
                                              "truncated": outcome.truncated, "confirmed_lsn": outcome.confirmed}
             phase = {"changed_rows_seconds": round(time.monotonic() - started, 3)}
             # the lag is read while the key diff runs: rows it may still copy are older than the watermark
-            lag_of = {p.label: lags.submit(syncing.table_lag, p, now, newest.get(p.label)) for p in pairs}
+            lag_of = {p.label: lags.submit(syncing.table_lag, p, now, read.get(p.label)) for p in pairs}
             for pair in pairs:
                 if pair in logical_pairs and not rescan or pair.watermark is not None and not self.item.delete:
                     task.advance(1)
                     continue
-                diffs = syncing.find_differences(pair, self._ranges(ctx, pair),
-                                                 key_only=pair.watermark is not None, workers=workers)
+                known = read[pair.label].keys if pair.label in read else None
+                diffs = syncing.find_differences(pair, self._ranges(ctx, pair), key_only=pair.watermark is not None,
+                                                 workers=workers, totals=known)
                 copy = [d.source_key for d in diffs if d.kind != "missing_on_source" and d.source_key]
                 syncing.copy_rows(pair, copy, self.item.parallel)  # type: ignore[arg-type]
                 result.created += sum(1 for d in diffs if d.kind == "missing_on_target")

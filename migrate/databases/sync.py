@@ -6,7 +6,8 @@ watermark). Between two PostgreSQL servers the two parts are told apart: rows af
 new since the last read and go straight into a staged merge; rows inside the overlap were read before, so
 they are compared by key-range checksums computed in each database, narrowed to the overlap, and only the
 ranges that differ are read (a table whose rows all share one `updated_at`, common after a batch job, is
-compared, not copied again). Deletes are mirrored by comparing per-range key-only checksums and descending
+compared, not copied again); the overlap's sums, the key sums below and the lag's maxima come from one scan
+per side. Deletes are mirrored by comparing per-range key-only checksums and descending
 only into ranges that differ, so a cycle costs little when little changed. A table without a watermark
 column is brought in line by a full checksum diff instead.
 """
@@ -15,16 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import and_, column, func, inspect, literal, select, table
+from sqlalchemy import and_, column, func, inspect, literal, select, table, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import sqltypes
 
-from migrate.databases.checksum import KeyRangeChecksum, RowDifference
+from migrate.databases.checksum import KeyRangeChecksum, RangeSums, RowDifference, first_pass
 from migrate.databases.dialects import raw_sql
 from migrate.databases.keyranges import Key, KeyRange, decode_key, encode_key
 from migrate.databases.tables import Side, TablePair
@@ -95,13 +97,28 @@ def _text_since(pair: TablePair, watermark: str) -> str:
                             timespec="microseconds" if "." in watermark else "seconds")
 
 
-def upsert_changed(pair: TablePair, journal: Journal, item: str,
-                   ranges: list[KeyRange] | None = None, workers: int = 2) -> tuple[int, int, Any]:
+@dataclass
+class Changed:
+    """What one table's watermark read did: rows created and updated, the newest watermark read (None when it
+    read no row), and what its first pass read besides (PostgreSQL to PostgreSQL): the whole table's key sums
+    per side (`keys`, for the key comparison that finds deletes) and both sides' maximum watermark (`maxima`,
+    for the lag)."""
+
+    created: int = 0
+    updated: int = 0
+    newest: Any = None
+    keys: tuple[RangeSums, RangeSums] | None = None
+    maxima: tuple[Any, Any] | None = None
+
+
+def upsert_changed(pair: TablePair, journal: Journal, item: str, ranges: list[KeyRange] | None = None,
+                   workers: int = 2, keys: bool = False) -> Changed:
     """Upsert source rows changed since the watermark and advance the watermark.
 
-    Returns (created, updated, newest): `newest` is the source's maximum watermark when this read saw any row
-    (every row at or after the read's start was read, so the maximum is among them), else None. `ranges`: the
-    table's key ranges, for the overlap's checksum comparison (PostgreSQL to PostgreSQL).
+    `newest` is the source's maximum watermark when this read saw any row (every row at or after the read's
+    start was read, so the maximum is among them). `ranges`: the table's key ranges, for the overlap's checksum
+    comparison (PostgreSQL to PostgreSQL); `keys`: the key comparison will follow (deletes are mirrored), so
+    the overlap's scan reads the key sums too.
     """
     assert pair.watermark is not None
     src = pair.source
@@ -110,7 +127,7 @@ def upsert_changed(pair: TablePair, journal: Journal, item: str,
     old = read_watermark(journal, item, pair)
     since = _since(pair, old)
     if _same_postgres(pair):
-        return _merge_changed(pair, journal, item, old, since, ranges or [KeyRange(None, None)], workers)
+        return _merge_changed(pair, journal, item, old, since, ranges or [KeyRange(None, None)], workers, keys)
     # no ORDER BY: through a cursor it would walk the whole key index instead of scanning for the watermark
     query = select(*pair.sync_columns(src))
     if since is not None:
@@ -120,8 +137,7 @@ def upsert_changed(pair: TablePair, journal: Journal, item: str,
             query = query.where(src.col(column) >= since)
     wm_pos = pair.columns.index(column)
     newest = old
-    seen = None
-    created = updated = 0
+    changed = Changed()
     with src.endpoint.errors(f"sync read of {pair.label} failed"), src.endpoint.engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(query)
         iterator = iter(result)
@@ -130,23 +146,24 @@ def upsert_changed(pair: TablePair, journal: Journal, item: str,
                 value = as_watermark(row[wm_pos], kind.kind)
                 if value is not None and (newest is None or value > newest):
                     newest = value
-                if value is not None and (seen is None or value > seen):
-                    seen = value
+                if value is not None and (changed.newest is None or value > changed.newest):
+                    changed.newest = value
             _hold(pair)
-            new, changed = _apply_batch(pair, batch)
+            new, updated = _apply_batch(pair, batch)
             _moved(pair, len(batch))
-            created += new
-            updated += changed
+            changed.created += new
+            changed.updated += updated
     if newest is not None and newest != old:
         record_watermark(journal, item, pair, newest)
-    return created, updated, seen
+    return changed
 
 
 def _merge_changed(pair: TablePair, journal: Journal, item: str, old: Any, since: Any, ranges: list[KeyRange],
-                   workers: int) -> tuple[int, int, Any]:
-    """PostgreSQL to PostgreSQL: rows after the last watermark in one staged merge; rows inside the overlap
-    (at or after `since`, at or before `old`) compared by checksums in each database, narrowed to the overlap,
-    and merged only where a range differs. Returns (created, updated, newest watermark read)."""
+                   workers: int, keys: bool) -> Changed:
+    """PostgreSQL to PostgreSQL: rows after the last watermark in one staged merge; then one scan per side
+    (`first_pass`) sums the rows inside the overlap (at or after `since`, at or before `old`), the keys of
+    the whole table when `keys`, and reads the maximum watermark. Overlap ranges whose sums differ are
+    compared further and merged."""
     src = pair.source
     column = pair.watermark.column  # type: ignore[union-attr]
     kind = src.kinds[column]
@@ -154,20 +171,31 @@ def _merge_changed(pair: TablePair, journal: Journal, item: str, old: Any, since
     if old is not None:
         query = query.where(src.col(column) > old)
     created, updated, seen = merge_postgres(pair, query, column)
-    seen = as_watermark(seen, kind.kind)
+    changed = Changed(created, updated, as_watermark(seen, kind.kind))
+    overlap = None
     if old is not None and since is not None:
-        def overlap(side: Side) -> Any:
+        def narrowed(side: Side) -> Any:
             return and_(side.col(column) >= since, side.col(column) <= old)
 
-        checker = KeyRangeChecksum(pair, workers=workers, where=overlap)
-        late = [d.source_key for d in checker.compare(ranges) if d.kind != "missing_on_source" and d.source_key]
-        more, changed = copy_rows(pair, late, workers)  # type: ignore[arg-type]
-        created += more
-        updated += changed
+        overlap = KeyRangeChecksum(pair, workers=workers, where=narrowed)
+    key_sums = KeyRangeChecksum(pair, key_only=True, workers=workers) if keys else None
+    checkers = [c for c in (overlap, key_sums) if c is not None]
+    first = first_pass(pair, checkers, column)
+    totals: dict[int, tuple[RangeSums, RangeSums]] = {}
+    if first is not None:
+        totals = dict(zip(map(id, checkers), first.totals, strict=True))
+        changed.keys = totals.get(id(key_sums))
+        changed.maxima = tuple(as_watermark(m, kind.kind) for m in first.maxima)  # type: ignore[assignment]
+    if overlap is not None:
+        late = [d.source_key for d in overlap.compare(ranges, totals=totals.get(id(overlap)))
+                if d.kind != "missing_on_source" and d.source_key]
+        more, rewritten = copy_rows(pair, late, workers)  # type: ignore[arg-type]
+        changed.created += more
+        changed.updated += rewritten
     # only now: a cycle interrupted before this point reads from the old watermark again, overlap included
-    if seen is not None and (old is None or seen > old):
-        record_watermark(journal, item, pair, seen)
-    return created, updated, seen
+    if changed.newest is not None and (old is None or changed.newest > old):
+        record_watermark(journal, item, pair, changed.newest)
+    return changed
 
 
 def _apply_batch(pair: TablePair, rows: Sequence[tuple[Any, ...]]) -> tuple[int, int]:
@@ -203,11 +231,12 @@ def _canonical_key(pair: TablePair, key: Key) -> tuple[str | None, ...]:
     return tuple(canonical_text(pair.source.kinds[k], v) for k, v in zip(pair.key, key, strict=True))
 
 
-def find_differences(pair: TablePair, ranges: list[KeyRange], *, key_only: bool,
-                     workers: int) -> list[RowDifference]:
-    """Differences in `ranges`: which keys exist (key_only) or which rows differ."""
+def find_differences(pair: TablePair, ranges: list[KeyRange], *, key_only: bool, workers: int,
+                     totals: tuple[RangeSums, RangeSums] | None = None) -> list[RowDifference]:
+    """Differences in `ranges`: which keys exist (key_only) or which rows differ. `totals`: the whole table's
+    sums of that comparison when already read (`Changed.keys`)."""
     checker = KeyRangeChecksum(pair, key_only=key_only, workers=workers)
-    return list(checker.compare(ranges))
+    return list(checker.compare(ranges, totals=totals))
 
 
 def copy_rows(pair: TablePair, source_keys: Sequence[Key], workers: int = 1) -> tuple[int, int]:
@@ -349,8 +378,20 @@ def _write(pair: TablePair, conn: Connection, rows: Sequence[tuple[Any, ...]]) -
 
 
 def _unique_on_target(pair: TablePair, conn: Connection) -> bool:
+    """The target enforces the key, so an upsert can use it: a unique index on exactly the key's columns (on
+    PostgreSQL one catalog query, and only an index ON CONFLICT can use: valid, not deferred, not partial;
+    INCLUDE columns aside). Asked once per table."""
     if pair.unique_on_target is None:
         info, key = pair.target.info, set(pair.key)
+        if pair.target.dialect == "postgresql":
+            pair.unique_on_target = bool(conn.execute(text(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = CAST(:t AS regclass) AND i.indisunique "
+                "AND i.indisvalid AND i.indimmediate AND i.indpred IS NULL AND i.indexprs IS NULL "
+                "AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a "
+                "WHERE a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1])) "
+                "= CAST(:key AS text[]))"),
+                {"t": pair.target.ops.qualified(pair.target.clause), "key": sorted(key)}).scalar())
+            return pair.unique_on_target
         found = inspect(conn)
         keys: list[list[Any]] = [found.get_pk_constraint(info.name, schema=info.schema).get("constrained_columns")
                                  or []]
@@ -381,10 +422,11 @@ def delete_rows(pair: TablePair, target_keys: Sequence[Key]) -> int:
     return len(target_keys)
 
 
-def table_lag(pair: TablePair, now: datetime | None = None, source_max: Any = None) -> float | None:
+def table_lag(pair: TablePair, now: datetime | None = None, read: Changed | None = None) -> float | None:
     """Source max watermark minus target max watermark, in seconds (None without a timestamp watermark).
 
-    `source_max`: the source's maximum when already known (saves a scan); both maxima are read at once.
+    `read`: what this cycle's watermark read found: both maxima when its first pass read them (no query at
+    all), else the source's newest watermark where it read rows (saves a scan); else both are read at once.
     """
     if pair.watermark is None:
         return None
@@ -396,10 +438,14 @@ def table_lag(pair: TablePair, now: datetime | None = None, source_max: Any = No
         with tgt.endpoint.errors("cannot read the watermark"), tgt.endpoint.engine.connect() as conn:
             return as_watermark(tgt.max_of(conn, column), kind)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        pending = pool.submit(target_max)
-        src_max = source_max if source_max is not None else source_watermark(pair)
-        tgt_max = pending.result()
+    if read is not None and read.maxima is not None:
+        src_max, tgt_max = read.maxima
+    else:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pending = pool.submit(target_max)
+            known = read.newest if read is not None else None
+            src_max = known if known is not None else source_watermark(pair)
+            tgt_max = pending.result()
     if src_max is None:
         return 0.0
     if not isinstance(src_max, datetime):
