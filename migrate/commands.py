@@ -347,6 +347,7 @@ class ItemStatus:
     last_sync: dict[str, Any] | None = None
     last_verification: dict[str, Any] | None = None
     slot: dict[str, Any] | None = None  # logical decoding: the replication slot as the last sync saw it
+    reverse_slot: dict[str, Any] | None = None  # reverse replication's slot on the target, as last seen
     throttle: dict[str, Any] | None = None  # the limits in force now and why (None: none)
     workers: list[dict[str, Any]] = field(default_factory=list)  # `migrate worker`s that claimed its tasks
 
@@ -394,6 +395,7 @@ def status(plan_path: Path) -> StatusResult:
                     "at": last.at.isoformat(), "clean": last.clean, "checked": last.checked,
                     "differences": last.differences},
                 slot=slot_summary(journal, item.name),
+                reverse_slot=slot_summary(journal, f"{item.name}{REVERSE_SUFFIX}"),
                 throttle=_limits_now(ctx.loaded, item, override, moment),
                 workers=runners(journal, item.name),
             ))
@@ -577,10 +579,8 @@ def worker(plan_path: Path, shard: str | None = None, until: str = "load", lease
 def _captures(ctx: StageContext) -> list[Any]:
     """Each item's forward capture (its slot on the source), and its reverse one (on the target) where reverse
     replication made a slot there."""
-    from migrate.databases.capture import LogicalCapture
     from migrate.databases.engine import DatabaseEngine
     from migrate.plan.model import DatabaseItem
-    from migrate.state.slots import SLOT_KEY
 
     found = []
     for item in ctx.loaded.plan.items:
@@ -588,9 +588,9 @@ def _captures(ctx: StageContext) -> list[Any]:
             capture = DatabaseEngine(item, ctx.loaded).capture()
             if capture is not None:
                 found.append(capture)
-            reverse = DatabaseEngine(item, ctx.loaded, reverse=True)
-            if ctx.journal.get(reverse.name, SLOT_KEY) is not None:
-                found.append(LogicalCapture(reverse.source, ctx.loaded.plan.component, reverse.name))
+            reverse = DatabaseEngine(item, ctx.loaded, reverse=True).recorded_capture(ctx.journal)
+            if reverse is not None:
+                found.append(reverse)
     return found
 
 

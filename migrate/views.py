@@ -178,11 +178,12 @@ def show_status(console: Console, result: Any) -> None:
             leased = f", {w['leased']} leased until {str(w['lease_until'])[11:19]}" if w["leased"] else ""
             console.print(f"{i.item}: worker {w['owner']}: {w['done']:,} chunk(s) done ({w['units']:,} rows)"
                           f"{leased}", highlight=False, markup=False)
-        if i.slot:
-            held = human_bytes(i.slot["retained_bytes"]) if "retained_bytes" in i.slot else "not read yet"
-            console.print(f"{i.item}: replication slot {i.slot['slot']} on {i.slot['source']}: {held} of WAL "
-                          f"retained (at {str(i.slot.get('read_at') or i.slot.get('created'))[:19]}); "
-                          "`migrate finish` drops it after cutover", highlight=False, markup=False)
+        for seen in (i.slot, i.reverse_slot):
+            if seen:
+                held = human_bytes(seen["retained_bytes"]) if "retained_bytes" in seen else "not read yet"
+                console.print(f"{i.item}: replication slot {seen['slot']} on {seen['source']}: {held} of WAL "
+                              f"retained (at {str(seen.get('read_at') or seen.get('created'))[:19]}); "
+                              "`migrate finish` drops it after cutover", highlight=False, markup=False)
     console.print(f"Cutover: {result.cutover.get('status', 'idle')}; authoritative: the {result.authoritative}"
                   + (" (reverse replication: migrate sync copies target → source)"
                      if result.authoritative == "target" and result.cutover.get("status") == "done" else ""),

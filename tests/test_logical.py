@@ -359,6 +359,35 @@ def test_reverse_replication_decodes_the_targets_own_log_and_finish_drops_both_s
         assert not pg(url, "SELECT 1 FROM pg_publication WHERE pubname LIKE 'migrate_capture_epr%'")
 
 
+def test_rollback_brings_the_targets_writes_home_then_drops_the_targets_slot(
+        tmp_path: Path, pg_url: str, pg_url2: str) -> None:
+    """After a rollback nobody reads the target's log again (the next cutover starts reverse replication
+    afresh): its slot would hold the target's WAL for good. Status shows that slot while it exists."""
+    pg(pg_url, SCHEMA)
+    plan = cutover_plan(tmp_path, pg_url, pg_url2)
+    assert cli_process("run", str(plan)).returncode == 0
+    sync(plan)
+    assert cli_process("cutover", str(plan), "--yes").returncode == 0
+    sync(plan)  # the first reverse cycle makes the target's slot
+    with psycopg.connect(dsn_of(pg_url2), autocommit=True) as conn:
+        conn.execute("INSERT INTO patients (id, name) VALUES (7001, 'written on azure before the rollback')")
+        conn.execute("DELETE FROM letters WHERE id = 12")
+    sync(plan)  # the cycle that reads the target's slot records what it holds
+    status = json.loads(cli_process("status", str(plan), "--json").stdout)["result"]["items"][0]
+    assert status["reverse_slot"]["slot"] == "migrate_capture_epr_reverse"
+    assert status["reverse_slot"]["retained_bytes"] >= 0
+    assert reverse_slot(pg_url2)
+    back = cli_process("rollback", str(plan), "--yes")
+    assert back.returncode == 0, back.stderr
+    same(pg_url, pg_url2)  # the target's writes came home
+    assert reverse_slot(pg_url2) == []
+    assert "migrate_capture_epr_reverse" in back.stderr
+    status = json.loads(cli_process("status", str(plan), "--json").stdout)["result"]["items"][0]
+    assert status["reverse_slot"] is None
+    assert slot(pg_url) is not None  # forward replication goes on from the source's slot
+    cli_process("abandon", str(plan), "--yes")
+
+
 def test_a_large_cycle_merges_in_parallel_even_rows_that_refer_to_rows_of_another_part(
         tmp_path: Path, pg_url: str, pg_url2: str) -> None:
     """The target's sessions run as replication (`session_replication_role = replica`): a child's part may commit

@@ -47,6 +47,8 @@ from migrate.plan.model import DatabaseItem, Incremental, TableSpec
 from migrate.redact import redact
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 from migrate.stages.guards import check_deletes
+from migrate.state.journal import Journal
+from migrate.state.slots import slot_summary
 from migrate.units import human_bytes
 
 
@@ -737,6 +739,16 @@ class DatabaseEngine(ItemEngine):
             else:
                 query = query.where(clause.c[column] > value)
         return int(sconn.execute(query).scalar() or 0)
+
+    def recorded_capture(self, journal: Journal) -> LogicalCapture | None:
+        """The capture whose slot the journal says this engine made (none asked of the server)."""
+        if slot_summary(journal, self.name) is None:
+            return None
+        return LogicalCapture(self.source, self.loaded.plan.component, self.name)
+
+    def release(self, journal: Journal) -> list[str]:
+        capture = self.recorded_capture(journal)
+        return [f"{what} on {self.source.label}" for what in capture.drop()] if capture is not None else []
 
     def close(self) -> None:
         self.source.dispose()

@@ -40,6 +40,7 @@ class ItemReport:
     verification: dict[str, Any] | None
     last_sync: dict[str, Any] | None
     slot: dict[str, Any] | None = None  # logical decoding: the replication slot as the last sync cycle saw it
+    reverse_slot: dict[str, Any] | None = None  # reverse replication's slot on the target, as last seen
 
     @property
     def verified_clean(self) -> bool:
@@ -153,6 +154,7 @@ def build_report(ctx: StageContext, azure_checks: Callable[[], list[tuple[str, s
                 "sample": last.detail.get("differences", [])[:20], "deep": last.detail.get("deep", False)},
             last_sync=SyncState(journal, item.name).last_sync,
             slot=slot_summary(journal, item.name),
+            reverse_slot=slot_summary(journal, f"{item.name}{REVERSE_SUFFIX}"),
         ))
         history += verification_history(item.name, runs)
         counts += _counts(item.name, last.detail if last else {}, last.differences if last else 0)

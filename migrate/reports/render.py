@@ -93,10 +93,10 @@ def _details(data: ReportData, events_all: bool) -> list[tuple[str, list[str], l
                    for i in data.items if i.verification for d in i.verification["sample"]]
     limits = [[x.item, x.what, x.why] for x in data.not_migrated]
     protected = [[t["item"], t["stage"], t["why"], f"{t['seconds']:.1f} s"] for t in data.throttled]
-    slots = [[i.name, i.slot["slot"], i.slot.get("source", ""),
-              human_bytes(i.slot["retained_bytes"]) if "retained_bytes" in i.slot else "not read yet",
-              str(i.slot.get("newest_commit") or "-")[:19], str(i.slot.get("read_at") or "-")[:19]]
-             for i in data.items if i.slot]
+    slots = [[i.name, seen["slot"], seen.get("source", ""),
+              human_bytes(seen["retained_bytes"]) if "retained_bytes" in seen else "not read yet",
+              str(seen.get("newest_commit") or "-")[:19], str(seen.get("read_at") or "-")[:19]]
+             for i in data.items for seen in (i.slot, i.reverse_slot) if seen]
     rollback = [[str(n + 1), r["name"], r["run"]] for n, r in enumerate(data.rollback_plan)]
     rollback.append(["", "how to start it", data.rollback_command])
     rollback.append(["", "automatic trigger", "a cutover step that fails or times out runs these steps itself"])

@@ -37,6 +37,7 @@ from migrate.stages.runner import StageRunner, engine_for
 from migrate.stages.steps import StepExited, StepOutcome, run_step, settle_orphan
 from migrate.state.direction import PLAN_ITEM, read_direction, set_authority
 from migrate.state.journal import now
+from migrate.state.slots import SLOT_KEY
 from migrate.state.steps import StepLog, StepRun
 from migrate.state.sync_state import SyncState
 
@@ -370,12 +371,40 @@ class Cutover:
                    **kept)  # the attempt's approval and gate evidence stay on record
         set_authority(self.ctx.journal, "source", "rollback complete" + (
             "; target changes discarded" if discard_target_changes else ""))
+        released, kept = self._release_reverse_capture()
         for item in self.plan.items:
             self.ctx.journal.set_stage(item.name, _kind(item), "rollback", "done", run_id=self.ctx.run_id)
             SyncState(self.ctx.journal, item.name).restart_dual_run()  # min_dual_run counts again from now
-            self.ctx.journal.forget_item(f"{item.name}{REVERSE_SUFFIX}")  # the next cutover seeds afresh
-        result.message = "rolled back: the component runs on the source"
+            reverse = f"{item.name}{REVERSE_SUFFIX}"
+            self.ctx.journal.forget_item(reverse)  # the next cutover seeds afresh
+            if reverse in kept:  # but a slot still on the target stays on record until it is dropped
+                self.ctx.journal.put(reverse, SLOT_KEY, kept[reverse])
+        result.message = "rolled back: the component runs on the source" + (f"; {released}" if released else "")
         return result
+
+    def _release_reverse_capture(self) -> tuple[str, dict[str, Any]]:
+        """Reverse replication's slots on the target: nobody reads them after a rollback (the next cutover
+        starts reverse replication afresh), and each would hold the target's WAL for good. Dropped here.
+        Returns what to say, and the slot records of those that could not be dropped (they stay on record for
+        `migrate abandon`)."""
+        dropped: list[str] = []
+        failed: list[str] = []
+        kept: dict[str, Any] = {}
+        for item in self.plan.items:
+            engine = engine_for(item, self.ctx, reverse=True)
+            try:
+                dropped += engine.release(self.ctx.journal)
+            except MigrateError as exc:
+                failed.append(f"{item.name}: {exc}")
+                kept[engine.name] = self.ctx.journal.get(engine.name, SLOT_KEY)
+            finally:
+                engine.close()
+        if dropped:
+            self.ctx.journal.event("rollback", f"dropped {', '.join(dropped)} (reverse replication ends here)",
+                                   data={"dropped": dropped})
+        said = ([f"dropped {', '.join(dropped)}"] if dropped else []) + [
+            f"could not drop reverse replication's slot ({f}); `migrate abandon` drops it" for f in failed]
+        return "; ".join(said), kept
 
     def _bring_target_changes_home(self, result: CutoverResult, force: bool, discard: bool) -> None:
         if self.plan.rollback.reverse_sync:

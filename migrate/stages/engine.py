@@ -187,5 +187,10 @@ class ItemEngine(ABC):
         """`migrate:sequences`: set the target's id generators past the moved rows (none by default)."""
         return []
 
+    def release(self, journal: Journal) -> list[str]:
+        """Drop what this engine's change capture keeps on the server it reads (a replication slot and its
+        publication, where the journal says it made them); returns what was dropped (nothing by default)."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook: engines without connections need nothing here
         """Release connections."""
