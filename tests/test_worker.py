@@ -178,3 +178,32 @@ def test_sigterm_gives_the_task_back_and_exits_130(pg_cluster, pg_url: str, pg_u
     rest = start_workers(plan, 1)[0]
     assert outcome(rest)[0] == 0
     assert table_md5(dsn(pg_url), "observations") == table_md5(dsn(pg_url2), "observations")
+
+
+def test_a_defect_in_a_task_gives_it_back_at_once_and_the_next_worker_finishes(
+        pg_cluster, pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected exception (a bug, not a MigrateError) stops the worker, but its task is not left leased
+    until the lease runs out: it is pending again at once, the attempt counted, the error on record."""
+    from migrate.databases.engine import DatabaseEngine
+    from migrate.stages.worker import run_worker
+
+    fill(pg_url)
+    journal = pg_cluster.create_database()
+    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=40_000)
+    real = DatabaseEngine.load_task
+
+    def broken(self, ctx, task):  # noqa: ANN001, ANN202
+        raise RuntimeError(f"bug while loading {task}")
+
+    monkeypatch.setattr(DatabaseEngine, "load_task", broken)
+    with pytest.raises(RuntimeError, match="bug while loading"):
+        run_worker(plan, shard=(0, 1), until="load", ttl=600)  # a lease that would outlive the test
+    [(task, status, attempts, lease_until, error)] = pg(
+        journal, "SELECT task, status, attempts, lease_until, error FROM tasks WHERE stage = 'load' AND attempts > 0")
+    assert (status, attempts, lease_until) == ("pending", 1, None)
+    assert error == f"unexpected RuntimeError: bug while loading {task}"
+    monkeypatch.setattr(DatabaseEngine, "load_task", real)
+    started = time.monotonic()
+    assert not run_worker(plan, shard=(0, 1), until="load", ttl=600).failed
+    assert time.monotonic() - started < 60  # did not wait for the first worker's lease
+    assert table_md5(dsn(pg_url), "observations") == table_md5(dsn(pg_url2), "observations")

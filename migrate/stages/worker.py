@@ -7,7 +7,9 @@ database, by whichever worker gets there first; the others wait and find it done
 copies it (the chunk's target transaction takes a lock of its own on the target first, so a runner that froze
 past its lease cannot interleave with the one that took the chunk over), and marks it done with its claim's
 fence; a superseded done-mark is refused and said. A worker exits 0 once nothing of its stages is pending or
-leased, 1 when a task failed `max_attempts` times, 130 on SIGTERM or Ctrl-C after giving its tasks back.
+leased, 1 when a task failed `max_attempts` times, 130 on SIGTERM or Ctrl-C after giving its tasks back. A
+defect (an exception that is not a MigrateError) also gives its task back at once, the attempt counted, before
+it stops the worker.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from sqlalchemy import text
 from migrate import interrupt
 from migrate.errors import MigrateError, UsageError
 from migrate.plan.model import DatabaseItem
+from migrate.redact import redact
 from migrate.stages.engine import StageContext
 from migrate.stages.runner import StageRunner, engine_for
 from migrate.state.claims import Claim, WorkTable, parse_shard
@@ -181,6 +184,13 @@ class Worker:
             self.ctx.journal.event("worker", f"{claim.task} failed (attempt by {self.owner}): {exc}",
                                    item=claim.item, outcome="failed")
             return
+        except Exception as exc:  # a defect: the task goes back at once (an attempt counted), then the worker stops
+            self._let_go(claim)
+            reason = f"unexpected {type(exc).__name__}: {redact(str(exc))}"
+            self.work.failed(claim, reason)
+            self.ctx.journal.event("worker", f"{claim.task} failed (attempt by {self.owner}): {reason}",
+                                   item=claim.item, outcome="failed")
+            raise
         self._let_go(claim)  # (on Ctrl-C or SIGTERM the claim stays held: `_give_back` returns it)
         if self.work.done(claim, units):
             done.done += 1
