@@ -192,7 +192,7 @@ def test_a_defect_in_a_task_gives_it_back_at_once_and_the_next_worker_finishes(
     plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=40_000)
     real = DatabaseEngine.load_task
 
-    def broken(self, ctx, task):  # noqa: ANN001, ANN202
+    def broken(self, ctx, task, spec=None):  # noqa: ANN001, ANN202
         raise RuntimeError(f"bug while loading {task}")
 
     monkeypatch.setattr(DatabaseEngine, "load_task", broken)

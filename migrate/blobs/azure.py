@@ -30,7 +30,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
+from azure.storage.blob import BlobPrefix, BlobServiceClient, ContainerClient, ContentSettings
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -42,6 +42,7 @@ from migrate.blobs.store import (
     BlobProps,
     BlobStore,
     BlockWriter,
+    Level,
     Listing,
     Precondition,
     SourceChanged,
@@ -256,6 +257,28 @@ class AzureBlobStore(BlobStore):
             yield listing
             if not token:
                 return
+
+    def list_level(self, folder: str) -> Level:
+        """A delimited listing (`/`): the blobs directly under `folder` and its virtual subfolders."""
+        start = self.prefix + folder
+
+        def one_level() -> Level:
+            level = Level(Listing(), [])
+            for found in self.container.walk_blobs(name_starts_with=start or None, include=["metadata"],
+                                                   delimiter="/"):
+                path = found.name[len(self.prefix):]
+                if isinstance(found, BlobPrefix):
+                    level.folders.append(path)
+                elif path:
+                    level.files.entries[path] = self._entry(found, path)
+            return level
+
+        try:
+            return retry.call(one_level)  # a failure part-way lists the level again
+        except ResourceNotFoundError:
+            return Level(Listing(), [])
+        except Exception as exc:
+            raise self._fail(exc, "list", per_object=False) from None
 
     def stat(self, path: str) -> BlobEntry | None:
         try:

@@ -6,6 +6,7 @@ import secrets
 import time
 from typing import Any
 
+from migrate.blobs import chunked
 from migrate.blobs.copy import SMALL_FACTOR, BlobCopier, CopyOutcome
 from migrate.blobs.endpoints import normalise_prefix, open_store
 from migrate.blobs.filters import PathFilter
@@ -19,6 +20,7 @@ from migrate.plan.model import BlobItem
 from migrate.redact import redact
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 from migrate.stages.guards import PlannedDeletes, check_deletes
+from migrate.state.claims import Split
 from migrate.units import human_bytes
 
 __all__ = ["BlobEngine", "open_store"]
@@ -225,6 +227,27 @@ class BlobEngine(ItemEngine):
                                 hint="check the source connection's path or container in the plan, and that "
                                      "a share is mounted")
 
+    def copier(self, ctx: StageContext, book: RecordBook, description: str) -> BlobCopier:
+        """The copier of one cycle or chunk, sized by the item's concurrency and its throttle."""
+        throttle = ctx.throttle(self.item)
+        small = throttle.workers(SMALL_FACTOR * self.item.concurrency)
+        return BlobCopier(self.source, self.target, book, concurrency=throttle.workers(self.item.concurrency),
+                          small_concurrency=small, max_workers=throttle.workers(self.item.concurrency + small),
+                          block_size=self.item.block_size, progress=ctx.progress, description=description,
+                          throttle=throttle)
+
+    # -- as claimable tasks (`migrate worker`, see migrate.blobs.chunked) --
+
+    def load_tasks(self, ctx: StageContext) -> list[tuple[str, str]]:
+        return chunked.first_tasks(self, ctx)
+
+    def load_task(self, ctx: StageContext, task: str, spec: str | None) -> int | Split:
+        assert spec is not None, f"blob task {task} has no range"
+        return chunked.run_task(self, ctx, spec, self.item.chunk_files)
+
+    def load_finish(self, ctx: StageContext) -> StageResult:
+        return chunked.finish(self, ctx)
+
     def _cycle(self, ctx: StageContext, *, delete: bool, label: str) -> tuple[CycleTally, CopyOutcome, bool]:
         """List the target, then list the source page by page, each page's copies starting at once while
         the next page is listed; deletes wait for the end of the listing (only then is a path known to be
@@ -240,13 +263,7 @@ class BlobEngine(ItemEngine):
             records = self._seed_reverse_records(ctx, book, target)
         stream = ChangeStream(target, records, delete=delete,
                               previous_inventory_ns=int(state.get("inventory_at_ns", 0)))
-        throttle = ctx.throttle(self.item)
-        concurrency = throttle.workers(self.item.concurrency)
-        small = throttle.workers(SMALL_FACTOR * self.item.concurrency)
-        copier = BlobCopier(self.source, self.target, book, concurrency=concurrency, small_concurrency=small,
-                            max_workers=throttle.workers(self.item.concurrency + small),
-                            block_size=self.item.block_size, progress=ctx.progress,
-                            description=f"{label} {self.name}", throttle=throttle)
+        copier = self.copier(ctx, book, f"{label} {self.name}")
         tally = CycleTally()
         refused: MassDeleteRefused | None = None
         listing_problems = 0

@@ -34,6 +34,7 @@ from migrate.blobs.store import (
     BlobProps,
     BlobStore,
     BlockWriter,
+    Level,
     Listing,
     Precondition,
     SourceChanged,
@@ -172,6 +173,22 @@ class LocalFolderStore(BlobStore):
                     yield page
                     page = Listing()
         yield page
+
+    def list_level(self, folder: str) -> Level:
+        level = Level(Listing(), [])
+        stack: list[tuple[str, str]] = []
+        try:
+            with os.scandir(self.full(folder.rstrip("/")) if folder else self.root) as it:
+                children = list(it)
+        except (FileNotFoundError, NotADirectoryError):
+            return level  # not there (yet): nothing to list
+        except OSError as exc:
+            level.files.problems.append(f"{folder or '.'}: cannot list folder: {exc.strerror or exc}")
+            return level
+        for child in children:
+            self._list_one(child, f"{folder}{child.name}", level.files, stack)
+        level.folders = [f"{rel}/" for _, rel in stack]
+        return level
 
     def _list_one(self, child: os.DirEntry[str], rel: str, listing: Listing,
                   stack: list[tuple[str, str]]) -> None:

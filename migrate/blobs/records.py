@@ -69,9 +69,10 @@ class RecordBook:
         self._closing = False
         self._error: BaseException | None = None
 
-    def load(self) -> dict[str, PathRecord]:
+    def load(self, lo: str | None = None, hi: str | None = None) -> dict[str, PathRecord]:
+        """Every path's record, or those of the paths in [lo, hi) (a worker's chunk)."""
         out: dict[str, PathRecord] = {}
-        for path, (status, units, detail) in self.journal.chunks(self.item, STAGE).items():
+        for path, (status, units, detail) in self.journal.chunks(self.item, STAGE, lo, hi).items():
             md5_hex = detail.get("md5")
             out[path] = PathRecord(
                 path=path, status=status, size=int(units or 0),

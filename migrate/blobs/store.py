@@ -72,6 +72,14 @@ class Listing:
         self.litter += page.litter
 
 
+@dataclass
+class Level:
+    """One level of a folder (`BlobStore.list_level`): its files, and its subfolders ("a/b/")."""
+
+    files: Listing
+    folders: list[str]
+
+
 @dataclass(frozen=True)
 class Precondition:
     """When a write or delete may go ahead: the target is absent, still has `etag`, or always."""
@@ -182,6 +190,26 @@ class BlobStore(ABC):
     def listing_pages(self) -> Iterator[Listing]:
         """Every object under the root, a page at a time as the listing proceeds (a load starts copying
         the first page while the next is listed). Each page holds its own entries and problems."""
+
+    def list_level(self, folder: str) -> Level:
+        """One level under `folder` ("" for the root, else ending in "/"): its files, and its subfolders as
+        full paths ending in "/". A folder that does not exist is an empty level. This default reads the whole
+        listing; the stores list one level (a folder's entries, a delimited blob listing)."""
+        level = Level(Listing(), [])
+        seen: set[str] = set()
+        for page in self.listing_pages():
+            level.files.problems += page.problems
+            level.files.warnings += page.warnings
+            for path, entry in page.entries.items():
+                if not path.startswith(folder):
+                    continue
+                head, slash, _ = path[len(folder):].partition("/")
+                if not slash:
+                    level.files.entries[path] = entry
+                elif folder + head + "/" not in seen:
+                    seen.add(folder + head + "/")
+                    level.folders.append(folder + head + "/")
+        return level
 
     @abstractmethod
     def stat(self, path: str) -> BlobEntry | None:

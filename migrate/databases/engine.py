@@ -362,8 +362,9 @@ class DatabaseEngine(ItemEngine):
                       if done.get(chunk := loading.chunk_id(pair.label, i), ("",))[0] != "done"]
         return tasks
 
-    def load_task(self, ctx: StageContext, task: str) -> int:
-        """Copy one chunk (`table#index`) under its target lock and journal it done; returns its rows."""
+    def load_task(self, ctx: StageContext, task: str, spec: str | None = None) -> int:
+        """Copy one chunk (`table#index`: its name says it all, no `spec`) under its target lock and journal it
+        done; returns its rows."""
         label, index = task.rsplit("#", 1)
         pair = next(p for p in self._task_pairs() if p.label == label)
         ranges = self._load_ranges(ctx, pair)

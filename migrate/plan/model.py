@@ -386,6 +386,7 @@ class BlobItem(Strict):
     delete: bool = False
     concurrency: int = Field(default=16, ge=1, le=256)
     block_size: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=4000 * 1024 * 1024)
+    chunk_files: int = Field(default=10_000, ge=1)  # `migrate worker`: at most this many files per claimed chunk
     throttle: Throttle | None = None
 
     @model_validator(mode="after")

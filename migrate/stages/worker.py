@@ -34,11 +34,11 @@ from sqlalchemy import text
 
 from migrate import interrupt
 from migrate.errors import MigrateError, UsageError
-from migrate.plan.model import DatabaseItem
+from migrate.plan.model import BlobItem, DatabaseItem
 from migrate.redact import redact
 from migrate.stages.engine import StageContext
 from migrate.stages.runner import StageRunner, engine_for
-from migrate.state.claims import Claim, WorkTable, parse_shard
+from migrate.state.claims import Claim, Split, WorkTable, parse_shard
 from migrate.state.lock import current_lock
 
 log = logging.getLogger("migrate")
@@ -103,9 +103,6 @@ class Worker:
         beat.start()
         try:
             for item in self.ctx.loaded.plan.items:
-                if not isinstance(item, DatabaseItem):
-                    log.info("%s: blob items are moved by `migrate run`, not by workers (yet)", item.name)
-                    continue
                 result.items.append(self._item(item, result))
         except KeyboardInterrupt:
             result.interrupted = True
@@ -116,7 +113,7 @@ class Worker:
 
     # -- one item --
 
-    def _item(self, item: DatabaseItem, result: WorkerResult) -> ItemWork:
+    def _item(self, item: DatabaseItem | BlobItem, result: WorkerResult) -> ItemWork:
         done = ItemWork(item.name)
         journal = self.ctx.journal
         engine = engine_for(item, self.ctx)
@@ -139,11 +136,11 @@ class Worker:
                     journal.set_stage(item.name, engine.kind, "load", "running", run_id=self.ctx.run_id,
                                       detail={"tasks": len(tasks), "workers": "claims"})
                     journal.put(item.name, "work:load", {"tasks": len(tasks)})
-            self._claim_until_done(item.name, "load", lambda task: engine.load_task(self.ctx, task),  # type: ignore[attr-defined]
-                                   done, result)
+            self._claim_until_done(item.name, "load", lambda claim: engine.load_task(  # type: ignore[attr-defined]
+                self.ctx, claim.task, claim.spec), done, result)
             if result.failed:
                 return done
-            self._claim_until_done(item.name, FINISH, lambda _task: self._finish_load(engine), done, result)
+            self._claim_until_done(item.name, FINISH, lambda _claim: self._finish_load(engine), done, result)
             return done
         finally:
             engine.close()
@@ -177,7 +174,7 @@ class Worker:
         with self._guard:
             self._held[claim.id] = claim
         try:
-            units = run(claim.task)
+            units = run(claim)
         except MigrateError as exc:
             self._let_go(claim)
             self.work.failed(claim, str(exc))
@@ -192,6 +189,11 @@ class Worker:
                                    item=claim.item, outcome="failed")
             raise
         self._let_go(claim)  # (on Ctrl-C or SIGTERM the claim stays held: `_give_back` returns it)
+        if isinstance(units, Split):  # replaced by smaller tasks, added as it is marked done
+            if self.work.split(claim, units.tasks):
+                done.done += 1
+                return
+            units = 0  # superseded: said below
         if self.work.done(claim, units):
             done.done += 1
             done.units += units

@@ -35,6 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 
 from migrate.errors import UsageError
@@ -58,6 +59,7 @@ tasks_t = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("units", Integer, nullable=False, default=0),
     Column("error", Text),
+    Column("spec", Text),  # what the task covers when its name cannot say it (a blob chunk's path range)
     Index("ix_tasks_item_stage_task", "item", "stage", "task", unique=True),
     Index("ix_tasks_claim", "item", "stage", "status", "bucket"),
 )
@@ -72,6 +74,15 @@ class Claim:
     stage: str
     task: str
     fence: int
+    spec: str | None = None
+
+
+@dataclass(frozen=True)
+class Split:
+    """What a task that cuts its work into smaller tasks returns instead of units: those tasks, as
+    (name, spec), added in the transaction that marks it done (`WorkTable.split`)."""
+
+    tasks: list[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -115,23 +126,44 @@ class WorkTable:
                              f"{journal.engine.dialect.name}",
                              hint="set `state: postgresql+psycopg://...` in the plan (see the README, Scale-out)")
         create_tables(journal.engine, work_metadata)
+        with journal.engine.begin() as conn:  # work tables made before these existed; blob chunks' path ranges
+            conn.execute(text("SELECT pg_advisory_xact_lock(7256340101)"))
+            conn.execute(text("ALTER TABLE tasks ADD COLUMN IF NOT EXISTS spec text"))
+            conn.execute(text("CREATE INDEX IF NOT EXISTS ix_chunks_code_point ON chunks "
+                              '(item, stage, chunk COLLATE "C")'))
         self.journal = journal
         self.owner = owner
         self.ttl = ttl
         self.shard = shard
         self.max_attempts = max_attempts
 
-    def add(self, item: str, stage: str, tasks: Sequence[str]) -> int:
-        """Add tasks not yet known (a second runner adding the same ones changes nothing); returns how many
-        were new."""
+    def add(self, item: str, stage: str, tasks: Sequence[str | tuple[str, str]]) -> int:
+        """Add tasks not yet known (a second runner adding the same ones changes nothing), each a name or
+        (name, spec); returns how many were new."""
+        with self.journal.connect() as conn:
+            return self._add(conn, item, stage, tasks)
+
+    @staticmethod
+    def _add(conn: Connection, item: str, stage: str, tasks: Sequence[str | tuple[str, str]]) -> int:
         if not tasks:
             return 0
+        named = [(t, None) if isinstance(t, str) else t for t in tasks]
         rows = [{"item": item, "stage": stage, "task": t, "bucket": bucket_of(t), "status": "pending",
-                 "fence": 0, "attempts": 0, "units": 0} for t in tasks]
+                 "fence": 0, "attempts": 0, "units": 0, "spec": spec} for t, spec in named]
+        statement = postgresql_insert(tasks_t).on_conflict_do_nothing(
+            index_elements=[tasks_t.c.item, tasks_t.c.stage, tasks_t.c.task]).returning(tasks_t.c.id)
+        return len(conn.execute(statement, rows).all())
+
+    def split(self, claim: Claim, tasks: Sequence[tuple[str, str]]) -> bool:
+        """Mark a task done and add the tasks that replace it, in one transaction: both, or (when a newer
+        claim superseded this one) neither, so a task reclaimed after its runner died cannot leave two
+        different sets of replacements."""
         with self.journal.connect() as conn:
-            statement = postgresql_insert(tasks_t).on_conflict_do_nothing(
-                index_elements=[tasks_t.c.item, tasks_t.c.stage, tasks_t.c.task]).returning(tasks_t.c.id)
-            return len(conn.execute(statement, rows).all())
+            if not conn.execute(update(tasks_t).where(self._held(claim)).values(
+                    status="done", units=len(tasks), lease_until=None)).rowcount:
+                return False  # nothing was written
+            self._add(conn, claim.item, claim.stage, tasks)
+        return True
 
     def claim(self, item: str, stage: str, limit: int = 1) -> list[Claim]:
         """Up to `limit` claimable tasks (pending, or leased with an expired lease, and tried fewer than
@@ -144,11 +176,11 @@ class WorkTable:
                 "lease_until = clock_timestamp() + make_interval(secs => :ttl) "
                 "WHERE id IN (SELECT id FROM tasks WHERE item = :item AND stage = :stage AND attempts < :most "
                 "AND (status = 'pending' OR status = 'leased' AND lease_until < clock_timestamp()) "
-                f"ORDER BY {order} LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING id, task, fence, bucket"),
+                f"ORDER BY {order} LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING id, task, fence, bucket, spec"),
                 {"owner": self.owner, "ttl": self.ttl, "item": item, "stage": stage, "most": self.max_attempts,
                  "limit": limit}).all()
         rows = sorted(rows, key=lambda r: (r[3] % count != index, r[3], r[0]))  # RETURNING keeps no order
-        return [Claim(int(r[0]), item, stage, str(r[1]), int(r[2])) for r in rows]
+        return [Claim(int(r[0]), item, stage, str(r[1]), int(r[2]), r[4]) for r in rows]
 
     def heartbeat(self, claims: Sequence[Claim]) -> list[Claim]:
         """Extend these claims' leases; returns the claims this runner no longer holds (a newer claim exists)."""

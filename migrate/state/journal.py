@@ -339,13 +339,19 @@ class Journal:
 
     # -- chunks --
 
-    def chunks(self, item: str, stage: str) -> dict[str, tuple[str, int, dict[str, Any]]]:
-        """chunk -> (status, units, detail) for one item and stage."""
+    def chunks(self, item: str, stage: str, lo: str | None = None,
+               hi: str | None = None) -> dict[str, tuple[str, int, dict[str, Any]]]:
+        """chunk -> (status, units, detail) for one item and stage; with `lo`, only the chunks named in
+        [lo, hi) by code point (a blob worker's chunk of paths; hi None: no end)."""
+        where = [chunks_t.c.item == item, chunks_t.c.stage == stage]
+        if lo is not None:
+            name = chunks_t.c.chunk.collate("C") if self.engine.dialect.name == "postgresql" else chunks_t.c.chunk
+            where.append(name >= lo)
+            if hi is not None:
+                where.append(name < hi)
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(chunks_t.c.chunk, chunks_t.c.status, chunks_t.c.units, chunks_t.c.detail).where(
-                    and_(chunks_t.c.item == item, chunks_t.c.stage == stage)
-                )
+                select(chunks_t.c.chunk, chunks_t.c.status, chunks_t.c.units, chunks_t.c.detail).where(and_(*where))
             ).all()
         return {r[0]: (r[1], r[2], json.loads(r[3]) if r[3] else {}) for r in rows}
 
@@ -398,6 +404,12 @@ class Journal:
                 select(kv_t.c.value).where(and_(kv_t.c.item == item, kv_t.c.key == key))
             ).scalar()
         return default if value is None else json.loads(value)
+
+    def values(self, item: str) -> dict[str, Any]:
+        """Every key/value of an item."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(kv_t.c.key, kv_t.c.value).where(kv_t.c.item == item)).all()
+        return {str(r[0]): json.loads(r[1]) for r in rows}
 
     def put(self, item: str, key: str, value: Any) -> None:
         text = json.dumps(value, default=str)
