@@ -64,6 +64,7 @@ bench: install services rclone pgcopydb
 	$(PY) bench/bench_sync.py
 	$(PY) bench/bench_throttle.py
 	$(PY) bench/bench_workers.py
+	$(PY) bench/bench_worker_blobs.py
 	$(PY) bench/bench_status.py
 
 clean:

@@ -96,6 +96,9 @@ def test_four_workers_one_killed_mid_chunk_copy_every_file_once(pg_cluster, tmp_
     expected = make_files(source, nested=4000, flat=2500)
     journal = pg_cluster.create_database()
     plan = blob_worker_plan(tmp_path, source, f'{{path: "{target}"}}', journal, chunk_files=300)
+    # a partial write an earlier worker left behind (whatever the kill below leaves is removed the same way)
+    (target / "ward-3").mkdir(parents=True)
+    (target / "ward-3" / ".migrate-0123456789abcdef.tmp").write_bytes(b"half a letter")
     started = time.monotonic()
     workers = start(plan, 4)
 

@@ -127,10 +127,14 @@ class WorkTable:
                              hint="set `state: postgresql+psycopg://...` in the plan (see the README, Scale-out)")
         create_tables(journal.engine, work_metadata)
         with journal.engine.begin() as conn:  # work tables made before these existed; blob chunks' path ranges
-            conn.execute(text("SELECT pg_advisory_xact_lock(7256340101)"))
-            conn.execute(text("ALTER TABLE tasks ADD COLUMN IF NOT EXISTS spec text"))
-            conn.execute(text("CREATE INDEX IF NOT EXISTS ix_chunks_code_point ON chunks "
-                              '(item, stage, chunk COLLATE "C")'))
+            missing = conn.execute(text(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'tasks'::regclass AND "
+                "attname = 'spec'), to_regclass('ix_chunks_code_point') IS NULL")).one()
+            if any(missing):  # (asked first: ALTER and CREATE INDEX lock their tables even when nothing is to do)
+                conn.execute(text("SELECT pg_advisory_xact_lock(7256340101)"))
+                conn.execute(text("ALTER TABLE tasks ADD COLUMN IF NOT EXISTS spec text"))
+                conn.execute(text("CREATE INDEX IF NOT EXISTS ix_chunks_code_point ON chunks "
+                                  '(item, stage, chunk COLLATE "C")'))
         self.journal = journal
         self.owner = owner
         self.ttl = ttl
