@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test install pgclient services postgres azurite rclone pgcopydb lint bench clean
+.PHONY: demo test install pgclient services postgres azurite rclone pgcopydb lint bench drill clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ services: postgres pgclient azurite
 
 test: install services
 	$(VENV)/bin/pytest -q
+
+# long acceptance drills (the scale-out partition drill), not part of `make test`
+drill: install services
+	$(VENV)/bin/pytest -q -s -m drill
 
 lint: install
 	$(VENV)/bin/ruff check migrate tests bench

@@ -66,6 +66,8 @@ def held_in_flight(journal: str, target: str) -> tuple[int, str] | None:
     locks = {(int(c) << 32) | int(o) for c, o in pg(target, "SELECT classid::bigint, objid::bigint FROM pg_locks "
                                                             "WHERE locktype = 'advisory' AND granted")}
     for task, status, owner, _ in tasks(journal):
+        if "#" not in task:  # a blob item's task: no lock on a database target
+            continue
         label, index = task.rsplit("#", 1)
         if status == "leased" and chunk_lock(label, int(index)) & 0xFFFFFFFFFFFFFFFF in locks:
             return int(owner.rsplit(":", 1)[1]), task
