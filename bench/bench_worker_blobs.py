@@ -41,6 +41,7 @@ def build_tree(root: Path, files: int) -> int:
 
 
 def plan(folder: Path, source: Path, target: Path, journal: str, chunk_files: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "plan.yaml"
     path.write_text(textwrap.dedent(f"""\
         version: 1

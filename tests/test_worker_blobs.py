@@ -147,10 +147,10 @@ def test_two_workers_load_into_azurite_listing_one_level_at_a_time(pg_cluster, a
     from azure.storage.blob import BlobServiceClient
 
     source = tmp_path / "src"
-    expected = make_files(source, nested=1500, flat=500)
+    expected = make_files(source, nested=800, flat=200)
     journal = pg_cluster.create_database()
     target = f'{{connection_string: "${{AZ_CS}}", container: {blob_container}}}'
-    plan = blob_worker_plan(tmp_path, source, target, journal, chunk_files=250)
+    plan = blob_worker_plan(tmp_path, source, target, journal, chunk_files=150)
     env = env_with(AZ_CS=azurite.connection_string)
     workers = start(plan, 2, env=env)
     outs = [w.communicate(timeout=240) for w in workers]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from migrate.blobs.inventory import ChangeStream, filtered, resolve
 from migrate.blobs.partition import Task, cut, listing_in, root_task
 from migrate.blobs.records import RecordBook
+from migrate.blobs.store import Listing
 from migrate.errors import MigrateError
 from migrate.stages.engine import StageContext, StageResult
 from migrate.state.claims import Split
@@ -42,18 +43,42 @@ def run_task(engine: BlobEngine, ctx: StageContext, spec: str, bound: int) -> in
     task = Task.of(spec)
     if task.kind == "split":
         level = engine.source.list_level(task.folder)
-        if level.files.problems:
-            raise MigrateError(f"{engine.name}: cannot list {task.folder or 'the root'}: "
-                               + "; ".join(level.files.problems[:MAX_SAID]))
-        kept = filtered(level.files, engine.keep)
+        kept = _kept(engine, level.files, task.folder)
+        if _fits(engine, len(kept.entries), level.folders, bound):  # the whole folder in one chunk
+            whole = Task("copy", task.folder, task.range)
+            return Split([(whole.name, whole.spec)])
         return Split([(t.name, t.spec) for t in cut(task, kept.entries, level.folders, bound)])
     return _copy(engine, ctx, task)
+
+
+def _kept(engine: BlobEngine, files: Listing, folder: str) -> Listing:
+    if files.problems:
+        raise MigrateError(f"{engine.name}: cannot list {folder or 'the root'}: "
+                           + "; ".join(files.problems[:MAX_SAID]))
+    return filtered(files, engine.keep)
+
+
+def _fits(engine: BlobEngine, files: int, folders: list[str], bound: int) -> bool:
+    """Whether a folder's subtree holds at most `bound` files and folders (its first level holds `files` files
+    and `folders`): listed one level at a time, and no further than that. Small folders then make one chunk
+    each, not one split task per subfolder."""
+    count, todo = files + len(folders), list(folders)
+    while todo and count <= bound:
+        folder = todo.pop()
+        level = engine.source.list_level(folder)
+        count += len(_kept(engine, level.files, folder).entries) + len(level.folders)
+        todo += level.folders
+    return count <= bound
 
 
 def _copy(engine: BlobEngine, ctx: StageContext, task: Task) -> int:
     rng = task.range
     source = filtered(listing_in(engine.source, task.folder, rng), engine.keep)
     target = filtered(listing_in(engine.target, task.folder, rng), engine.keep)
+    if target.litter:  # removed once no copy is in flight (`finish`): it may be another chunk's write under way
+        ctx.journal.put(engine.name + LITTER, task.name, sorted(set(target.litter)))
+    if not source.entries and not source.problems:
+        return 0  # nothing here to load (what the target holds beyond the source is sync's business)
     book = RecordBook(ctx.journal, engine.name, before_flush=engine.target.durable)
     stream = ChangeStream(target, book.load(rng.lo, rng.hi), delete=False,
                           previous_inventory_ns=int(ctx.journal.get(engine.name, STARTED_KEY) or 0))
@@ -71,8 +96,6 @@ def _copy(engine: BlobEngine, ctx: StageContext, task: Task) -> int:
     outcome = copier.finish()
     for path, why in changes.conflicts[:MAX_SAID]:
         ctx.journal.event("blob_conflict", f"{path}: {why}", item=engine.name, outcome="refused")
-    if target.litter:  # removed once no copy is in flight (`finish`): it may be another chunk's write under way
-        ctx.journal.put(engine.name + LITTER, task.name, sorted(set(target.litter)))
     problems = changes.problems + outcome.problems
     if problems:
         raise MigrateError(f"{engine.name}: chunk [{rng.lo!r}, {rng.hi!r}): {len(problems)} problem(s): "

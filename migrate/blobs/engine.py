@@ -89,19 +89,26 @@ class BlobEngine(ItemEngine):
         if self.source.identity() == self.target.identity():
             raise EndpointError(f"{self.name}: source and target are the same place ({self.source.identity()}); "
                                 "nothing was written", hint="point the target connection at the Azure container")
-        listing = filtered(self.source.listing(), self.keep)
+        files = size = unsaid = 0
+        said: list[str] = []
+        for page in self.source.listing_pages():  # counted page by page: a page's entries are let go
+            page = filtered(page, self.keep)
+            files += len(page.entries)
+            size += page.bytes
+            lines, room = page.problems + page.warnings, MAX_EVENTS - len(said)  # a bad file must not stop the load
+            said += lines[:room]
+            unsaid += max(0, len(lines) - room)
         there = self.target.probe()
-        facts = [f"source: {len(listing.entries)} files, {human_bytes(listing.bytes)}",
+        facts = [f"source: {files} files, {human_bytes(size)}",
                  f"target: {there.detail}" + ("" if there.exists else "; it will be created")]
-        result = StageResult(self.name, "preflight", metrics={"files": len(listing.entries), "bytes": listing.bytes,
+        result = StageResult(self.name, "preflight", metrics={"files": files, "bytes": size,
                                                               "target_exists": there.exists})
-        result.warnings += capped(listing.problems + listing.warnings)  # a bad file must not stop the load
-        if not listing.entries:
+        result.warnings += said + ([f"... and {unsaid} more"] if unsaid else [])
+        if not files:
             result.warnings.append("no source file matches the item's include/exclude")
         free = getattr(self.target, "free_bytes", lambda: None)()
-        if free is not None and free < listing.bytes:
-            result.problems.append(f"target has {human_bytes(free)} free, the source holds "
-                                   f"{human_bytes(listing.bytes)}")
+        if free is not None and free < size:
+            result.problems.append(f"target has {human_bytes(free)} free, the source holds {human_bytes(size)}")
         result.ok = not result.problems
         result.summary = "; ".join(facts)
         return result
