@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from fixtures_postgres import PostgresCluster  # noqa: E402
+from test_worker_blobs import blob_worker_plan  # noqa: E402
 
 FLAT = 5_000
 
@@ -38,22 +38,6 @@ def build_tree(root: Path, files: int) -> int:
         path.write_bytes(data)
         size += len(data)
     return size
-
-
-def plan(folder: Path, source: Path, target: Path, journal: str, chunk_files: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "plan.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        version: 1
-        component: benchblobs
-        state: "{journal}"
-        connections:
-          onprem: {{path: "{source}"}}
-          cloud: {{path: "{target}"}}
-        blobs:
-          - {{name: letters, source: onprem, target: cloud, chunk_files: {chunk_files}}}
-        """), encoding="utf-8")
-    return path
 
 
 def whole(*args: str) -> tuple[float, float]:
@@ -86,7 +70,9 @@ def main() -> None:
                 runs = {}
                 for how in ("worker", "run"):
                     target = folder / f"dst-{how}"
-                    path = plan(folder / how, folder / "src", target, cluster.create_database(), args.chunk_files)
+                    (folder / how).mkdir()
+                    path = blob_worker_plan(folder / how, folder / "src", f'{{path: "{target}"}}',
+                                            cluster.create_database(), args.chunk_files, concurrency=16)
                     if how == "worker":
                         runs[how] = whole("worker", str(path), "--until", "load")
                     else:

@@ -48,7 +48,8 @@ def test_cut_tiles_a_folders_range_and_every_later_path_falls_in_exactly_one_tas
     assert folder_range("a/b/") == PathRange("a/b/", "a/b0")
 
 
-def blob_worker_plan(folder: Path, source: Path, target: str, journal: str, chunk_files: int) -> Path:
+def blob_worker_plan(folder: Path, source: Path, target: str, journal: str, chunk_files: int,
+                     concurrency: int = 4) -> Path:
     path = folder / "plan.yaml"
     path.write_text(textwrap.dedent(f"""\
         version: 1
@@ -58,7 +59,7 @@ def blob_worker_plan(folder: Path, source: Path, target: str, journal: str, chun
           onprem: {{path: "{source}"}}
           cloud: {target}
         blobs:
-          - {{name: letters, source: onprem, target: cloud, chunk_files: {chunk_files}, concurrency: 4}}
+          - {{name: letters, source: onprem, target: cloud, chunk_files: {chunk_files}, concurrency: {concurrency}}}
         """), encoding="utf-8")
     return path
 
