@@ -103,13 +103,19 @@ def test_four_workers_one_killed_mid_chunk_copy_every_file_once(pg_cluster, tmp_
     started = time.monotonic()
     workers = start(plan, 4)
 
-    def copying() -> tuple[int, str] | None:  # a worker holding a copy chunk whose files are landing
+    def copying() -> tuple[int, str] | None:  # a worker holding a copy chunk of files while files land
         if not target.exists() or sum(1 for _ in target.rglob("*.txt")) < 500:
             return None
-        leased = [r for r in load_tasks(journal) if r[1] == "leased" and r[0].startswith("copy:")]
+        leased = [r for r in load_tasks(journal) if r[1] == "leased" and r[0].startswith("copy:")
+                  and any(p in Task.of(r[4]).range for p in expected)]
         return (int(leased[0][2].rsplit(":", 1)[1]), leased[0][0]) if leased else None
 
-    pid, task = poll(copying, timeout=120)
+    while True:  # stopped first, then checked: it must still hold the chunk when it is killed
+        pid, task = poll(copying, timeout=120)
+        os.kill(pid, signal.SIGSTOP)
+        if pg(journal, "SELECT status FROM tasks WHERE task = %s", (task,)) == [("leased",)]:
+            break
+        os.kill(pid, signal.SIGCONT)  # it finished that chunk in between: look again
     os.kill(pid, signal.SIGKILL)
     results = [w.communicate(timeout=180) for w in workers]
     codes = [w.returncode for w in workers]
@@ -148,10 +154,10 @@ def test_two_workers_load_into_azurite_listing_one_level_at_a_time(pg_cluster, a
     from azure.storage.blob import BlobServiceClient
 
     source = tmp_path / "src"
-    expected = make_files(source, nested=800, flat=200)
+    expected = make_files(source, nested=450, flat=150)
     journal = pg_cluster.create_database()
     target = f'{{connection_string: "${{AZ_CS}}", container: {blob_container}}}'
-    plan = blob_worker_plan(tmp_path, source, target, journal, chunk_files=150)
+    plan = blob_worker_plan(tmp_path, source, target, journal, chunk_files=100)
     env = env_with(AZ_CS=azurite.connection_string)
     workers = start(plan, 2, env=env)
     outs = [w.communicate(timeout=240) for w in workers]
