@@ -172,3 +172,21 @@ def test_two_workers_load_into_azurite_listing_one_level_at_a_time(pg_cluster, a
         assert bytes(blob.content_settings.content_md5) == hashlib.md5(data).digest()
     again = start(plan, 1, env=env)[0]  # the load is done: nothing to claim, exit 0
     assert again.wait(timeout=60) == 0
+
+
+def test_a_file_that_cannot_be_read_fails_its_chunk_only_and_is_named(pg_cluster, tmp_path: Path) -> None:
+    """As with `migrate run`: every other file is copied, the chunk holding the bad one fails (after its
+    attempts) naming it, and the workers exit 1; a split never fails for a file it only counts."""
+    source, target = tmp_path / "src", tmp_path / "dst"
+    expected = make_files(source, nested=300, flat=100)
+    (source / "ward-2" / "day-2" / "broken.txt").symlink_to(tmp_path / "nowhere")
+    journal = pg_cluster.create_database()
+    plan = blob_worker_plan(tmp_path, source, f'{{path: "{target}"}}', journal, chunk_files=50)
+    workers = start(plan, 2)
+    outs = [w.communicate(timeout=180) for w in workers]
+    assert [w.returncode for w in workers] == [1, 1], outs
+    assert tree_sha(target) == expected
+    failed = pg(journal, "SELECT status, error, spec FROM tasks WHERE stage = 'load' AND status <> 'done'")
+    assert len(failed) == 1 and failed[0][0] == "failed"
+    assert "ward-2/day-2/broken.txt: broken symbolic link" in failed[0][1]
+    assert "ward-2/day-2/broken.txt" in Task.of(failed[0][2]).range

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from migrate.blobs.inventory import ChangeStream, filtered, resolve
 from migrate.blobs.partition import Task, cut, listing_in, root_task
 from migrate.blobs.records import RecordBook
-from migrate.blobs.store import Listing
 from migrate.errors import MigrateError
 from migrate.stages.engine import StageContext, StageResult
 from migrate.state.claims import Split
@@ -42,20 +41,15 @@ def first_tasks(engine: BlobEngine, ctx: StageContext) -> list[tuple[str, str]]:
 def run_task(engine: BlobEngine, ctx: StageContext, spec: str, bound: int) -> int | Split:
     task = Task.of(spec)
     if task.kind == "split":
+        # a file or folder that cannot be read is not the split's problem: the chunk that lists it again says it
+        # (and copies the rest), as `migrate run` would
         level = engine.source.list_level(task.folder)
-        kept = _kept(engine, level.files, task.folder)
+        kept = filtered(level.files, engine.keep)
         if _fits(engine, len(kept.entries), level.folders, bound):  # the whole folder in one chunk
             whole = Task("copy", task.folder, task.range)
             return Split([(whole.name, whole.spec)])
         return Split([(t.name, t.spec) for t in cut(task, kept.entries, level.folders, bound)])
     return _copy(engine, ctx, task)
-
-
-def _kept(engine: BlobEngine, files: Listing, folder: str) -> Listing:
-    if files.problems:
-        raise MigrateError(f"{engine.name}: cannot list {folder or 'the root'}: "
-                           + "; ".join(files.problems[:MAX_SAID]))
-    return filtered(files, engine.keep)
 
 
 def _fits(engine: BlobEngine, files: int, folders: list[str], bound: int) -> bool:
@@ -64,9 +58,8 @@ def _fits(engine: BlobEngine, files: int, folders: list[str], bound: int) -> boo
     each, not one split task per subfolder."""
     count, todo = files + len(folders), list(folders)
     while todo and count <= bound:
-        folder = todo.pop()
-        level = engine.source.list_level(folder)
-        count += len(_kept(engine, level.files, folder).entries) + len(level.folders)
+        level = engine.source.list_level(todo.pop())
+        count += len(filtered(level.files, engine.keep).entries) + len(level.folders)
         todo += level.folders
     return count <= bound
 
