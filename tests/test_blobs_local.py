@@ -445,6 +445,7 @@ def test_source_changing_while_read_is_retried_then_reported(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.drill  # 20 s: in `make drill`; the 6,500-file worker test and the page tests cover it in `make test`
 def test_tens_of_thousands_of_small_files(tmp_path: Path) -> None:
     files = {f"d{i % 100:02d}/e{i % 7}/f{i:05d}.txt": b"%05d" % i for i in range(20_000)}
     setup = Setup(tmp_path, files=files)

@@ -213,7 +213,7 @@ def test_bytes_that_are_not_utf8(plan_file: Path, content: bytes) -> None:
 
 
 @pytest.mark.slow
-@settings(FUZZ, max_examples=600)
+@settings(FUZZ, max_examples=400)
 @given(text=mutated_plans())
 def test_mutated_shipped_plans(plan_file: Path, text: str) -> None:
     validate_in_process(plan_file, text)

@@ -94,9 +94,9 @@ def load_tasks(journal: str) -> list[tuple]:
 
 def test_four_workers_one_killed_mid_chunk_copy_every_file_once(pg_cluster, tmp_path: Path) -> None:
     source, target = tmp_path / "src", tmp_path / "dst"
-    expected = make_files(source, nested=4000, flat=2500)
+    expected = make_files(source, nested=2500, flat=1500)
     journal = pg_cluster.create_database()
-    plan = blob_worker_plan(tmp_path, source, f'{{path: "{target}"}}', journal, chunk_files=300)
+    plan = blob_worker_plan(tmp_path, source, f'{{path: "{target}"}}', journal, chunk_files=150)
     # a partial write an earlier worker left behind (whatever the kill below leaves is removed the same way)
     (target / "ward-3").mkdir(parents=True)
     (target / "ward-3" / ".migrate-0123456789abcdef.tmp").write_bytes(b"half a letter")
@@ -133,7 +133,7 @@ def test_four_workers_one_killed_mid_chunk_copy_every_file_once(pg_cluster, tmp_
         assert left.hi == right.lo
     for path in expected:
         assert sum(1 for r in leaves if path in r) == 1, path
-    assert all(sum(1 for p in expected if p in r) <= 300 for r in leaves)
+    assert all(sum(1 for p in expected if p in r) <= 150 for r in leaves)
     assert len(folders) == 1 + 1 + 13 + 13 * 7  # the root, flat/, each ward and each of its days
     state = {t: fence for t, _, _, fence, _ in rows}
     assert state[task] >= 2  # the killed worker's chunk was claimed again
