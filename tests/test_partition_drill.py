@@ -22,7 +22,7 @@ import pytest
 from fixtures_azurite import Azurite, env_with
 from test_db_postgres import dsn, pg
 from test_direction import table_md5
-from test_worker import held_in_flight, poll
+from test_worker import held_in_flight, stop_holding
 from test_worker_blobs import make_files, tree_sha
 
 from migrate.blobs.partition import Task
@@ -67,12 +67,7 @@ def test_four_workers_three_items_one_killed_holding_uncommitted_rows(pg_cluster
     workers = [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/4",
                                  "--lease", "3s", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env) for i in range(4)]
-    while True:  # stopped first, then checked: it must still hold the chunk when it is killed
-        pid, task = poll(lambda: held_in_flight(journal, target), timeout=90)
-        os.kill(pid, signal.SIGSTOP)
-        if pg(journal, "SELECT status FROM tasks WHERE item = 'obs' AND task = %s", (task,)) == [("leased",)]:
-            break
-        os.kill(pid, signal.SIGCONT)
+    pid, task = stop_holding(journal, lambda: held_in_flight(journal, target))
     os.kill(pid, signal.SIGKILL)  # its chunk's rows are written on the target, not committed
     outs = [w.communicate(timeout=300) for w in workers]
     seconds = time.monotonic() - started

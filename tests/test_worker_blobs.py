@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fixtures_azurite import Azurite, env_with
 from test_db_postgres import pg
-from test_worker import poll
+from test_worker import stop_holding
 
 from migrate.blobs.partition import PathRange, Task, cut, folder_range, root_task
 
@@ -110,12 +110,7 @@ def test_four_workers_one_killed_mid_chunk_copy_every_file_once(pg_cluster, tmp_
                   and any(p in Task.of(r[4]).range for p in expected)]
         return (int(leased[0][2].rsplit(":", 1)[1]), leased[0][0]) if leased else None
 
-    while True:  # stopped first, then checked: it must still hold the chunk when it is killed
-        pid, task = poll(copying, timeout=120)
-        os.kill(pid, signal.SIGSTOP)
-        if pg(journal, "SELECT status FROM tasks WHERE task = %s", (task,)) == [("leased",)]:
-            break
-        os.kill(pid, signal.SIGCONT)  # it finished that chunk in between: look again
+    pid, task = stop_holding(journal, copying)
     os.kill(pid, signal.SIGKILL)
     results = [w.communicate(timeout=180) for w in workers]
     codes = [w.returncode for w in workers]
