@@ -95,6 +95,13 @@ class KeyRangeChecksum:
         hashed = side.ops.native_hash_sum_sql(row_text) if not self.pair.cross else None
         return [hashed or side.ops.hash_sum_sql(row_text)]
 
+    def filtered_sums(self, side: Side) -> list[Any]:
+        """Count and checksum(s) of the whole table on one side as aggregates narrowed by `where` (FILTER), to
+        share one scan with other aggregates (`first_pass`; PostgreSQL, whose sums are each one SUM)."""
+        condition = self._where[id(side)]
+        aggregates: list[Any] = [func.count(), *[func.sum(literal_column(_summed(s))) for s in self._sql[id(side)]]]
+        return [a.filter(condition) for a in aggregates] if condition is not None else aggregates
+
     def sums(self, side: Side, conn: Connection, rng: KeyRange) -> RangeSums:
         """Count and checksum(s) of one side's rows in `rng` (rng in that side's values)."""
         query = select(func.count(), *[raw_sql(s) for s in self._sql[id(side)]]).select_from(side.clause)
@@ -281,10 +288,7 @@ def first_pass(pair: TablePair, checkers: list[KeyRangeChecksum], maximum: str |
     def scan(side: Side) -> tuple[list[RangeSums], Any]:
         columns: list[Any] = []
         for checker in checkers:
-            condition = checker._where[id(side)]
-            aggregates: list[Any] = [func.count(), *[func.sum(literal_column(_summed(s)))
-                                                     for s in checker._sql[id(side)]]]
-            columns += [a.filter(condition) for a in aggregates] if condition is not None else aggregates
+            columns += checker.filtered_sums(side)
         if maximum is not None:
             columns.append(func.max(side.col(maximum)))
         with side.endpoint.errors(f"checksum of {pair.label} failed"), side.endpoint.engine.connect() as conn:

@@ -175,18 +175,15 @@ class Worker:
             self._held[claim.id] = claim
         try:
             units = run(claim)
-        except MigrateError as exc:
+        except Exception as exc:  # the task goes back at once, the attempt counted; a defect then stops the worker
             self._let_go(claim)
-            self.work.failed(claim, str(exc))
-            self.ctx.journal.event("worker", f"{claim.task} failed (attempt by {self.owner}): {exc}",
-                                   item=claim.item, outcome="failed")
-            return
-        except Exception as exc:  # a defect: the task goes back at once (an attempt counted), then the worker stops
-            self._let_go(claim)
-            reason = f"unexpected {type(exc).__name__}: {redact(str(exc))}"
+            ours = isinstance(exc, MigrateError)
+            reason = str(exc) if ours else f"unexpected {type(exc).__name__}: {redact(str(exc))}"
             self.work.failed(claim, reason)
             self.ctx.journal.event("worker", f"{claim.task} failed (attempt by {self.owner}): {reason}",
                                    item=claim.item, outcome="failed")
+            if ours:
+                return
             raise
         self._let_go(claim)  # (on Ctrl-C or SIGTERM the claim stays held: `_give_back` returns it)
         if isinstance(units, Split):  # replaced by smaller tasks, added as it is marked done
