@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from helpers import build_tree, cli, cli_process, loaded_estate
@@ -158,3 +161,33 @@ def test_verbose_says_each_stage_and_event_with_its_time(tmp_path: Path) -> None
     assert re.search(r"^\d\d:\d\d:\d\d patient-record: verify running$", said.stderr, re.MULTILINE), said.stderr
     assert re.search(r"^\d\d:\d\d:\d\d letters: verify done$", said.stderr, re.MULTILINE)
     assert "verify running" not in cli_process("verify", str(plan)).stderr
+
+
+COLLECTOR_PROBE = """
+import gc, sys
+from migrate import cli
+commands = cli.commands
+def status(plan):  # the verb's work: what the collector is doing while it runs
+    print(f"enabled={gc.isenabled()} frozen={gc.get_freeze_count() > 0}", flush=True)
+    return real(plan)
+real, commands.status = commands.status, status
+sys.argv = ["migrate", "status", sys.argv[1]]
+cli.main()
+"""
+
+
+def test_a_migrate_process_collects_garbage_while_a_verb_works(tmp_path: Path) -> None:
+    """Start-up runs without the cyclic collector (the imports' objects are frozen after), but no verb's work
+    ever does: a long load must not grow on uncollected cycles."""
+    build_tree(tmp_path, {"p.yaml": "version: 1\ncomponent: gcprobe\nconnections: {}\n"})
+    done = subprocess.run([sys.executable, "-c", COLLECTOR_PROBE, str(tmp_path / "p.yaml")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "enabled=True frozen=True" in done.stdout
+
+
+def test_the_cli_in_process_leaves_the_callers_collector_alone(tmp_path: Path) -> None:
+    build_tree(tmp_path, {"p.yaml": "version: 1\ncomponent: x\nconnections: {}\n"})
+    frozen = gc.get_freeze_count()
+    code, _, _ = cli("validate", str(tmp_path / "p.yaml"))
+    assert code == 0 and gc.isenabled() and gc.get_freeze_count() == frozen

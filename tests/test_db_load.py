@@ -363,6 +363,32 @@ def test_key_ranges_from_statistics_cover_every_key_in_chunks_near_chunk_rows(pg
     same(pg_url, pg_url2, ["skewed"])
 
 
+def test_statistics_serve_a_small_table_but_not_once_it_has_grown_past_them(pg_url: str, pg_url2: str,
+                                                                          tmp_path: Path) -> None:
+    """Fresh statistics give a 100,000-row table its ranges without walking its key index; once the table has
+    grown well past them (rows the histogram never saw would all land in its last, open-ended range) the
+    ranges come from the walk again, each near `chunk_rows`."""
+    pg(pg_url, "CREATE TABLE grows (id bigint PRIMARY KEY, v text); "
+               "INSERT INTO grows SELECT g, 'v' || g FROM generate_series(1, 100000) g; ANALYZE grows;")
+    h = Harness(write_plan(tmp_path, pg_url, pg_url2, tables="[grows]", chunk_rows=20_000))
+    h.engine.preflight(h.ctx)
+    h.engine.schema(h.ctx)
+    pair = h.engine._pairs()[0]
+    with h.engine.source.engine.connect() as conn:
+        assert sampledranges.histogram_bounds(pair, conn, 20_000) is not None
+    pg(pg_url, "INSERT INTO grows SELECT g, 'v' || g FROM generate_series(100001, 250000) g")
+    with h.engine.source.engine.connect() as conn:
+        assert sampledranges.histogram_bounds(pair, conn, 20_000) is None
+    ranges = loading.new_ranges(pair, 20_000)
+    sizes = []
+    for rng in ranges:  # counted outside the tool
+        lo = -1 if rng.lo is None else rng.lo[0]
+        hi = 2**62 if rng.hi is None else rng.hi[0]
+        sizes.append(pg(pg_url, "SELECT count(*) FROM grows WHERE id > %s AND id <= %s", (lo, hi))[0][0])
+    assert sum(sizes) == 250_000 and max(sizes) <= 20_000, sizes
+    h.close()
+
+
 def test_a_source_error_in_a_psql_read_fails_the_copy_and_writes_nothing(pg_url: str, pg_url2: str,
                                                                          tmp_path: Path) -> None:
     """The big openings read through psql (copypipe.py): its failure is the chunk's failure, one line naming
