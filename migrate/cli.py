@@ -314,8 +314,9 @@ def run(plan: PlanArg, as_json: JsonOpt = False, items: ItemOpt = None,
                                            help="Stop after this stage: preflight, schema, load or verify.")]
         = "verify", lock_timeout: LockTimeoutOpt = None, allow_mass_delete: MassDeleteOpt = False,
         workers: Annotated[int | None, typer.Option(metavar="N", min=1, max=64,
-                                                    help="Load with N local `migrate worker` processes (claims in a "
-                                                         "PostgreSQL journal), then verify here.")] = None) -> None:
+                                                    help="Load (and verify database items) with N local `migrate "
+                                                         "worker` processes (claims in a PostgreSQL journal), then "
+                                                         "finish here.")] = None) -> None:
     """preflight → schema → load → verify; resumes whatever an earlier run left unfinished."""
     _execute("run", as_json, lambda p: commands.run(plan, until=until, items=items, progress=p,
                                                     lock_wait=_lock_wait(lock_timeout),
@@ -328,13 +329,14 @@ def worker(plan: PlanArg, as_json: JsonOpt = False,
            shard: Annotated[str | None, typer.Option(metavar="i/N", help="Claim this share's tasks first (affinity "
                                                      "only: claims balance the work); `/N` takes i from "
                                                      "JOB_COMPLETION_INDEX.")] = None,
-           until: Annotated[str, typer.Option(metavar="STAGE", help="Stop after this stage: preflight, schema or "
-                                                                     "load.")] = "load",
+           until: Annotated[str, typer.Option(metavar="STAGE", help="Stop after this stage: preflight, schema, "
+                                                                     "load or verify (database items' verify in "
+                                                                     "parts).")] = "load",
            lease: Annotated[str, typer.Option(metavar="DURATION", help="How long a claim lasts without a "
                                                                         "heartbeat.")] = "30s") -> None:
     """One of N stateless runners sharing a plan: claims chunks from the PostgreSQL journal until none is pending
-    or leased. Exit 0 done, 1 a task failed too often, 2 bad usage (a SQLite journal), 130 SIGTERM (its tasks
-    given back)."""
+    or leased. Exit 0 done, 1 a task failed too often, 2 bad usage (a SQLite journal), 3 the verification found
+    differences, 130 SIGTERM (its tasks given back)."""
     _execute("worker", as_json, lambda p: commands.worker(plan, shard=shard, until=until, lease=lease),
              views.show_worker, lambda r: r.exit_code)
 

@@ -94,16 +94,21 @@ def show_run(console: Console, result: Any) -> None:
 
 
 def show_worker(console: Console, result: Any) -> None:
-    table = _table(f"Worker {result.owner}", "item", "claimed", "done", "rows", "refused", "finished the load")
+    table = _table(f"Worker {result.owner}", "item", "claimed", "done", "rows", "verified", "refused",
+                   "finished the load", "verification")
     for i in result.items:
-        table.add_row(i.item, str(i.claimed), str(i.done), f"{i.units:,}", str(len(i.refused)),
-                      "yes" if i.finished_stage else "-")
+        table.add_row(i.item, str(i.claimed), str(i.done), f"{i.units:,}", f"{i.checked:,}", str(len(i.refused)),
+                      "yes" if i.finished_stage else "-", i.verification or "-")
     console.print(table)
     for i in result.items:
         for message in i.refused:
             console.print(f"  {i.item}: {message}", highlight=False, markup=False)
     for failure in result.failed:
         console.print(f"  [red]failed[/] {escape(failure)}", highlight=False)
+    for found in result.differences:
+        console.print(f"  [red]differences[/] {escape(found)}", highlight=False)
+    for note in result.notes:
+        console.print(f"  {escape(note)}", highlight=False)
 
 
 def _differences(console: Console, differences: list[Any], limit: int = 50) -> None:
@@ -176,8 +181,9 @@ def show_status(console: Console, result: Any) -> None:
                           markup=False)
         for w in i.workers:
             leased = f", {w['leased']} leased until {str(w['lease_until'])[11:19]}" if w["leased"] else ""
-            console.print(f"{i.item}: worker {w['owner']}: {w['done']:,} chunk(s) done ({w['units']:,} rows)"
-                          f"{leased}", highlight=False, markup=False)
+            verified = f", {w['verified']:,} rows verified" if w.get("verified") else ""
+            console.print(f"{i.item}: worker {w['owner']}: {w['done']:,} task(s) done ({w['units']:,} rows"
+                          f"{verified}){leased}", highlight=False, markup=False)
         for seen in (i.slot, i.reverse_slot):
             if seen:
                 held = human_bytes(seen["retained_bytes"]) if "retained_bytes" in seen else "not read yet"

@@ -118,8 +118,7 @@ def test_four_workers_one_killed_mid_chunk_load_every_row_once(pg_cluster, pg_ur
     assert pg(pg_url2, "SELECT count(*) FROM pg_indexes WHERE indexname = 'observations_pkey'") == [(1,)]
     # each chunk done once, the killed one by a later claim; the chunks tile the key space
     final = {t: (status, owner, fence) for t, status, owner, fence in tasks(journal)}
-    ranges = decode_ranges(json.loads(pg(journal, "SELECT value FROM item_state WHERE item = 'obs' "
-                                                  "AND key = 'ranges:observations'")[0][0]))
+    ranges = load_ranges(journal)
     assert ranges[0].lo is None and ranges[-1].hi is None  # the ranges tile the key space: no gap, no overlap
     assert all(a.hi == b.lo for a, b in zip(ranges, ranges[1:], strict=False))
     assert sorted(final) == sorted(f"observations#{i}" for i in range(len(ranges)))
@@ -220,4 +219,126 @@ def test_a_defect_in_a_task_gives_it_back_at_once_and_the_next_worker_finishes(
     started = time.monotonic()
     assert not run_worker(plan, shard=(0, 1), until="load", ttl=600).failed
     assert time.monotonic() - started < 60  # did not wait for the first worker's lease
+    assert table_md5(dsn(pg_url), "observations") == table_md5(dsn(pg_url2), "observations")
+
+
+def load_ranges(journal: str) -> list:
+    """The table's load key ranges as the journal holds them."""
+    [(value,)] = pg(journal, "SELECT value FROM item_state WHERE key = 'ranges:observations'")
+    return decode_ranges(json.loads(value))
+
+
+def verify_tasks(journal: str) -> list[tuple]:
+    return pg(journal, "SELECT stage, task, status, fence FROM tasks WHERE stage IN ('verify', 'verify:finish') "
+                       "ORDER BY stage, task")
+
+
+def test_workers_verify_in_parts_one_verification_dated_by_its_earliest_part(pg_cluster, pg_url: str, pg_url2: str,
+                                                                             tmp_path: Path) -> None:
+    """Two workers load, then verify in parts (one per load key range): one verification, complete when every
+    part is, with the rows of all parts and the date of the earliest; the next run finds it current."""
+    fill(pg_url)
+    journal = pg_cluster.create_database()
+    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=20_000)
+    workers = [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/2",
+                                 "--until", "verify", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for i in range(2)]
+    results = [outcome(w) for w in workers]
+    assert [code for code, _ in results] == [0, 0], [(body.get("error"), body.get("result")) for _, body in results]
+    ranges = load_ranges(journal)
+    parts = verify_tasks(journal)
+    assert sorted(task for stage, task, _, _ in parts if stage == "verify") == sorted(
+        f"observations#{i}" for i in range(len(ranges)))
+    [(verification,)] = [(task,) for stage, task, _, _ in parts if stage == "verify:finish"]
+    assert all(status == "done" for _, _, status, _ in parts)
+    [(at, clean, checked, differences, detail)] = pg(
+        journal, "SELECT at, clean, checked, differences, detail FROM verifications")
+    assert (clean, checked, differences) == (True, ROWS, 0)
+    detail = json.loads(detail)
+    assert detail["verification"] == verification and detail["parts"] == len(ranges)
+    assert detail["tables"]["observations"]["rows"] == ROWS
+    starts = [json.loads(v)["started"] for (v,) in pg(journal, "SELECT detail FROM chunks WHERE chunk LIKE %s",
+                                                      (f"{detail['verification']}/%",))]
+    assert len(starts) == len(ranges) and at.isoformat() == min(starts)
+    assert all(body["result"]["items"][0]["verification"] == f"clean, {ROWS:,} rows" for _, body in results)
+    status = json.loads(cli_process("status", str(plan), "--json").stdout)["result"]["items"][0]["workers"]
+    assert sum(w["verified"] for w in status) == ROWS and sum(w["units"] for w in status) == ROWS
+    # current: a second worker run verifies nothing again
+    code, body = outcome(start_workers_until(plan, 1, "verify")[0])
+    assert code == 0 and body["result"]["items"][0]["claimed"] == 0
+    assert len(pg(journal, "SELECT id FROM verifications")) == 1
+
+
+def start_workers_until(plan: Path, count: int, until: str) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/{count}",
+                              "--until", until, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(count)]
+
+
+def test_a_verification_in_parts_finds_what_an_outside_comparison_finds_and_a_rerun_verifies_again(
+        pg_cluster, pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    fill(pg_url)
+    journal = pg_cluster.create_database()
+    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=20_000)
+    assert [outcome(w)[0] for w in start_workers_until(plan, 2, "load")] == [0, 0]
+    # two rows made different on the target, in different parts, behind the tool's back
+    pg(pg_url2, "UPDATE observations SET note = 'changed' WHERE id = 30001; DELETE FROM observations WHERE id = 90001")
+    source = dict(pg(pg_url, "SELECT id, md5(observations::text) FROM observations"))
+    target = dict(pg(pg_url2, "SELECT id, md5(observations::text) FROM observations"))
+    outside = sorted(k for k in source if source[k] != target.get(k))  # compared outside the tool
+    assert outside == [30001, 90001]
+    results = [outcome(w) for w in start_workers_until(plan, 2, "verify")]
+    assert [code for code, _ in results] == [3, 3], results
+    [(clean, differences, detail)] = pg(journal, "SELECT clean, differences, detail FROM verifications")
+    found = json.loads(detail)["differences"]
+    assert (clean, differences) == (False, 2)
+    assert sorted((d["kind"], d["key"]) for d in found) == [
+        ("different", "observations:id=30001"), ("missing_on_target", "observations:id=90001")]
+    # not clean, so not current: a rerun makes a new verification (and finds the same)
+    assert outcome(start_workers_until(plan, 1, "verify")[0])[0] == 3
+    ids = [json.loads(d)["verification"] for (d,) in pg(journal, "SELECT detail FROM verifications ORDER BY id")]
+    assert len(ids) == 2 and ids[0] != ids[1]
+
+
+def test_run_with_workers_loads_and_verifies_through_them_once(pg_cluster, pg_url: str, pg_url2: str,
+                                                               tmp_path: Path) -> None:
+    fill(pg_url)
+    journal = pg_cluster.create_database()
+    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=30_000)
+    done = cli_process("run", str(plan), "--workers", "2", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    body = json.loads(done.stdout)
+    [item] = body["result"]["items"]
+    assert "verify" in item["skipped"]  # the workers' verification is current: not repeated here
+    assert table_md5(dsn(pg_url), "observations") == table_md5(dsn(pg_url2), "observations")
+    ranges = load_ranges(journal)
+    [(clean, checked, detail)] = pg(journal, "SELECT clean, checked, detail FROM verifications")
+    assert (clean, checked, json.loads(detail)["parts"]) == (True, ROWS, len(ranges))
+    assert pg(journal, "SELECT count(*) FROM tasks WHERE stage = 'verify' AND status = 'done'") == [(len(ranges),)]
+
+
+def test_a_task_failed_too_often_fails_the_worker_and_the_next_run_retries_it(
+        pg_cluster, pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from migrate.databases.engine import DatabaseEngine
+    from migrate.errors import EndpointError
+    from migrate.stages.worker import run_worker
+
+    fill(pg_url)
+    journal = pg_cluster.create_database()
+    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=40_000)
+    real = DatabaseEngine.load_task
+
+    def flaky(self, ctx, task, spec=None):  # noqa: ANN001, ANN202
+        if task == "observations#1":
+            raise EndpointError("dst: connection reset (simulated)")
+        return real(self, ctx, task, spec)
+
+    monkeypatch.setattr(DatabaseEngine, "load_task", flaky)
+    first = run_worker(plan, shard=(0, 1), until="load", ttl=600)
+    assert first.exit_code == 1 and first.failed == ["obs: 1 load task(s) failed too often"]
+    assert pg(journal, "SELECT status, attempts FROM tasks WHERE task = 'observations#1'") == [("failed", 3)]
+    monkeypatch.setattr(DatabaseEngine, "load_task", real)
+    second = run_worker(plan, shard=(0, 1), until="load", ttl=600)
+    assert second.exit_code == 0, second.failed
+    assert pg(journal, "SELECT status, attempts FROM tasks WHERE task = 'observations#1'") == [("done", 1)]
     assert table_md5(dsn(pg_url), "observations") == table_md5(dsn(pg_url2), "observations")

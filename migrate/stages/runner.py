@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -134,7 +135,7 @@ class StageRunner:
                 record.skipped.append(stage)
                 continue
             if stage == "verify":
-                if self._verification_current(engine.name):
+                if self.verification_current(engine.name):
                     record.skipped.append(stage)
                     continue
                 record.verification = self.verify_item(engine)
@@ -149,19 +150,33 @@ class StageRunner:
         record.seconds = round(time.monotonic() - started, 3)
         return record
 
-    def _verification_current(self, item: str) -> bool:
+    def verification_current(self, item: str) -> bool:
+        """A clean verification newer than the last load and sync: nothing to verify again."""
         last = self.ctx.journal.last_verification(item)
         if last is None or not last.clean:
             return False
         changed = [self.ctx.journal.last_done(item, s) for s in ("load", "sync")]
         return all(c is None or c <= last.at for c in changed)
 
-    def verify_item(self, engine: ItemEngine, deep: bool = False) -> VerifyResult:
-        result: VerifyResult = self.stage(engine, "verify", partial(engine.verify, self.ctx, deep=deep), deep=deep)
+    def verify_item(self, engine: ItemEngine, deep: bool = False,
+                    parts: Callable[[], tuple[VerifyResult, datetime]] | None = None) -> VerifyResult:
+        """Verify one item and record the verification. `parts`: the verification workers made in parts (its
+        result and its earliest part's start, the moment it vouches for) instead of verifying here."""
+        at: list[datetime] = []
+
+        def work() -> VerifyResult:
+            if parts is None:
+                return engine.verify(self.ctx, deep=deep)
+            found, earliest = parts()
+            at.append(earliest)
+            return found
+
+        result: VerifyResult = self.stage(engine, "verify", work, deep=deep)
         self.ctx.journal.record_verification(
             engine.name, result.clean, result.checked, len(result.differences),
             detail={"deep": deep, "differences": [d.__dict__ for d in result.differences[:1000]],
                     **result.metrics},
+            at=at[0] if at else None,
         )
         return result
 

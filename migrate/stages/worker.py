@@ -6,10 +6,18 @@ the chunks; after the last chunk, index builds and statistics) happens under a l
 database, by whichever worker gets there first; the others wait and find it done. A worker claims a chunk,
 copies it (the chunk's target transaction takes a lock of its own on the target first, so a runner that froze
 past its lease cannot interleave with the one that took the chunk over), and marks it done with its claim's
-fence; a superseded done-mark is refused and said. A worker exits 0 once nothing of its stages is pending or
-leased, 1 when a task failed `max_attempts` times, 130 on SIGTERM or Ctrl-C after giving its tasks back. A
-defect (an exception that is not a MigrateError) also gives its task back at once, the attempt counted, before
-it stops the worker.
+fence; a superseded done-mark is refused and said.
+
+With `--until verify` a database item's verification is claimable too, in parts: one per load key range, each
+comparing that range's checksums on both sides (descending where they differ) and journaling what it found under
+the verification's id; the task finishing the last part adds them up into one verification, dated by its
+earliest part's start. A clean verification newer than the last load and sync is not repeated. Blob items verify
+in one runner (`migrate verify`, or `migrate run`).
+
+A worker exits 0 once nothing of its stages is pending or leased, 1 when a task failed `max_attempts` times, 3
+when the verification found differences, 130 on SIGTERM or Ctrl-C after giving its tasks back. A defect (an
+exception that is not a MigrateError) also gives its task back at once, the attempt counted, before it stops the
+worker.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,8 +53,10 @@ from migrate.state.lock import current_lock
 
 log = logging.getLogger("migrate")
 
-WORKER_STAGES = ("preflight", "schema", "load")  # what workers share today; verify and sync stay single-runner
+WORKER_STAGES = ("preflight", "schema", "load", "verify")  # what workers share; sync stays single-runner
 FINISH = "load:finish"  # the singleton task after a load's last chunk: index builds, statistics, the stage done
+VERIFY, VERIFY_FINISH = "verify", "verify:finish"  # a verification's parts; the task adding them up
+VERIFYING = "work:verify"  # journal key: the verification workers are making ({"id", "tasks"})
 
 
 @dataclass
@@ -55,8 +67,10 @@ class ItemWork:
     claimed: int = 0
     done: int = 0
     refused: list[str] = field(default_factory=list)  # done-marks a newer claim superseded
-    units: int = 0
+    units: int = 0  # rows loaded
+    checked: int = 0  # rows verified
     finished_stage: bool = False  # this worker ran the item's finishing task
+    verification: str = ""  # what the item's verification found, once it is complete
 
 
 @dataclass
@@ -64,11 +78,13 @@ class WorkerResult:
     owner: str
     items: list[ItemWork] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)  # items whose verification found differences
+    notes: list[str] = field(default_factory=list)
     interrupted: bool = False
 
     @property
     def exit_code(self) -> int:
-        return 130 if self.interrupted else 1 if self.failed else 0
+        return 130 if self.interrupted else 1 if self.failed else 3 if self.differences else 0
 
 
 def owner_name() -> str:
@@ -82,7 +98,7 @@ class Worker:
                  ttl: float = 30.0, poll: float = 0.5, owner: str | None = None) -> None:
         if until not in WORKER_STAGES:
             raise UsageError(f"workers share {', '.join(WORKER_STAGES)}: --until takes one of them, not {until!r}",
-                             hint="verify and sync run once, by `migrate verify` and `migrate sync`")
+                             hint="sync runs in one runner, by `migrate sync`")
         self.ctx = ctx
         self.stages = WORKER_STAGES[:WORKER_STAGES.index(until) + 1]
         self.owner = owner or owner_name()
@@ -103,6 +119,7 @@ class Worker:
         beat.start()
         try:
             for item in self.ctx.loaded.plan.items:
+                self.work.retry(item.name)
                 result.items.append(self._item(item, result))
         except KeyboardInterrupt:
             result.interrupted = True
@@ -115,35 +132,90 @@ class Worker:
 
     def _item(self, item: DatabaseItem | BlobItem, result: WorkerResult) -> ItemWork:
         done = ItemWork(item.name)
-        journal = self.ctx.journal
         engine = engine_for(item, self.ctx)
         try:
-            if "load" in self.stages and journal.last_done(item.name, "load"):
-                return done
-            with self._singleton(f"{item.name}:prepare"):
-                for stage in ("preflight", "schema"):
-                    if stage in self.stages and not journal.last_done(item.name, stage):
-                        stage_result = self.runner.stage(engine, stage, partial(getattr(engine, stage), self.ctx))
-                        if not stage_result.ok or stage_result.problems:
-                            result.failed.append(f"{item.name}: {stage}: " + "; ".join(stage_result.problems))
-                            return done
-                if "load" not in self.stages:
-                    return done
-                if journal.get(item.name, "work:load") is None:
-                    tasks = engine.load_tasks(self.ctx)  # type: ignore[attr-defined]
-                    self.work.add(item.name, "load", tasks)
-                    self.work.add(item.name, FINISH, ["finish"])
-                    journal.set_stage(item.name, engine.kind, "load", "running", run_id=self.ctx.run_id,
-                                      detail={"tasks": len(tasks), "workers": "claims"})
-                    journal.put(item.name, "work:load", {"tasks": len(tasks)})
-            self._claim_until_done(item.name, "load", lambda claim: engine.load_task(  # type: ignore[attr-defined]
-                self.ctx, claim.task, claim.spec), done, result)
-            if result.failed:
-                return done
-            self._claim_until_done(item.name, FINISH, lambda _claim: self._finish_load(engine), done, result)
+            loaded = "load" in self.stages and self.ctx.journal.last_done(item.name, "load")
+            if (loaded or self._load(item, engine, done, result)) and "verify" in self.stages:
+                self._verify(item, engine, done, result)
             return done
         finally:
             engine.close()
+
+    def _load(self, item: DatabaseItem | BlobItem, engine: Any, done: ItemWork, result: WorkerResult) -> bool:
+        """preflight and schema once, then the load's chunks and its finishing task; False when it stopped
+        short of a finished load (a failure, or `--until` before it)."""
+        journal = self.ctx.journal
+        with self._singleton(f"{item.name}:prepare"):
+            for stage in ("preflight", "schema"):
+                if stage in self.stages and not journal.last_done(item.name, stage):
+                    stage_result = self.runner.stage(engine, stage, partial(getattr(engine, stage), self.ctx))
+                    if not stage_result.ok or stage_result.problems:
+                        result.failed.append(f"{item.name}: {stage}: " + "; ".join(stage_result.problems))
+                        return False
+            if "load" not in self.stages:
+                return False
+            if journal.get(item.name, "work:load") is None:
+                tasks = engine.load_tasks(self.ctx)
+                self.work.add(item.name, "load", tasks)
+                self.work.add(item.name, FINISH, ["finish"])
+                journal.set_stage(item.name, engine.kind, "load", "running", run_id=self.ctx.run_id,
+                                  detail={"tasks": len(tasks), "workers": "claims"})
+                journal.put(item.name, "work:load", {"tasks": len(tasks)})
+        self._claim_until_done(item.name, "load", lambda claim: engine.load_task(self.ctx, claim.task, claim.spec),
+                               done, result)
+        if result.failed:
+            return False
+        self._claim_until_done(item.name, FINISH, lambda _claim: self._finish_load(engine), done, result)
+        return not result.failed
+
+    def _verify(self, item: DatabaseItem | BlobItem, engine: Any, done: ItemWork, result: WorkerResult) -> None:
+        """A database item's verification in parts: joined where one is under way, begun where the last is not
+        current (see the module), then reported by every worker once complete."""
+        if not isinstance(item, DatabaseItem):
+            result.notes.append(f"{item.name}: blob items verify in one runner: run `migrate verify`")
+            return
+        journal = self.ctx.journal
+        with self._singleton(f"{item.name}:verify"):
+            current = journal.get(item.name, VERIFYING)
+            if current is not None and self.work.progress(item.name, VERIFY_FINISH).finished:
+                current = None  # that one is complete
+            if current is None:
+                if self.runner.verification_current(item.name):
+                    self._report(item.name, done, result)
+                    return
+                verification = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+                tasks = engine.verify_tasks(self.ctx)
+                self.work.forget(item.name, (VERIFY, VERIFY_FINISH))
+                engine.forget_verify_parts(self.ctx)
+                self.work.add(item.name, VERIFY, tasks)
+                self.work.add(item.name, VERIFY_FINISH, [verification])
+                journal.put(item.name, VERIFYING, {"id": verification, "tasks": len(tasks)})
+                journal.set_stage(item.name, engine.kind, "verify", "running", run_id=self.ctx.run_id,
+                                  detail={"verification": verification, "tasks": len(tasks), "workers": "claims"})
+                current = {"id": verification}
+        verification = current["id"]
+        self._claim_until_done(item.name, VERIFY, lambda claim: engine.verify_task(self.ctx, verification, claim.task),
+                               done, result)
+        if result.failed:
+            return
+        self._claim_until_done(item.name, VERIFY_FINISH, lambda claim: self._finish_verify(engine, claim.task),
+                               done, result)
+        if not result.failed:
+            self._report(item.name, done, result)
+
+    def _finish_verify(self, engine: Any, verification: str) -> int:
+        self.runner.verify_item(engine, parts=partial(engine.verify_parts, self.ctx, verification))
+        return 0
+
+    def _report(self, item: str, done: ItemWork, result: WorkerResult) -> None:
+        last = self.ctx.journal.last_verification(item)
+        if last is None:
+            return
+        done.verification = (f"clean, {last.checked:,} rows" if last.clean
+                             else f"{last.differences} difference(s) in {last.checked:,} rows")
+        if not last.clean:
+            result.differences.append(f"{item}: verification found {done.verification} (`migrate verify` lists "
+                                      "them; `migrate sync` repairs what changed)")
 
     def _finish_load(self, engine: Any) -> int:
         self.runner.stage(engine, "load", lambda: engine.load_finish(self.ctx))
@@ -193,7 +265,10 @@ class Worker:
             units = 0  # superseded: said below
         if self.work.done(claim, units):
             done.done += 1
-            done.units += units
+            if claim.stage == VERIFY:
+                done.checked += units
+            else:
+                done.units += units
             done.finished_stage = done.finished_stage or claim.stage == FINISH
         else:
             owner, fence, status = self.work.holder(claim.item, claim.stage, claim.task)
@@ -272,10 +347,9 @@ def shard_of(value: str | None) -> tuple[int, int]:
 
 
 def run_local_workers(plan_path: Path, count: int, until: str) -> None:
-    """`migrate run PLAN --workers N`: N `migrate worker` processes on this machine, up to the load (or `until`
-    when earlier); raises when one of them did not finish its work."""
-    last = until if until in WORKER_STAGES else "load"
-    argv = [sys.executable, "-m", "migrate", "worker", str(plan_path), "--until", last]
+    """`migrate run PLAN --workers N`: N `migrate worker` processes on this machine, up to `until` (a database
+    item's verify too); raises when one of them did not finish its work."""
+    argv = [sys.executable, "-m", "migrate", "worker", str(plan_path), "--until", until]
     children = [subprocess.Popen([*argv, "--shard", f"{i}/{count}"], stdout=subprocess.DEVNULL)
                 for i in range(count)]
     try:
@@ -286,7 +360,7 @@ def run_local_workers(plan_path: Path, count: int, until: str) -> None:
         for child in children:
             child.wait()
         raise
-    if any(codes):
+    if any(code not in (0, 3) for code in codes):  # 3: verified, with differences (the run reports them)
         raise MigrateError(f"{sum(1 for c in codes if c)} of {count} workers did not finish (exit codes "
                            f"{', '.join(map(str, codes))}); their messages are above",
                            hint="run the same command again: finished chunks are kept, the rest are claimed again")

@@ -210,6 +210,18 @@ class WorkTable:
                 status=text(f"CASE WHEN attempts >= {int(self.max_attempts)} THEN 'failed' ELSE 'pending' END"),
                 error=error[:2000], lease_until=None)).rowcount)
 
+    def retry(self, item: str) -> int:
+        """A new run retries: the item's failed tasks are claimable again, `max_attempts` more times each."""
+        with self.journal.connect() as conn:
+            return int(conn.execute(update(tasks_t).where(and_(tasks_t.c.item == item, tasks_t.c.status == "failed"))
+                                    .values(status="pending", attempts=0)).rowcount or 0)
+
+    def forget(self, item: str, stages: Sequence[str]) -> None:
+        """Drop an item's tasks of these stages (a finished verification's, before the next one's are added);
+        a runner still holding one of them is refused when it marks it done."""
+        with self.journal.connect() as conn:
+            conn.execute(tasks_t.delete().where(and_(tasks_t.c.item == item, tasks_t.c.stage.in_(stages))))
+
     def release(self, claims: Sequence[Claim]) -> None:
         """Give these tasks back unfinished (a worker asked to stop): claimable at once, the attempt not counted."""
         with self.journal.connect() as conn:
@@ -255,19 +267,21 @@ def live_leases(journal: Journal) -> list[tuple[str, str, str]]:
 
 
 def runners(journal: Journal, item: str) -> list[dict[str, object]]:
-    """Per worker that claimed any of the item's tasks, computed in the journal database: tasks done and the
-    units they moved, live leases and when the latest one ends (for `status`). Empty without workers."""
+    """Per worker that claimed any of the item's tasks, computed in the journal database: tasks done, the units
+    its load tasks moved and the rows its verify parts checked, live leases and when the latest one ends (for
+    `status`). Empty without workers."""
     if not _has_work_table(journal):
         return []
     with journal.connect() as conn:
         rows = conn.execute(text(
             "SELECT owner, count(*) FILTER (WHERE status = 'done'), coalesce(sum(units) FILTER (WHERE status = "
-            "'done'), 0), count(*) FILTER (WHERE status = 'leased' AND lease_until >= clock_timestamp()), "
-            "max(lease_until) FILTER (WHERE status = 'leased' AND lease_until >= clock_timestamp()) "
+            "'done' AND stage = 'load'), 0), count(*) FILTER (WHERE status = 'leased' AND lease_until >= "
+            "clock_timestamp()), max(lease_until) FILTER (WHERE status = 'leased' AND lease_until >= "
+            "clock_timestamp()), coalesce(sum(units) FILTER (WHERE status = 'done' AND stage = 'verify'), 0) "
             "FROM tasks WHERE item = :item AND owner IS NOT NULL GROUP BY owner ORDER BY owner"),
             {"item": item}).all()
     return [{"owner": r[0], "done": int(r[1]), "units": int(r[2]), "leased": int(r[3]),
-             "lease_until": r[4].isoformat() if r[4] else None} for r in rows]
+             "lease_until": r[4].isoformat() if r[4] else None, "verified": int(r[5])} for r in rows]
 
 
 def _has_work_table(journal: Journal) -> bool:

@@ -440,10 +440,11 @@ class Journal:
     # -- verifications --
 
     def record_verification(self, item: str, clean: bool, checked: int, differences: int,
-                            detail: dict[str, Any] | None = None) -> None:
+                            detail: dict[str, Any] | None = None, at: datetime | None = None) -> None:
+        """`at`: what moment the verification vouches for (its start; by default now)."""
         with self._write() as conn:
             conn.execute(insert(verifications_t).values(
-                item=item, at=now(), clean=clean, checked=checked, differences=differences,
+                item=item, at=at or now(), clean=clean, checked=checked, differences=differences,
                 detail=redact(json.dumps(detail, default=str)) if detail else None))
 
     def last_verification(self, item: str) -> VerificationRecord | None:
