@@ -58,7 +58,8 @@ def start_workers(plan: Path, count: int, lease: str = "3s") -> list[subprocess.
 def tasks(journal: str) -> list[tuple]:
     if pg(journal, "SELECT to_regclass('tasks')") == [(None,)]:  # no worker has made the work table yet
         return []
-    return pg(journal, "SELECT task, status, owner, fence FROM tasks WHERE stage = 'load' ORDER BY task")
+    return pg(journal, "SELECT task, status, owner, fence FROM tasks WHERE stage = 'load' AND spec IS NULL "
+                       "ORDER BY task")  # the chunks (not the tasks planning a table's ranges)
 
 
 def held_in_flight(journal: str, target: str) -> tuple[int, str] | None:
@@ -135,7 +136,9 @@ def test_four_workers_one_killed_mid_chunk_load_every_row_once(pg_cluster, pg_ur
     status = json.loads(cli_process("status", str(plan), "--json").stdout)["result"]["items"][0]
     assert status["load_chunks_done"] == status["load_chunks_total"] == len(ranges)
     by_runner = {w["owner"]: w for w in status["workers"]}  # computed in SQL, per runner
-    assert sum(w["done"] for w in by_runner.values()) == len(ranges) + 1  # the chunks and the finishing task
+    # the chunks, the task that planned them and the finishing task
+    assert sum(w["done"] for w in by_runner.values()) == len(ranges) + 2
+    assert pg(journal, "SELECT status, units FROM tasks WHERE task = 'observations#ranges'") == [("done", 0)]
     assert sum(w["units"] for w in by_runner.values()) == ROWS  # (a task counts for its latest claimer only)
 
 
@@ -342,3 +345,40 @@ def test_a_task_failed_too_often_fails_the_worker_and_the_next_run_retries_it(
     assert second.exit_code == 0, second.failed
     assert pg(journal, "SELECT status, attempts FROM tasks WHERE task = 'observations#1'") == [("done", 1)]
     assert table_md5(dsn(pg_url), "observations") == table_md5(dsn(pg_url2), "observations")
+
+
+def test_workers_plan_each_tables_ranges_in_a_task_of_its_own(pg_cluster, pg_url: str, pg_url2: str,
+                                                             tmp_path: Path) -> None:
+    """Key ranges are planned by claimable tasks, one per table (tables side by side), each replaced by its
+    table's chunks in the transaction that marks it done; the first plan journaled is the one kept."""
+    names = ["wards", "beds", "visits"]
+    for number, name in enumerate(names):
+        pg(pg_url, f"CREATE TABLE {name} (id bigint PRIMARY KEY, v text); INSERT INTO {name} SELECT g, repeat('x', "
+                   f"g % 50) FROM generate_series(1, {20_000 * (number + 1)}) g")
+    journal = pg_cluster.create_database()
+    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=7_000)
+    plan.write_text(plan.read_text().replace("tables: [observations]", "tables: [wards, beds, visits]"))
+    assert [outcome(w)[0] for w in start_workers(plan, 2)] == [0, 0]
+    planning = pg(journal, "SELECT task, status, fence, units FROM tasks WHERE spec = 'ranges' ORDER BY task")
+    assert planning == [(f"{name}#ranges", "done", 1, 0) for name in sorted(names)]
+    for name in names:
+        [(value,)] = pg(journal, "SELECT value FROM item_state WHERE key = %s", (f"ranges:{name}",))
+        ranges = decode_ranges(json.loads(value))
+        chunks = pg(journal, "SELECT task FROM tasks WHERE spec IS NULL AND task LIKE %s AND status = 'done'",
+                    (f"{name}#%",))
+        assert sorted(t for (t,) in chunks) == sorted(f"{name}#{i}" for i in range(len(ranges)))
+        assert table_md5(dsn(pg_url), name) == table_md5(dsn(pg_url2), name)
+
+
+def test_of_runners_journaling_one_value_at_once_the_first_wins(pg_cluster) -> None:
+    from migrate.state.journal import Journal
+
+    url = pg_cluster.create_database()
+    first, second = Journal(url), Journal(url)
+    try:
+        assert first.put_once("obs", "ranges:t", [[None, 5], [5, None]]) == [[None, 5], [5, None]]
+        assert second.put_once("obs", "ranges:t", [[None, 7], [7, None]]) == [[None, 5], [5, None]]
+        assert second.get("obs", "ranges:t") == [[None, 5], [5, None]]
+    finally:
+        first.close()
+        second.close()

@@ -47,12 +47,14 @@ from migrate.plan.model import DatabaseItem, Incremental, TableSpec
 from migrate.redact import redact
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 from migrate.stages.guards import check_deletes
+from migrate.state.claims import Split
 from migrate.state.journal import Journal
 from migrate.state.slots import slot_summary
 from migrate.units import human_bytes
 
 VERIFY_PARTS = "verify-part"  # journal chunks: what each part of a verification in parts found
 PART_DIFFERENCES = 1000  # differences a verify part journals in full (all are counted)
+RANGES_TASK = "ranges"  # the spec of a worker's task planning one table's key ranges
 
 
 class DatabaseEngine(ItemEngine):
@@ -344,9 +346,11 @@ class DatabaseEngine(ItemEngine):
 
     # -- the load as claimable tasks (`migrate worker`, see migrate.stages.worker) --
 
-    def load_tasks(self, ctx: StageContext) -> list[str]:
-        """Once, before any chunk: the slot (logical decoding) and the pre-load watermarks, then every table's
-        key ranges planned and journaled; returns the chunks not done yet, as task names."""
+    def load_tasks(self, ctx: StageContext) -> list[str | tuple[str, str | None]]:
+        """Once, before any chunk: the slot (logical decoding) and the pre-load watermarks; returns the tasks:
+        the chunks not done yet of tables whose key ranges are journaled (task names), and one planning task
+        per table whose ranges are not (`table#ranges`, spec `ranges`: claimed like a chunk, so tables are
+        planned side by side, see `load_task`)."""
         if self.target.dialect != "postgresql":
             raise UsageError(f"{self.name}: workers load PostgreSQL targets only ({self.target.label} is "
                              f"{self.target.dialect}): each chunk takes a lock on the target first",
@@ -356,20 +360,30 @@ class DatabaseEngine(ItemEngine):
         if capture is not None:
             capture.ensure(ctx.journal, self._logical(pairs))
         done = ctx.journal.chunks(self.name, loading.STAGE)
-        tasks = []
+        tasks: list[str | tuple[str, str | None]] = []
         for pair in pairs:
             if pair.watermark is not None and ctx.journal.get(self.name, syncing.watermark_key(pair)) is None:
                 syncing.record_watermark(ctx.journal, self.name, pair, syncing.source_watermark(pair))
-            ranges = self._load_ranges(ctx, pair)
-            tasks += [chunk for i in range(len(ranges))
-                      if done.get(chunk := loading.chunk_id(pair.label, i), ("",))[0] != "done"]
+            stored = ctx.journal.get(self.name, loading.ranges_key(pair.label))
+            if stored is None:
+                tasks.append((f"{pair.label}#{RANGES_TASK}", RANGES_TASK))
+            else:
+                tasks += self._chunks_left(pair, len(decode_ranges(stored)), done)
         return tasks
 
-    def load_task(self, ctx: StageContext, task: str, spec: str | None = None) -> int:
+    def _chunks_left(self, pair: TablePair, count: int, done: dict[str, Any]) -> list[str | tuple[str, str | None]]:
+        return [chunk for i in range(count) if done.get(chunk := loading.chunk_id(pair.label, i), ("",))[0] != "done"]
+
+    def load_task(self, ctx: StageContext, task: str, spec: str | None = None) -> int | Split:
         """Copy one chunk (`table#index`: its name says it all, no `spec`) under its target lock and journal it
-        done; returns its rows."""
+        done; returns its rows. A planning task (spec `ranges`) plans its table's key ranges and journals them
+        unless a runner did first (that runner's are kept), and is replaced by the table's chunks."""
         label, index = task.rsplit("#", 1)
         pair = next(p for p in self._task_pairs() if p.label == label)
+        if spec == RANGES_TASK:
+            ranges = self._load_ranges(ctx, pair)
+            left = self._chunks_left(pair, len(ranges), ctx.journal.chunks(self.name, loading.STAGE))
+            return Split([(t, None) if isinstance(t, str) else t for t in left])
         ranges = self._load_ranges(ctx, pair)
         rows = loading.copy_range(pair, ranges[int(index)], fence=loading.chunk_lock(label, int(index)))
         ctx.journal.mark_chunk(self.name, loading.STAGE, task, "done", rows)
@@ -382,8 +396,8 @@ class DatabaseEngine(ItemEngine):
         if stored is not None:
             return decode_ranges(stored)
         ranges = loading.new_ranges(pair, self.item.chunk_rows)
-        ctx.journal.put(self.name, loading.ranges_key(pair.label), encode_ranges(ranges))
-        return ranges
+        # of runners planning one table at once (one frozen past its lease, say), the first to journal wins
+        return decode_ranges(ctx.journal.put_once(self.name, loading.ranges_key(pair.label), encode_ranges(ranges)))
 
     def _task_pairs(self) -> list[TablePair]:
         if self._loaded_pairs is None:

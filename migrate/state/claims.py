@@ -82,7 +82,7 @@ class Split:
     """What a task that cuts its work into smaller tasks returns instead of units: those tasks, as
     (name, spec), added in the transaction that marks it done (`WorkTable.split`)."""
 
-    tasks: list[tuple[str, str]]
+    tasks: list[tuple[str, str | None]]
 
 
 @dataclass(frozen=True)
@@ -141,14 +141,14 @@ class WorkTable:
         self.shard = shard
         self.max_attempts = max_attempts
 
-    def add(self, item: str, stage: str, tasks: Sequence[str | tuple[str, str]]) -> int:
+    def add(self, item: str, stage: str, tasks: Sequence[str | tuple[str, str | None]]) -> int:
         """Add tasks not yet known (a second runner adding the same ones changes nothing), each a name or
         (name, spec); returns how many were new."""
         with self.journal.connect() as conn:
             return self._add(conn, item, stage, tasks)
 
     @staticmethod
-    def _add(conn: Connection, item: str, stage: str, tasks: Sequence[str | tuple[str, str]]) -> int:
+    def _add(conn: Connection, item: str, stage: str, tasks: Sequence[str | tuple[str, str | None]]) -> int:
         if not tasks:
             return 0
         named = [(t, None) if isinstance(t, str) else t for t in tasks]
@@ -158,13 +158,13 @@ class WorkTable:
             index_elements=[tasks_t.c.item, tasks_t.c.stage, tasks_t.c.task]).returning(tasks_t.c.id)
         return len(conn.execute(statement, rows).all())
 
-    def split(self, claim: Claim, tasks: Sequence[tuple[str, str]]) -> bool:
+    def split(self, claim: Claim, tasks: Sequence[tuple[str, str | None]]) -> bool:
         """Mark a task done and add the tasks that replace it, in one transaction: both, or (when a newer
         claim superseded this one) neither, so a task reclaimed after its runner died cannot leave two
-        different sets of replacements."""
+        different sets of replacements. A split moves nothing itself: its units are 0."""
         with self.journal.connect() as conn:
             if not conn.execute(update(tasks_t).where(self._held(claim)).values(
-                    status="done", units=len(tasks), lease_until=None)).rowcount:
+                    status="done", units=0, lease_until=None)).rowcount:
                 return False  # nothing was written
             self._add(conn, claim.item, claim.stage, tasks)
         return True

@@ -419,6 +419,20 @@ class Journal:
             if not changed:
                 conn.execute(insert(kv_t).values(item=item, key=key, value=text, updated_at=now()))
 
+    def put_once(self, item: str, key: str, value: Any) -> Any:
+        """Store `value` unless the key holds one already, and return what it holds: of runners storing at once,
+        the first one's value wins and every one of them reads it back."""
+        text = json.dumps(value, default=str)
+        dialect = self.engine.dialect.name
+        with self._write() as conn:
+            row = {"item": item, "key": key, "value": text, "updated_at": now()}
+            if dialect in ("sqlite", "postgresql"):
+                conn.execute((sqlite_insert if dialect == "sqlite" else postgresql_insert)(kv_t)
+                             .on_conflict_do_nothing(index_elements=[kv_t.c.item, kv_t.c.key]).values(**row))
+            elif conn.execute(select(kv_t.c.key).where(and_(kv_t.c.item == item, kv_t.c.key == key))).first() is None:
+                conn.execute(insert(kv_t).values(**row))
+        return self.get(item, key)
+
     def put_many(self, item: str, values: dict[str, Any]) -> None:
         """`put` of several keys in one transaction (one durable write instead of one per key)."""
         if not values:
