@@ -75,13 +75,14 @@ def held_in_flight(journal: str, target: str) -> tuple[int, str] | None:
     return None
 
 
-def stop_holding(journal: str, probe) -> tuple[int, str]:
-    """SIGSTOP the worker `probe()` finds holding a task and return (pid, task) once it is stopped while still
-    holding it: it may finish that task between the look and the stop, and is then let go and looked at again."""
+def stop_holding(journal: str, probe, stage: str = "load") -> tuple[int, str]:
+    """SIGSTOP the worker `probe()` finds holding a task of `stage` and return (pid, task) once it is stopped while
+    still holding it: it may finish that task between the look and the stop, and is then let go and looked at
+    again."""
     while True:
         pid, task = poll(probe)
         os.kill(pid, signal.SIGSTOP)
-        if pg(journal, "SELECT status, owner FROM tasks WHERE task = %s", (task,)) == [
+        if pg(journal, "SELECT status, owner FROM tasks WHERE task = %s AND stage = %s", (task, stage)) == [
                 ("leased", f"{os.uname().nodename}:{pid}")]:
             return pid, task
         os.kill(pid, signal.SIGCONT)
@@ -382,3 +383,34 @@ def test_of_runners_journaling_one_value_at_once_the_first_wins(pg_cluster) -> N
     finally:
         first.close()
         second.close()
+
+
+def test_a_worker_killed_holding_a_verify_part_is_replaced_and_the_verification_stays_whole(
+        pg_cluster, pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    fill(pg_url)
+    journal = pg_cluster.create_database()
+    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=10_000)
+    assert [outcome(w)[0] for w in start_workers_until(plan, 2, "load")] == [0, 0]
+    # a verify rate limit keeps each part's lease held for about half a second after its comparison
+    plan.write_text(plan.read_text().replace("chunk_rows: 10000}", "chunk_rows: 10000, throttle: "
+                                             "{verify_rows_per_second: 20000}}"))
+    workers = [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/2",
+                                 "--until", "verify", "--lease", "3s", "--json"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+    def leased_part() -> tuple[int, str] | None:
+        rows = pg(journal, "SELECT owner, task FROM tasks WHERE stage = 'verify' AND status = 'leased'")
+        return (int(rows[0][0].rsplit(":", 1)[1]), rows[0][1]) if rows else None
+
+    pid, task = stop_holding(journal, leased_part, stage="verify")
+    os.kill(pid, signal.SIGKILL)
+    victim = next(w for w in workers if w.pid == pid)
+    victim.wait()
+    [(code, body)] = [outcome(w) for w in workers if w is not victim]
+    assert code == 0, body
+    ranges = load_ranges(journal)
+    assert pg(journal, "SELECT status, fence >= 2 FROM tasks WHERE stage = 'verify' AND task = %s", (task,)) == [
+        ("done", True)]
+    assert pg(journal, "SELECT count(*) FROM tasks WHERE stage = 'verify' AND status = 'done'") == [(len(ranges),)]
+    [(clean, checked, detail)] = pg(journal, "SELECT clean, checked, detail FROM verifications")
+    assert (clean, checked, json.loads(detail)["parts"]) == (True, ROWS, len(ranges))
