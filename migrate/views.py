@@ -107,8 +107,6 @@ def show_worker(console: Console, result: Any) -> None:
         console.print(f"  [red]failed[/] {escape(failure)}", highlight=False)
     for found in result.differences:
         console.print(f"  [red]differences[/] {escape(found)}", highlight=False)
-    for note in result.notes:
-        console.print(f"  {escape(note)}", highlight=False)
 
 
 def _differences(console: Console, differences: list[Any], limit: int = 50) -> None:
@@ -181,7 +179,7 @@ def show_status(console: Console, result: Any) -> None:
                           markup=False)
         for w in i.workers:
             leased = f", {w['leased']} leased until {str(w['lease_until'])[11:19]}" if w["leased"] else ""
-            verified = f", {w['verified']:,} rows verified" if w.get("verified") else ""
+            verified = f", {w['verified']:,} verified" if w.get("verified") else ""
             console.print(f"{i.item}: worker {w['owner']}: {w['done']:,} task(s) done ({w['units']:,} rows"
                           f"{verified}){leased}", highlight=False, markup=False)
         for seen in (i.slot, i.reverse_slot):

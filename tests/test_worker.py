@@ -191,7 +191,9 @@ def test_sigterm_gives_the_task_back_and_exits_130(pg_cluster, pg_url: str, pg_u
     assert any(r.startswith("workers: 1 task(s) leased by ") and f":{pid}" in r for r in refused), refused
     assert worker.wait(timeout=30) == 130
     state = {t: (status, fence) for t, status, _, fence in tasks(journal)}
-    assert state[task][0] == "pending"  # given back at once, not left to a 60 s lease
+    # given back at once, never left to its 60 s lease (or finished: SIGCONT can let a COPY already sent
+    # complete before the stop is seen, and the chunk is then done, not half-done)
+    assert state[task][0] in ("pending", "done"), state[task]
     rest = start_workers(plan, 1)[0]
     assert outcome(rest)[0] == 0
     assert table_md5(dsn(pg_url), "observations") == table_md5(dsn(pg_url2), "observations")

@@ -185,3 +185,48 @@ def test_a_file_that_cannot_be_read_fails_its_chunk_only_and_is_named(pg_cluster
     assert len(failed) == 1 and failed[0][0] == "failed"
     assert "ward-2/day-2/broken.txt: broken symbolic link" in failed[0][1]
     assert "ward-2/day-2/broken.txt" in Task.of(failed[0][2]).range
+
+
+def start_until(plan: Path, count: int, until: str) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/{count}",
+                              "--until", until, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(count)]
+
+
+def test_workers_verify_a_blob_item_in_the_loads_chunks_and_find_what_an_outside_comparison_finds(
+        pg_cluster, tmp_path: Path) -> None:
+    source, target = tmp_path / "src", tmp_path / "dst"
+    files = make_files(source, nested=300, flat=100)
+    journal = pg_cluster.create_database()
+    plan = blob_worker_plan(tmp_path, source, f'{{path: "{target}"}}', journal, chunk_files=50)
+    assert [w.wait(timeout=180) for w in start_until(plan, 2, "load")] == [0, 0]
+    nested = next(p for p in sorted(files) if p.startswith("ward-4/"))
+    copies = {task for task, status, _, _, spec in load_tasks(journal) if Task.of(spec).kind == "copy"}
+    # behind the tool's back: one file's bytes changed (same size), one gone, one extra in a new folder
+    changed = target / nested
+    changed.write_bytes(changed.read_bytes().replace(b"synthetic", b"SYNTHETIC"))
+    (target / "flat" / "letter-000042.txt").unlink()
+    (target / "zz-new").mkdir()
+    (target / "zz-new" / "stray.txt").write_bytes(b"not from the source")
+    theirs, ours = tree_sha(source), tree_sha(target)
+    outside = sorted(p for p in theirs.keys() | ours.keys() if theirs.get(p) != ours.get(p))
+    assert len(outside) == 3
+    outcomes = [(w.wait(timeout=180), w) for w in start_until(plan, 2, "verify")]
+    assert [code for code, _ in outcomes] == [3, 3], [w.communicate() for _, w in outcomes]
+    [(clean, checked, differences, detail)] = pg(journal, "SELECT clean, checked, differences, detail "
+                                                          "FROM verifications")
+    detail = json.loads(detail)
+    assert (clean, differences) == (False, 3) and checked == len(theirs.keys() | ours.keys())
+    assert sorted(d["key"] for d in detail["differences"]) == outside
+    assert {(d["key"], d["kind"]) for d in detail["differences"]} == {
+        (nested, "different"), ("flat/letter-000042.txt", "missing_on_target"),
+        ("zz-new/stray.txt", "missing_on_source")}
+    parts = pg(journal, "SELECT task, status FROM tasks WHERE stage = 'verify'")
+    assert {task for task, _ in parts} == copies and all(status == "done" for _, status in parts)
+    assert detail["parts"] == len(copies) and detail["files"] == len(theirs)
+    # put right by hand: the next run verifies again (the last one was not clean) and finds nothing
+    changed.write_bytes(changed.read_bytes().replace(b"SYNTHETIC", b"synthetic"))
+    (target / "flat" / "letter-000042.txt").write_bytes((source / "flat" / "letter-000042.txt").read_bytes())
+    (target / "zz-new" / "stray.txt").unlink()
+    assert start_until(plan, 1, "verify")[0].wait(timeout=180) == 0
+    assert pg(journal, "SELECT clean, checked FROM verifications ORDER BY id DESC LIMIT 1") == [(True, len(theirs))]

@@ -1,4 +1,4 @@
-"""A blob item's load as claimable tasks for `migrate worker` (see `migrate.blobs.partition`).
+"""A blob item's load (and verification) as claimable tasks for `migrate worker` (see `migrate.blobs.partition`).
 
 The first task splits the root folder; split tasks list one level and are replaced by the tasks of their
 subfolders and by copy chunks of at most `chunk_files` files; a copy chunk lists its range on both sides,
@@ -10,12 +10,15 @@ holds one chunk's entries at a time, never the whole listing. Deletes are sync's
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from migrate.blobs.inventory import ChangeStream, filtered, resolve
 from migrate.blobs.partition import Task, cut, listing_in, root_task
 from migrate.blobs.records import RecordBook
+from migrate.blobs.verify import BlobVerifier
 from migrate.errors import MigrateError
+from migrate.stages import parts
 from migrate.stages.engine import StageContext, StageResult
 from migrate.state.claims import Split
 from migrate.units import human_bytes
@@ -113,3 +116,31 @@ def finish(engine: BlobEngine, ctx: StageContext) -> StageResult:
         "files": done[0], "bytes": done[1]})
     return StageResult(engine.name, "load", summary=f"{done[0]} files ({human_bytes(done[1])}) on the target, "
                        "copied by workers chunk by chunk", metrics={"files": done[0], "bytes": done[1]})
+
+
+def verify_tasks(loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+    """The parts of a verification: the load's copy chunks, else one part covering every path."""
+    chunks = [(name, spec) for name, spec in loaded if spec is not None and Task.of(spec).kind == "copy"]
+    if chunks:
+        return chunks
+    whole = root_task()
+    whole = Task("copy", whole.folder, whole.range)
+    return [(whole.name, whole.spec)]
+
+
+def verify_part(engine: BlobEngine, ctx: StageContext, verification: str, task: str, spec: str) -> int:
+    """One part of a verification: the range listed on both sides, compared as `migrate verify` compares the
+    whole item (the source's MD5 from the journal's records of that range where the file is unchanged)."""
+    started = datetime.now(UTC)
+    rng = Task.of(spec)
+    source = filtered(listing_in(engine.source, rng.folder, rng.range), engine.keep)
+    target = filtered(listing_in(engine.target, rng.folder, rng.range), engine.keep)
+    records = RecordBook(ctx.journal, engine.name).load(rng.range.lo, rng.range.hi)
+    verifier = BlobVerifier(engine.name, engine.source, engine.target, engine.keep, records,
+                            engine.item.concurrency, ctx.progress)
+    found = verifier.compare(source, target)
+    parts.record(ctx.journal, engine.name, verification, task, started, found.checked, found.differences,
+                 files=len(source.entries), bytes=source.bytes, target_files=len(target.entries),
+                 target_bytes=target.bytes, source_bytes_read=found.metrics["source_bytes_read"],
+                 target_bytes_read=found.metrics["target_bytes_read"])
+    return found.checked

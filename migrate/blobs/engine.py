@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import datetime
 from typing import Any
 
 from migrate.blobs import chunked
@@ -18,6 +19,7 @@ from migrate.errors import EndpointError, MassDeleteRefused
 from migrate.plan.loader import LoadedPlan
 from migrate.plan.model import BlobItem
 from migrate.redact import redact
+from migrate.stages import parts
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 from migrate.stages.guards import PlannedDeletes, check_deletes
 from migrate.state.claims import Split
@@ -254,6 +256,22 @@ class BlobEngine(ItemEngine):
 
     def load_finish(self, ctx: StageContext) -> StageResult:
         return chunked.finish(self, ctx)
+
+    # -- verify as claimable tasks (`migrate worker --until verify`) --
+
+    def verify_tasks(self, ctx: StageContext, loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+        """A verification's parts: the load's copy chunks (path ranges tiling the whole path space, so a file
+        made since falls in one of them too); one part for everything when no worker loaded the item."""
+        return chunked.verify_tasks(loaded)
+
+    def verify_task(self, ctx: StageContext, verification: str, task: str, spec: str | None = None) -> int:
+        """Compare one part (its path range listed on both sides, by size and MD5) and journal what it found
+        under `verification`; returns the paths checked."""
+        assert spec is not None, f"blob task {task} has no range"
+        return chunked.verify_part(self, ctx, verification, task, spec)
+
+    def verify_parts(self, ctx: StageContext, verification: str) -> tuple[VerifyResult, datetime]:
+        return parts.add_up(ctx.journal, self.name, verification)
 
     def _cycle(self, ctx: StageContext, *, delete: bool, label: str) -> tuple[CycleTally, CopyOutcome, bool]:
         """List the target, then list the source page by page, each page's copies starting at once while

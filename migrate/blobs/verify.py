@@ -19,7 +19,7 @@ from migrate import interrupt
 from migrate.blobs.filters import PathFilter
 from migrate.blobs.inventory import filtered
 from migrate.blobs.records import PathRecord
-from migrate.blobs.store import BlobEntry, BlobStore, StoreFault
+from migrate.blobs.store import BlobEntry, BlobStore, Listing, StoreFault
 from migrate.errors import Difference
 from migrate.stages.engine import Progress, VerifyResult
 
@@ -37,8 +37,11 @@ class BlobVerifier:
     progress: Progress
 
     def run(self, deep: bool = False) -> VerifyResult:
-        src = filtered(self.source.listing(), self.keep)
-        dst = filtered(self.target.listing(), self.keep)
+        return self.compare(filtered(self.source.listing(), self.keep), filtered(self.target.listing(), self.keep),
+                            deep)
+
+    def compare(self, src: Listing, dst: Listing, deep: bool = False) -> VerifyResult:
+        """Every difference between two listings (of the whole item, or of one path range of it)."""
         result = VerifyResult(self.item)
         for path in sorted(src.entries.keys() - dst.entries.keys()):
             result.differences.append(Difference(self.item, "missing_on_target", path,

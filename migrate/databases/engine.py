@@ -45,6 +45,7 @@ from migrate.errors import Difference, EndpointError, MigrateError, UsageError
 from migrate.plan.loader import LoadedPlan
 from migrate.plan.model import DatabaseItem, Incremental, TableSpec
 from migrate.redact import redact
+from migrate.stages import parts
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 from migrate.stages.guards import check_deletes
 from migrate.state.claims import Split
@@ -52,8 +53,6 @@ from migrate.state.journal import Journal
 from migrate.state.slots import slot_summary
 from migrate.units import human_bytes
 
-VERIFY_PARTS = "verify-part"  # journal chunks: what each part of a verification in parts found
-PART_DIFFERENCES = 1000  # differences a verify part journals in full (all are counted)
 RANGES_TASK = "ranges"  # the spec of a worker's task planning one table's key ranges
 
 
@@ -499,48 +498,27 @@ class DatabaseEngine(ItemEngine):
 
     # -- verify as claimable tasks (`migrate worker --until verify`) --
 
-    def verify_tasks(self, ctx: StageContext) -> list[str]:
+    def verify_tasks(self, ctx: StageContext, loaded: list[tuple[str, str | None]]) -> list[str]:
         """A verification's parts: one per load key range of each table (`table#index`), as journaled."""
         return [loading.chunk_id(pair.label, index) for pair in self._task_pairs()
                 for index in range(len(self._ranges(ctx, pair)))]
 
-    def verify_task(self, ctx: StageContext, verification: str, task: str) -> int:
+    def verify_task(self, ctx: StageContext, verification: str, task: str, spec: str | None = None) -> int:
         """Compare one part (one key range of one table: both sides' checksums, descending where they differ)
         and journal what it found under `verification`; returns the source rows checked."""
-        started = datetime.now(UTC).isoformat()
+        started = datetime.now(UTC)
         label, index = task.rsplit("#", 1)
         pair = next(p for p in self._task_pairs() if p.label == label)
         checker = KeyRangeChecksum(pair, workers=2, leaf_rows=2000)
         found = [self._difference(d) for d in checker.compare([self._ranges(ctx, pair)[int(index)]])]
-        # named under the verification: a runner of an older one, frozen past its lease, cannot mix in
-        ctx.journal.mark_chunk(self.name, VERIFY_PARTS, f"{verification}/{task}", "done", checker.stats.source_rows, {
-            "started": started, "table": label, "rows": checker.stats.source_rows,
-            "target_rows": checker.stats.target_rows, "bisected": checker.stats.bisected,
-            "differences": len(found), "found": [asdict(d) for d in found[:PART_DIFFERENCES]]})
-        self.throttle(ctx).verify_rows(checker.stats.source_rows)
-        return checker.stats.source_rows
-
-    def forget_verify_parts(self, ctx: StageContext) -> None:
-        """Before a new verification in parts: the parts of the earlier ones go."""
-        ctx.journal.clear_chunks(self.name, VERIFY_PARTS)
+        stats = checker.stats
+        parts.record(ctx.journal, self.name, verification, task, started, stats.source_rows, found, group=label,
+                     rows=stats.source_rows, target_rows=stats.target_rows, bisected=stats.bisected)
+        self.throttle(ctx).verify_rows(stats.source_rows)
+        return stats.source_rows
 
     def verify_parts(self, ctx: StageContext, verification: str) -> tuple[VerifyResult, datetime]:
-        """The verification its parts add up to, and when its earliest part started (what it vouches for)."""
-        parts = [detail for _, _, detail in ctx.journal.chunks(
-            self.name, VERIFY_PARTS, lo=f"{verification}/", hi=f"{verification}0").values()]
-        result = VerifyResult(self.name)
-        tables: dict[str, dict[str, int]] = {}
-        for part in parts:
-            result.checked += part["rows"]
-            result.differences += [Difference(**d) for d in part["found"]]
-            table = tables.setdefault(part["table"], {"rows": 0, "target_rows": 0, "differences": 0,
-                                                      "ranges": 0, "bisected": 0})
-            for key in ("rows", "target_rows", "differences", "bisected"):
-                table[key] += part[key]
-            table["ranges"] += 1
-        result.metrics = {"tables": tables, "verification": verification, "parts": len(parts)}
-        earliest = min((datetime.fromisoformat(p["started"]) for p in parts), default=datetime.now(UTC))
-        return result, earliest
+        return parts.add_up(ctx.journal, self.name, verification, by="tables")
 
     def _difference(self, diff: RowDifference) -> Difference:
         detail = f"columns: {','.join(diff.columns)}" if diff.columns else ""

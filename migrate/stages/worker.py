@@ -8,11 +8,12 @@ copies it (the chunk's target transaction takes a lock of its own on the target 
 past its lease cannot interleave with the one that took the chunk over), and marks it done with its claim's
 fence; a superseded done-mark is refused and said.
 
-With `--until verify` a database item's verification is claimable too, in parts: one per load key range, each
-comparing that range's checksums on both sides (descending where they differ) and journaling what it found under
-the verification's id; the task finishing the last part adds them up into one verification, dated by its
-earliest part's start. A clean verification newer than the last load and sync is not repeated. Blob items verify
-in one runner (`migrate verify`, or `migrate run`).
+With `--until verify` an item's verification is claimable too, in parts (`migrate.stages.parts`): a table's
+part is one load key range, compared by checksums on both sides (descending where they differ); a blob item's
+part is one of the load's copy chunks (a path range), listed on both sides and compared by size and MD5. Each
+journals what it found under the verification's id; the task finishing the last part adds them up into one
+verification, dated by its earliest part's start. A clean verification newer than the last load and sync is not
+repeated.
 
 A worker exits 0 once nothing of its stages is pending or leased, 1 when a task failed `max_attempts` times, 3
 when the verification found differences, 130 on SIGTERM or Ctrl-C after giving its tasks back. A defect (an
@@ -46,6 +47,7 @@ from migrate import interrupt
 from migrate.errors import MigrateError, UsageError
 from migrate.plan.model import BlobItem, DatabaseItem
 from migrate.redact import redact
+from migrate.stages import parts
 from migrate.stages.engine import StageContext
 from migrate.stages.runner import StageRunner, engine_for
 from migrate.state.claims import Claim, Split, WorkTable, parse_shard
@@ -79,7 +81,6 @@ class WorkerResult:
     items: list[ItemWork] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)  # items whose verification found differences
-    notes: list[str] = field(default_factory=list)
     interrupted: bool = False
 
     @property
@@ -169,11 +170,8 @@ class Worker:
         return not result.failed
 
     def _verify(self, item: DatabaseItem | BlobItem, engine: Any, done: ItemWork, result: WorkerResult) -> None:
-        """A database item's verification in parts: joined where one is under way, begun where the last is not
-        current (see the module), then reported by every worker once complete."""
-        if not isinstance(item, DatabaseItem):
-            result.notes.append(f"{item.name}: blob items verify in one runner: run `migrate verify`")
-            return
+        """An item's verification in parts: joined where one is under way, begun where the last is not current
+        (see the module), then reported by every worker once complete."""
         journal = self.ctx.journal
         with self._singleton(f"{item.name}:verify"):
             current = journal.get(item.name, VERIFYING)
@@ -184,9 +182,9 @@ class Worker:
                     self._report(item.name, done, result)
                     return
                 verification = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-                tasks = engine.verify_tasks(self.ctx)
+                tasks = engine.verify_tasks(self.ctx, self.work.done_tasks(item.name, "load"))
                 self.work.forget(item.name, (VERIFY, VERIFY_FINISH))
-                engine.forget_verify_parts(self.ctx)
+                parts.forget(journal, item.name)
                 self.work.add(item.name, VERIFY, tasks)
                 self.work.add(item.name, VERIFY_FINISH, [verification])
                 journal.put(item.name, VERIFYING, {"id": verification, "tasks": len(tasks)})
@@ -194,8 +192,8 @@ class Worker:
                                   detail={"verification": verification, "tasks": len(tasks), "workers": "claims"})
                 current = {"id": verification}
         verification = current["id"]
-        self._claim_until_done(item.name, VERIFY, lambda claim: engine.verify_task(self.ctx, verification, claim.task),
-                               done, result)
+        self._claim_until_done(item.name, VERIFY, lambda claim: engine.verify_task(
+            self.ctx, verification, claim.task, claim.spec), done, result)
         if result.failed:
             return
         self._claim_until_done(item.name, VERIFY_FINISH, lambda claim: self._finish_verify(engine, claim.task),

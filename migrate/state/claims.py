@@ -210,6 +210,12 @@ class WorkTable:
                 status=text(f"CASE WHEN attempts >= {int(self.max_attempts)} THEN 'failed' ELSE 'pending' END"),
                 error=error[:2000], lease_until=None)).rowcount)
 
+    def done_tasks(self, item: str, stage: str) -> list[tuple[str, str | None]]:
+        """(name, spec) of the stage's tasks done (a blob load's chunks, which a verification in parts reuses)."""
+        with self.journal.connect() as conn:
+            return [(str(r[0]), r[1]) for r in conn.execute(select(tasks_t.c.task, tasks_t.c.spec).where(and_(
+                tasks_t.c.item == item, tasks_t.c.stage == stage, tasks_t.c.status == "done")))]
+
     def retry(self, item: str) -> int:
         """A new run retries: the item's failed tasks are claimable again, `max_attempts` more times each."""
         with self.journal.connect() as conn:
