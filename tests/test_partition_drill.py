@@ -101,11 +101,26 @@ def test_four_workers_three_items_one_killed_holding_uncommitted_rows(pg_cluster
     assert fence[0] >= 2 and not fence[1].endswith(f":{pid}")
     events = pg(journal, "SELECT message FROM events WHERE kind = 'worker' AND message LIKE %s", (f"{task}:%",))
     assert events and "claimed again (fence" in events[0][0]
+    tasks, commits = pg(journal, "SELECT count(*), sum(fence) FROM tasks")[0]
+    # verify: by the four workers in parts, then by one runner (`migrate verify`), both clean
+    begun = time.monotonic()
+    verifiers = [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/4",
+                                   "--until", "verify", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env) for i in range(4)]
+    outs = [w.communicate(timeout=300) for w in verifiers]
+    in_parts = time.monotonic() - begun
+    assert [w.returncode for w in verifiers] == [0, 0, 0, 0], outs
+    found = pg(journal, "SELECT item, clean, checked, detail FROM verifications ORDER BY item")
+    assert [(item, clean, checked) for item, clean, checked, _ in found] == [
+        ("letters", True, len(letters)), ("obs", True, ROWS), ("scans", True, len(scans))]
+    assert all(json.loads(detail)["parts"] > 1 for *_, detail in found)
+    begun = time.monotonic()
     verify = subprocess.run([sys.executable, "-m", "migrate", "verify", str(plan), "--json"], capture_output=True,
                             text=True, env=env)
+    alone = time.monotonic() - begun
     assert verify.returncode == 0, verify.stdout[-3000:]
-    tasks, commits = pg(journal, "SELECT count(*), sum(fence) FROM tasks")[0]
     print(f"\ndrill: {ROWS:,} rows + {len(letters):,} files to a folder + {len(scans):,} files to Azurite by 4 "
           f"workers (one killed) in {seconds:.1f} s: {ROWS / seconds:,.0f} rows/s and "
-          f"{(len(letters) + len(scans)) / seconds:,.0f} files/s overall; {tasks} tasks, {commits} claims")
+          f"{(len(letters) + len(scans)) / seconds:,.0f} files/s overall; {tasks} tasks, {commits} claims; "
+          f"verified in parts by 4 workers in {in_parts:.1f} s, by one `migrate verify` in {alone:.1f} s")
     assert seconds < 120
