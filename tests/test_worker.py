@@ -49,10 +49,20 @@ def fill(url: str) -> None:
             f"FROM generate_series(1, {ROWS}) g")
 
 
-def start_workers(plan: Path, count: int, lease: str = "3s") -> list[subprocess.Popen]:
+def start_workers(plan: Path, count: int, lease: str = "3s", until: str = "load") -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/{count}",
-                              "--lease", lease, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              "--lease", lease, "--until", until, "--json"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
             for i in range(count)]
+
+
+def loaded_by_workers(pg_cluster, pg_url: str, pg_url2: str, tmp_path: Path, chunk_rows: int) -> tuple[str, Path]:
+    """The observations table loaded by two workers; (journal URL, plan)."""
+    fill(pg_url)
+    journal = pg_cluster.create_database()
+    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=chunk_rows)
+    assert [outcome(w)[0] for w in start_workers(plan, 2)] == [0, 0]
+    return journal, plan
 
 
 def tasks(journal: str) -> list[tuple]:
@@ -246,9 +256,7 @@ def test_workers_verify_in_parts_one_verification_dated_by_its_earliest_part(pg_
     fill(pg_url)
     journal = pg_cluster.create_database()
     plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=20_000)
-    workers = [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/2",
-                                 "--until", "verify", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for i in range(2)]
+    workers = start_workers(plan, 2, until="verify")
     results = [outcome(w) for w in workers]
     assert [code for code, _ in results] == [0, 0], [(body.get("error"), body.get("result")) for _, body in results]
     ranges = load_ranges(journal)
@@ -270,30 +278,22 @@ def test_workers_verify_in_parts_one_verification_dated_by_its_earliest_part(pg_
     status = json.loads(cli_process("status", str(plan), "--json").stdout)["result"]["items"][0]["workers"]
     assert sum(w["verified"] for w in status) == ROWS and sum(w["units"] for w in status) == ROWS
     # current: a second worker run verifies nothing again
-    code, body = outcome(start_workers_until(plan, 1, "verify")[0])
+    code, body = outcome(start_workers(plan, 1, until="verify")[0])
     assert code == 0 and body["result"]["items"][0]["claimed"] == 0
     assert len(pg(journal, "SELECT id FROM verifications")) == 1
 
 
-def start_workers_until(plan: Path, count: int, until: str) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/{count}",
-                              "--until", until, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for i in range(count)]
-
 
 def test_a_verification_in_parts_finds_what_an_outside_comparison_finds_and_a_rerun_verifies_again(
         pg_cluster, pg_url: str, pg_url2: str, tmp_path: Path) -> None:
-    fill(pg_url)
-    journal = pg_cluster.create_database()
-    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=20_000)
-    assert [outcome(w)[0] for w in start_workers_until(plan, 2, "load")] == [0, 0]
+    journal, plan = loaded_by_workers(pg_cluster, pg_url, pg_url2, tmp_path, chunk_rows=20_000)
     # two rows made different on the target, in different parts, behind the tool's back
     pg(pg_url2, "UPDATE observations SET note = 'changed' WHERE id = 30001; DELETE FROM observations WHERE id = 90001")
     source = dict(pg(pg_url, "SELECT id, md5(observations::text) FROM observations"))
     target = dict(pg(pg_url2, "SELECT id, md5(observations::text) FROM observations"))
     outside = sorted(k for k in source if source[k] != target.get(k))  # compared outside the tool
     assert outside == [30001, 90001]
-    results = [outcome(w) for w in start_workers_until(plan, 2, "verify")]
+    results = [outcome(w) for w in start_workers(plan, 2, until="verify")]
     assert [code for code, _ in results] == [3, 3], results
     [(clean, differences, detail)] = pg(journal, "SELECT clean, differences, detail FROM verifications")
     found = json.loads(detail)["differences"]
@@ -301,7 +301,7 @@ def test_a_verification_in_parts_finds_what_an_outside_comparison_finds_and_a_re
     assert sorted((d["kind"], d["key"]) for d in found) == [
         ("different", "observations:id=30001"), ("missing_on_target", "observations:id=90001")]
     # not clean, so not current: a rerun makes a new verification (and finds the same)
-    assert outcome(start_workers_until(plan, 1, "verify")[0])[0] == 3
+    assert outcome(start_workers(plan, 1, until="verify")[0])[0] == 3
     ids = [json.loads(d)["verification"] for (d,) in pg(journal, "SELECT detail FROM verifications ORDER BY id")]
     assert len(ids) == 2 and ids[0] != ids[1]
 
@@ -389,16 +389,11 @@ def test_of_runners_journaling_one_value_at_once_the_first_wins(pg_cluster) -> N
 
 def test_a_worker_killed_holding_a_verify_part_is_replaced_and_the_verification_stays_whole(
         pg_cluster, pg_url: str, pg_url2: str, tmp_path: Path) -> None:
-    fill(pg_url)
-    journal = pg_cluster.create_database()
-    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=10_000)
-    assert [outcome(w)[0] for w in start_workers_until(plan, 2, "load")] == [0, 0]
+    journal, plan = loaded_by_workers(pg_cluster, pg_url, pg_url2, tmp_path, chunk_rows=10_000)
     # a verify rate limit keeps each part's lease held for about half a second after its comparison
     plan.write_text(plan.read_text().replace("chunk_rows: 10000}", "chunk_rows: 10000, throttle: "
                                              "{verify_rows_per_second: 20000}}"))
-    workers = [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/2",
-                                 "--until", "verify", "--lease", "3s", "--json"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+    workers = start_workers(plan, 2, until="verify")
 
     def leased_part() -> tuple[int, str] | None:
         rows = pg(journal, "SELECT owner, task FROM tasks WHERE stage = 'verify' AND status = 'leased'")
