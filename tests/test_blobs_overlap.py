@@ -35,9 +35,10 @@ from rich.console import Console
 from test_blobs_azure import AzureSetup
 from test_blobs_local import MIB, ROOT
 
+from migrate.blobs import local
 from migrate.blobs.azure import AzureBlobStore
 from migrate.blobs.engine import BlobEngine
-from migrate.blobs.local import PAGE_ENTRIES, LocalFolderStore
+from migrate.blobs.local import LocalFolderStore
 from migrate.blobs.store import BlobProps, Listing, Precondition
 from migrate.plan.model import Connection
 from migrate.progress import _PlainTask
@@ -119,8 +120,11 @@ class RecordingProgress:
         return Task()
 
 
-def test_copying_starts_before_the_listing_ends(azurite: Azurite, blob_container: str, tmp_path: Path) -> None:
-    count = 2 * PAGE_ENTRIES + 500  # three listing pages
+def test_copying_starts_before_the_listing_ends(azurite: Azurite, blob_container: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    page = 300  # files per listing page (PAGE_ENTRIES in earnest: 1,000), so the test needs fewer files
+    monkeypatch.setattr(local, "PAGE_ENTRIES", page)
+    count = 2 * page + 500  # four listing pages
     files = {f"ward-{i % 5}/letter-{i:05d}.txt": os.urandom(1024 + i % 97) for i in range(count)}
     files["scans/big.tif"] = os.urandom(3 * MIB + 7)  # blocks (1 MiB) through the large-object pool
     setup = AzureSetup(tmp_path, azurite.connection_string, blob_container, "block_size: 1048576\n", files)

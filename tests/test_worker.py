@@ -274,7 +274,7 @@ def test_workers_verify_in_parts_one_verification_dated_by_its_earliest_part(pg_
     starts = [json.loads(v)["started"] for (v,) in pg(journal, "SELECT detail FROM chunks WHERE chunk LIKE %s",
                                                       (f"{detail['verification']}/%",))]
     assert len(starts) == len(ranges) and at.isoformat() == min(starts)
-    assert all(body["result"]["items"][0]["verification"] == f"clean, {ROWS:,} rows" for _, body in results)
+    assert all(body["result"]["items"][0]["verification"] == f"clean, {ROWS:,} checked" for _, body in results)
     status = json.loads(cli_process("status", str(plan), "--json").stdout)["result"]["items"][0]["workers"]
     assert sum(w["verified"] for w in status) == ROWS and sum(w["units"] for w in status) == ROWS
     # current: a second worker run verifies nothing again

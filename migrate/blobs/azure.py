@@ -58,6 +58,7 @@ from migrate.redact import redact, register_secret
 
 MTIME_KEY = "mtime"
 READ_CHUNK = 8 * 1024 * 1024
+LIST_PAGE = 5000  # names per List Blobs answer (the service's maximum)
 REFUSED_CODES = frozenset({"ConditionNotMet", "BlobAlreadyExists", "TargetConditionNotMet"})
 
 
@@ -233,12 +234,12 @@ class AzureBlobStore(BlobStore):
         return BlobEntry(path, int(props.size), mtime_ns, _etag(props.etag), bytes(md5) if md5 else None)
 
     def listing_pages(self) -> Iterator[Listing]:
-        """One page per List Blobs answer (up to 5,000 names), each handed on before the next is asked for."""
+        """One page per List Blobs answer (up to LIST_PAGE names), each handed on before the next is asked for."""
         token: str | None = None
         while True:
             def page(token: str | None = token) -> tuple[list[Any], str | None]:
                 pages: Any = self.container.list_blobs(name_starts_with=self.prefix or None, include=["metadata"],
-                                                  results_per_page=5000).by_page(continuation_token=token)
+                                                  results_per_page=LIST_PAGE).by_page(continuation_token=token)
                 items = list(next(pages))
                 return items, pages.continuation_token
 

@@ -209,8 +209,8 @@ class Worker:
         last = self.ctx.journal.last_verification(item)
         if last is None:
             return
-        done.verification = (f"clean, {last.checked:,} rows" if last.clean
-                             else f"{last.differences} difference(s) in {last.checked:,} rows")
+        done.verification = (f"clean, {last.checked:,} checked" if last.clean
+                             else f"{last.differences} difference(s) in {last.checked:,} checked")
         if not last.clean:
             result.differences.append(f"{item}: verification found {done.verification} (`migrate verify` lists "
                                       "them; `migrate sync` repairs what changed)")
@@ -345,8 +345,9 @@ def shard_of(value: str | None) -> tuple[int, int]:
 
 
 def run_local_workers(plan_path: Path, count: int, until: str) -> None:
-    """`migrate run PLAN --workers N`: N `migrate worker` processes on this machine, up to `until` (a database
-    item's verify too); raises when one of them did not finish its work."""
+    """`migrate run PLAN --workers N`: N `migrate worker` processes on this machine, up to `until` (verify
+    included); raises when one of them did not finish its work (a verification with differences is finished
+    work: the run reports it)."""
     argv = [sys.executable, "-m", "migrate", "worker", str(plan_path), "--until", until]
     children = [subprocess.Popen([*argv, "--shard", f"{i}/{count}"], stdout=subprocess.DEVNULL)
                 for i in range(count)]
@@ -358,7 +359,8 @@ def run_local_workers(plan_path: Path, count: int, until: str) -> None:
         for child in children:
             child.wait()
         raise
-    if any(code not in (0, 3) for code in codes):  # 3: verified, with differences (the run reports them)
-        raise MigrateError(f"{sum(1 for c in codes if c)} of {count} workers did not finish (exit codes "
+    unfinished = [code for code in codes if code not in (0, 3)]  # 3: verified, with differences
+    if unfinished:
+        raise MigrateError(f"{len(unfinished)} of {count} workers did not finish (exit codes "
                            f"{', '.join(map(str, codes))}); their messages are above",
                            hint="run the same command again: finished chunks are kept, the rest are claimed again")
