@@ -30,7 +30,7 @@ SHIPPED = [p.read_text(encoding="utf-8") for p in
            [*sorted((ROOT / "plans").glob("*.yaml")), ROOT / "migrate" / "demo" / "plan.yaml"]]
 SECONDS_PER_CALL = 2.0
 HUGE = "1" + "0" * 400  # more than a float holds
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None, print_blob=True,
+FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 PLAN_KEYS = ["version", "component", "description", "change", "state", "connections", "databases", "blobs",
@@ -213,7 +213,7 @@ def test_bytes_that_are_not_utf8(plan_file: Path, content: bytes) -> None:
 
 
 @pytest.mark.slow
-@settings(FUZZ, max_examples=400)
+@settings(FUZZ, max_examples=300)
 @given(text=mutated_plans())
 def test_mutated_shipped_plans(plan_file: Path, text: str) -> None:
     validate_in_process(plan_file, text)
