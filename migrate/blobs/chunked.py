@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from migrate.blobs.inventory import ChangeStream, filtered, resolve
-from migrate.blobs.partition import Task, cut, listing_in, root_task
+from migrate.blobs.partition import Task, cut, folder_range, listing_in, root_task
 from migrate.blobs.records import RecordBook
 from migrate.blobs.verify import BlobVerifier
 from migrate.errors import MigrateError
@@ -123,8 +123,7 @@ def verify_tasks(loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
     chunks = [(name, spec) for name, spec in loaded if spec is not None and Task.of(spec).kind == "copy"]
     if chunks:
         return chunks
-    whole = root_task()
-    whole = Task("copy", whole.folder, whole.range)
+    whole = Task("copy", "", folder_range(""))
     return [(whole.name, whole.spec)]
 
 

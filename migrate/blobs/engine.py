@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from datetime import datetime
 from typing import Any
 
 from migrate.blobs import chunked
@@ -270,7 +269,7 @@ class BlobEngine(ItemEngine):
         assert spec is not None, f"blob task {task} has no range"
         return chunked.verify_part(self, ctx, verification, task, spec)
 
-    def verify_parts(self, ctx: StageContext, verification: str) -> tuple[VerifyResult, datetime]:
+    def verify_parts(self, ctx: StageContext, verification: str) -> VerifyResult:
         return parts.add_up(ctx.journal, self.name, verification)
 
     def _cycle(self, ctx: StageContext, *, delete: bool, label: str) -> tuple[CycleTally, CopyOutcome, bool]:

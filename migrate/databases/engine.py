@@ -79,6 +79,7 @@ class DatabaseEngine(ItemEngine):
         self._capture: LogicalCapture | None = None
         self.reverse_refusal: list[str] = []  # why the target's log cannot feed reverse replication
         self._loaded_pairs: list[TablePair] | None = None  # the tables a worker's chunks read (looked up once)
+        self._task_ranges: dict[str, list[KeyRange]] = {}  # their journaled key ranges (read and decoded once)
 
     @property
     def native_schema(self) -> bool:
@@ -363,11 +364,10 @@ class DatabaseEngine(ItemEngine):
         for pair in pairs:
             if pair.watermark is not None and ctx.journal.get(self.name, syncing.watermark_key(pair)) is None:
                 syncing.record_watermark(ctx.journal, self.name, pair, syncing.source_watermark(pair))
-            stored = ctx.journal.get(self.name, loading.ranges_key(pair.label))
-            if stored is None:
+            if ctx.journal.get(self.name, loading.ranges_key(pair.label)) is None:
                 tasks.append((f"{pair.label}#{RANGES_TASK}", RANGES_TASK))
             else:
-                tasks += self._chunks_left(pair, len(decode_ranges(stored)), done)
+                tasks += self._chunks_left(pair, len(self._load_ranges(ctx, pair)), done)
         return tasks
 
     def _chunks_left(self, pair: TablePair, count: int, done: dict[str, Any]) -> list[str | tuple[str, str | None]]:
@@ -379,24 +379,26 @@ class DatabaseEngine(ItemEngine):
         unless a runner did first (that runner's are kept), and is replaced by the table's chunks."""
         label, index = task.rsplit("#", 1)
         pair = next(p for p in self._task_pairs() if p.label == label)
+        ranges = self._load_ranges(ctx, pair)
         if spec == RANGES_TASK:
-            ranges = self._load_ranges(ctx, pair)
             left = self._chunks_left(pair, len(ranges), ctx.journal.chunks(self.name, loading.STAGE))
             return Split([(t, None) if isinstance(t, str) else t for t in left])
-        ranges = self._load_ranges(ctx, pair)
         rows = loading.copy_range(pair, ranges[int(index)], fence=loading.chunk_lock(label, int(index)))
         ctx.journal.mark_chunk(self.name, loading.STAGE, task, "done", rows)
         self.throttle(ctx).rows(rows)
         return rows
 
     def _load_ranges(self, ctx: StageContext, pair: TablePair) -> list[KeyRange]:
-        """A table's load key ranges: as journaled, else planned now and journaled before any chunk starts."""
-        stored = ctx.journal.get(self.name, loading.ranges_key(pair.label))
-        if stored is not None:
-            return decode_ranges(stored)
-        ranges = loading.new_ranges(pair, self.item.chunk_rows)
-        # of runners planning one table at once (one frozen past its lease, say), the first to journal wins
-        return decode_ranges(ctx.journal.put_once(self.name, loading.ranges_key(pair.label), encode_ranges(ranges)))
+        """A table's load key ranges: as journaled, else planned now and journaled before any chunk starts.
+        Journaled ranges never change, so a worker reads and decodes them once per table, not once per task."""
+        if pair.label not in self._task_ranges:
+            stored = ctx.journal.get(self.name, loading.ranges_key(pair.label))
+            if stored is None:
+                # of runners planning one table at once (one frozen past its lease, say), the first to journal wins
+                stored = ctx.journal.put_once(self.name, loading.ranges_key(pair.label),
+                                              encode_ranges(loading.new_ranges(pair, self.item.chunk_rows)))
+            self._task_ranges[pair.label] = decode_ranges(stored)
+        return self._task_ranges[pair.label]
 
     def _task_pairs(self) -> list[TablePair]:
         if self._loaded_pairs is None:
@@ -501,7 +503,7 @@ class DatabaseEngine(ItemEngine):
     def verify_tasks(self, ctx: StageContext, loaded: list[tuple[str, str | None]]) -> list[str]:
         """A verification's parts: one per load key range of each table (`table#index`), as journaled."""
         return [loading.chunk_id(pair.label, index) for pair in self._task_pairs()
-                for index in range(len(self._ranges(ctx, pair)))]
+                for index in range(len(self._load_ranges(ctx, pair)))]
 
     def verify_task(self, ctx: StageContext, verification: str, task: str, spec: str | None = None) -> int:
         """Compare one part (one key range of one table: both sides' checksums, descending where they differ)
@@ -510,14 +512,14 @@ class DatabaseEngine(ItemEngine):
         label, index = task.rsplit("#", 1)
         pair = next(p for p in self._task_pairs() if p.label == label)
         checker = KeyRangeChecksum(pair, workers=2, leaf_rows=2000)
-        found = [self._difference(d) for d in checker.compare([self._ranges(ctx, pair)[int(index)]])]
+        found = [self._difference(d) for d in checker.compare([self._load_ranges(ctx, pair)[int(index)]])]
         stats = checker.stats
         parts.record(ctx.journal, self.name, verification, task, started, stats.source_rows, found, group=label,
                      rows=stats.source_rows, target_rows=stats.target_rows, bisected=stats.bisected)
         self.throttle(ctx).verify_rows(stats.source_rows)
         return stats.source_rows
 
-    def verify_parts(self, ctx: StageContext, verification: str) -> tuple[VerifyResult, datetime]:
+    def verify_parts(self, ctx: StageContext, verification: str) -> VerifyResult:
         return parts.add_up(ctx.journal, self.name, verification, by="tables")
 
     def _difference(self, diff: RowDifference) -> Difference:

@@ -28,9 +28,9 @@ def record(journal: Journal, item: str, verification: str, task: str, started: d
         "found": [asdict(d) for d in found[:KEPT]], "counts": counts})
 
 
-def add_up(journal: Journal, item: str, verification: str, by: str | None = None) -> tuple[VerifyResult, datetime]:
-    """The verification its parts add up to, and when its earliest part started (the moment it vouches for).
-    The parts' counts are summed into the result's metrics, per group under `by` when given."""
+def add_up(journal: Journal, item: str, verification: str, by: str | None = None) -> VerifyResult:
+    """The verification its parts add up to, with `metrics["since"]`: when its earliest part started (the moment
+    it vouches for). The parts' counts are summed into the metrics, per group under `by` when given."""
     parts = [detail for _, _, detail in journal.chunks(item, STAGE, lo=f"{verification}/",
                                                         hi=f"{verification}0").values()]
     result = VerifyResult(item)
@@ -44,14 +44,14 @@ def add_up(journal: Journal, item: str, verification: str, by: str | None = None
         for key, value in part["counts"].items():
             sums[key] = sums.get(key, 0) + value
     result.differences.sort(key=lambda d: (d.key, d.kind))
-    metrics: dict[str, Any] = {"verification": verification, "parts": len(parts)}
+    earliest = min((datetime.fromisoformat(p["started"]) for p in parts), default=datetime.now(UTC))
+    metrics: dict[str, Any] = {"verification": verification, "parts": len(parts), "since": earliest.isoformat()}
     if by is not None:
         metrics[by] = groups
     else:
         metrics.update({k: v for sums in groups.values() for k, v in sums.items() if k not in ("parts", "differences")})
     result.metrics = metrics
-    earliest = min((datetime.fromisoformat(p["started"]) for p in parts), default=datetime.now(UTC))
-    return result, earliest
+    return result
 
 
 def forget(journal: Journal, item: str) -> None:

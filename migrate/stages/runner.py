@@ -159,24 +159,17 @@ class StageRunner:
         return all(c is None or c <= last.at for c in changed)
 
     def verify_item(self, engine: ItemEngine, deep: bool = False,
-                    parts: Callable[[], tuple[VerifyResult, datetime]] | None = None) -> VerifyResult:
-        """Verify one item and record the verification. `parts`: the verification workers made in parts (its
-        result and its earliest part's start, the moment it vouches for) instead of verifying here."""
-        at: list[datetime] = []
-
-        def work() -> VerifyResult:
-            if parts is None:
-                return engine.verify(self.ctx, deep=deep)
-            found, earliest = parts()
-            at.append(earliest)
-            return found
-
-        result: VerifyResult = self.stage(engine, "verify", work, deep=deep)
+                    parts: Callable[[], VerifyResult] | None = None) -> VerifyResult:
+        """Verify one item and record the verification. `parts`: the verification workers made in parts, added
+        up, instead of verifying here; it is dated by its `since` (its earliest part's start), not by now."""
+        result: VerifyResult = self.stage(engine, "verify", parts or partial(engine.verify, self.ctx, deep=deep),
+                                          deep=deep)
+        since = result.metrics.get("since")
         self.ctx.journal.record_verification(
             engine.name, result.clean, result.checked, len(result.differences),
             detail={"deep": deep, "differences": [d.__dict__ for d in result.differences[:1000]],
                     **result.metrics},
-            at=at[0] if at else None,
+            at=datetime.fromisoformat(since) if since else None,
         )
         return result
 
