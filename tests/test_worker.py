@@ -411,3 +411,38 @@ def test_a_worker_killed_holding_a_verify_part_is_replaced_and_the_verification_
     assert pg(journal, "SELECT count(*) FROM tasks WHERE stage = 'verify' AND status = 'done'") == [(len(ranges),)]
     [(clean, checked, detail)] = pg(journal, "SELECT clean, checked, detail FROM verifications")
     assert (clean, checked, json.loads(detail)["parts"]) == (True, ROWS, len(ranges))
+
+
+def test_a_planner_frozen_past_its_lease_keeps_the_plan_of_the_runner_that_took_over(
+        pg_cluster, pg_url: str, pg_url2: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker A claims a table's planning task and stalls (no heartbeat) while planning. Its lease runs out;
+    worker B plans the table, loads every chunk and finishes. A then ends its own, different plan: the plan B
+    journaled is the one kept, A's replacement chunks are refused, and every row is on the target once."""
+    from migrate.databases import load as loading
+    from migrate.stages.worker import Worker, run_worker
+
+    fill(pg_url)
+    journal = pg_cluster.create_database()
+    plan = worker_plan(tmp_path, pg_url, pg_url2, journal, chunk_rows=20_000)
+    real = loading.new_ranges
+    planned_by_a: list = []
+
+    def stalled(pair, chunk_rows):  # noqa: ANN001, ANN202
+        assert outcome(start_workers(plan, 1)[0])[0] == 0  # B claims the task once A's 3 s lease is out
+        planned_by_a.extend(real(pair, chunk_rows // 2))  # A's plan, finer than B's
+        return planned_by_a
+
+    monkeypatch.setattr(Worker, "_heartbeat", lambda self: None)  # A's lease is never renewed
+    monkeypatch.setattr(loading, "new_ranges", stalled)
+    result = run_worker(plan, shard=(0, 1), until="load", ttl=3)
+    assert result.exit_code == 0
+    [a] = result.items
+    assert len(a.refused) == 1 and "observations#ranges" in a.refused[0]
+    ranges = load_ranges(journal)
+    assert len(ranges) < len(planned_by_a)  # B's plan is the one journaled, not A's
+    assert sorted(t for t, status, _, _ in tasks(journal) if status == "done") == sorted(
+        f"observations#{i}" for i in range(len(ranges)))  # no chunk of A's plan was added
+    assert pg(journal, "SELECT fence FROM tasks WHERE task = 'observations#ranges'") == [(2,)]
+    assert table_md5(dsn(pg_url), "observations") == table_md5(dsn(pg_url2), "observations")
+    assert pg(pg_url2, "SELECT count(*), count(DISTINCT id) FROM observations") == [(ROWS, ROWS)]
+
