@@ -330,14 +330,17 @@ def worker(plan: PlanArg, as_json: JsonOpt = False,
                                                      "only: claims balance the work); `/N` takes i from "
                                                      "JOB_COMPLETION_INDEX.")] = None,
            until: Annotated[str, typer.Option(metavar="STAGE", help="Stop after this stage: preflight, schema, "
-                                                                     "load or verify (database items' verify in "
-                                                                     "parts).")] = "load",
+                                                                     "load or verify (verify in parts).")] = "load",
+           sync: Annotated[bool, typer.Option("--sync", help="Instead: one forward sync cycle, in parts (the "
+                                                             "load must be done).")] = False,
            lease: Annotated[str, typer.Option(metavar="DURATION", help="How long a claim lasts without a "
-                                                                        "heartbeat.")] = "30s") -> None:
+                                                                        "heartbeat.")] = "30s",
+           allow_mass_delete: MassDeleteOpt = False) -> None:
     """One of N stateless runners sharing a plan: claims chunks from the PostgreSQL journal until none is pending
-    or leased. Exit 0 done, 1 a task failed too often, 2 bad usage (a SQLite journal), 3 the verification found
-    differences, 130 SIGTERM (its tasks given back)."""
-    _execute("worker", as_json, lambda p: commands.worker(plan, shard=shard, until=until, lease=lease),
+    or leased. Exit 0 done, 1 a task failed too often (or a sync cycle had problems), 2 bad usage (a SQLite
+    journal), 3 the verification found differences, 130 SIGTERM (its tasks given back)."""
+    _execute("worker", as_json, lambda p: commands.worker(plan, shard=shard, until=until, lease=lease, sync=sync,
+                                                          allow_mass_delete=allow_mass_delete),
              views.show_worker, lambda r: r.exit_code)
 
 

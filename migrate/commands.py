@@ -562,7 +562,8 @@ def replication_objects(plan_path: Path) -> list[str]:
         return [f"{capture.name} on {capture.source.label}" for capture in _captures(ctx)]
 
 
-def worker(plan_path: Path, shard: str | None = None, until: str = "load", lease: str = "30s") -> Any:
+def worker(plan_path: Path, shard: str | None = None, until: str = "load", lease: str = "30s", sync: bool = False,
+           allow_mass_delete: bool = False) -> Any:
     """`migrate worker`: see migrate.stages.worker."""
     from migrate.plan.durations import parse_duration
     from migrate.stages.worker import run_worker, shard_of
@@ -573,7 +574,8 @@ def worker(plan_path: Path, shard: str | None = None, until: str = "load", lease
         raise UsageError(f"--lease: {exc}") from None
     if ttl < 3:
         raise UsageError("--lease: at least 3s (a heartbeat renews it every third of it)")
-    return run_worker(plan_path, shard=shard_of(shard), until=until, ttl=ttl)
+    return run_worker(plan_path, shard=shard_of(shard), until=until, sync=sync, ttl=ttl,
+                      allow_mass_delete=allow_mass_delete)
 
 
 def _captures(ctx: StageContext) -> list[Any]:

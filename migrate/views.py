@@ -94,11 +94,13 @@ def show_run(console: Console, result: Any) -> None:
 
 
 def show_worker(console: Console, result: Any) -> None:
-    table = _table(f"Worker {result.owner}", "item", "claimed", "done", "rows", "verified", "refused",
-                   "finished the load", "verification")
+    syncing = any(i.synced for i in result.items)
+    table = _table(f"Worker {result.owner}", "item", "claimed", "done", "compared" if syncing else "rows",
+                   "verified", "refused", "finished the load", "sync cycle" if syncing else "verification")
     for i in result.items:
-        table.add_row(i.item, str(i.claimed), str(i.done), f"{i.units:,}", f"{i.checked:,}", str(len(i.refused)),
-                      "yes" if i.finished_stage else "-", i.verification or "-")
+        table.add_row(i.item, str(i.claimed), str(i.done), f"{i.compared if syncing else i.units:,}",
+                      f"{i.checked:,}", str(len(i.refused)), "yes" if i.finished_stage else "-",
+                      (i.synced if syncing else i.verification) or "-")
     console.print(table)
     for i in result.items:
         for message in i.refused:
@@ -180,8 +182,9 @@ def show_status(console: Console, result: Any) -> None:
         for w in i.workers:
             leased = f", {w['leased']} leased until {str(w['lease_until'])[11:19]}" if w["leased"] else ""
             verified = f", {w['verified']:,} verified" if w.get("verified") else ""
+            synced = f", {w['synced']:,} compared by sync" if w.get("synced") else ""
             console.print(f"{i.item}: worker {w['owner']}: {w['done']:,} task(s) done ({w['units']:,} rows"
-                          f"{verified}){leased}", highlight=False, markup=False)
+                          f"{verified}{synced}){leased}", highlight=False, markup=False)
         for seen in (i.slot, i.reverse_slot):
             if seen:
                 held = human_bytes(seen["retained_bytes"]) if "retained_bytes" in seen else "not read yet"

@@ -4,7 +4,8 @@ PostgreSQL, 20,000 nested files (a flat folder of 5,000 among them) into a folde
 One worker is killed with kill -9 while it holds a table chunk whose target writes are not committed. Every
 outcome is checked outside the tool: md5 of both tables' COPY output and no duplicate key, sha256 of every file
 on both sides, the chunks tiling their key and path spaces, each task done once by its latest claim, the
-reclaim in the journal, `migrate verify` clean; the whole drill under 120 seconds."""
+reclaim in the journal, `migrate verify` clean; the whole load under 120 seconds. Then the workers verify in parts
+and run one sync cycle (late files, deletes, updated rows), checked outside the tool the same way."""
 
 from __future__ import annotations
 
@@ -59,10 +60,12 @@ def test_four_workers_three_items_one_killed_holding_uncommitted_rows(pg_cluster
         databases:
           - {{name: obs, source: src, target: dst, tables: [observations], chunk_rows: 100000, parallel: 2}}
         blobs:
-          - {{name: letters, source: letters_nas, target: letters_new, chunk_files: 2000, concurrency: 8}}
+          - {{name: letters, source: letters_nas, target: letters_new, chunk_files: 2000, concurrency: 8,
+             delete: true}}
           - {{name: scans, source: scans_nas, target: scans_azure, chunk_files: 500, concurrency: 8}}
         """), encoding="utf-8")
     env = env_with(AZ_CS=azurite.connection_string)
+    journal_before = journal_activity(journal)
     started = time.monotonic()
     workers = [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/4",
                                  "--lease", "3s", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -73,6 +76,9 @@ def test_four_workers_three_items_one_killed_holding_uncommitted_rows(pg_cluster
     seconds = time.monotonic() - started
     codes = sorted(w.returncode for w in workers)
     assert codes == [-signal.SIGKILL, 0, 0, 0], outs
+    time.sleep(1)  # the workers' last statistics reach pg_stat_database
+    commits, written = (after - before for after, before in zip(journal_activity(journal), journal_before,
+                                                                strict=True))
 
     # the table: every row once, equal to the source outside the tool
     assert table_md5(dsn(source), "observations") == table_md5(dsn(target), "observations")
@@ -101,7 +107,12 @@ def test_four_workers_three_items_one_killed_holding_uncommitted_rows(pg_cluster
     assert fence[0] >= 2 and not fence[1].endswith(f":{pid}")
     events = pg(journal, "SELECT message FROM events WHERE kind = 'worker' AND message LIKE %s", (f"{task}:%",))
     assert events and "claimed again (fence" in events[0][0]
-    tasks, commits = pg(journal, "SELECT count(*), sum(fence) FROM tasks")[0]
+    tasks, claims = pg(journal, "SELECT count(*), sum(fence) FROM tasks")[0]
+    rates = {item: units / seconds for item, units, seconds in pg(journal, (
+        "SELECT s.item, max(c.units), extract(epoch FROM max(s.at) FILTER (WHERE s.status = 'done') - "
+        "min(s.at) FILTER (WHERE s.status = 'running')) FROM stage_log s JOIN (SELECT item, sum(units) AS units "
+        "FROM tasks WHERE stage = 'load' GROUP BY item) c ON c.item = s.item WHERE s.stage = 'load' "
+        "GROUP BY s.item"))}
     # verify: by the four workers in parts, then by one runner (`migrate verify`), both clean
     begun = time.monotonic()
     verifiers = [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/4",
@@ -119,8 +130,44 @@ def test_four_workers_three_items_one_killed_holding_uncommitted_rows(pg_cluster
                             text=True, env=env)
     alone = time.monotonic() - begun
     assert verify.returncode == 0, verify.stdout[-3000:]
+    # a sync cycle by the four workers: the blob items in the load's chunks, the table in one task
+    pg(source, "UPDATE observations SET value = value + 1 WHERE id % 10000 = 0")
+    for i in range(300):
+        path = tmp_path / "letters" / f"ward-{i % 13}" / "late" / f"letter-{i}.txt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(f"a late letter {i}\n".encode())
+    for gone in sorted(letters)[::400]:
+        (tmp_path / "letters" / gone).unlink()
+    for i in range(50):
+        (tmp_path / "scans" / "flat" / f"late-{i}.txt").write_bytes(f"a late scan {i}\n".encode())
+    begun = time.monotonic()
+    syncers = [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/4",
+                                 "--sync", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env) for i in range(4)]
+    outs = [w.communicate(timeout=300) for w in syncers]
+    synced = time.monotonic() - begun
+    assert [w.returncode for w in syncers] == [0, 0, 0, 0], outs
+    assert table_md5(dsn(source), "observations") == table_md5(dsn(target), "observations")
+    assert tree_sha(tmp_path / "letters-copy") == tree_sha(tmp_path / "letters")
+    assert sorted(b.name for b in container.list_blobs()) == sorted(tree_sha(tmp_path / "scans"))
+    parts = dict(pg(journal, "SELECT item, count(*) FROM tasks WHERE stage = 'sync' GROUP BY item"))
+    cycle = dict(pg(journal, "SELECT item, round(extract(epoch FROM max(at) FILTER (WHERE status = 'done') - min(at) "
+                             "FILTER (WHERE status = 'running'))::numeric, 1) FROM stage_log WHERE stage = 'sync' "
+                             "GROUP BY item"))
     print(f"\ndrill: {ROWS:,} rows + {len(letters):,} files to a folder + {len(scans):,} files to Azurite by 4 "
           f"workers (one killed) in {seconds:.1f} s: {ROWS / seconds:,.0f} rows/s and "
-          f"{(len(letters) + len(scans)) / seconds:,.0f} files/s overall; {tasks} tasks, {commits} claims; "
-          f"verified in parts by 4 workers in {in_parts:.1f} s, by one `migrate verify` in {alone:.1f} s")
+          f"{(len(letters) + len(scans)) / seconds:,.0f} files/s overall; per item: obs {rates['obs']:,.0f} rows/s, "
+          f"letters {rates['letters']:,.0f} files/s, scans {rates['scans']:,.0f} files/s; {tasks} tasks, {claims} "
+          f"claims; the journal took {commits:,} commits ({commits / seconds:,.0f}/s) and {written:,} row writes "
+          f"({written / seconds:,.0f}/s); verified in parts by 4 workers in {in_parts:.1f} s, by one `migrate "
+          f"verify` in {alone:.1f} s; one sync cycle by 4 workers ({parts.get('letters', 0)} + "
+          f"{parts.get('scans', 0)} blob parts, the table in one task) in {synced:.1f} s (obs {cycle['obs']} s, "
+          f"letters {cycle['letters']} s, scans {cycle['scans']} s)")
     assert seconds < 120
+
+
+def journal_activity(journal: str) -> tuple[int, int]:
+    """(commits, rows inserted + updated + deleted) of the journal database so far."""
+    [(commits, rows)] = pg(journal, "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted FROM "
+                                    "pg_stat_database WHERE datname = current_database()")
+    return int(commits), int(rows)

@@ -65,6 +65,13 @@ def loaded_by_workers(pg_cluster, pg_url: str, pg_url2: str, tmp_path: Path, chu
     return journal, plan
 
 
+def synced_in_all(journal: str) -> tuple[int, int, int]:
+    """(created, updated, deleted) summed over every sync cycle the journal records as done."""
+    details = [json.loads(d) for (d,) in pg(journal, "SELECT detail FROM stage_log WHERE stage = 'sync' AND "
+                                                     "status = 'done'")]
+    return tuple(sum(d.get(k, 0) for d in details) for k in ("created", "updated", "deleted"))  # type: ignore
+
+
 def tasks(journal: str) -> list[tuple]:
     if pg(journal, "SELECT to_regclass('tasks')") == [(None,)]:  # no worker has made the work table yet
         return []
@@ -446,3 +453,22 @@ def test_a_planner_frozen_past_its_lease_keeps_the_plan_of_the_runner_that_took_
     assert table_md5(dsn(pg_url), "observations") == table_md5(dsn(pg_url2), "observations")
     assert pg(pg_url2, "SELECT count(*), count(DISTINCT id) FROM observations") == [(ROWS, ROWS)]
 
+
+
+def test_workers_sync_a_table_in_one_task_and_the_rows_match_outside(pg_cluster, pg_url: str, pg_url2: str,
+                                                                      tmp_path: Path) -> None:
+    journal, plan = loaded_by_workers(pg_cluster, pg_url, pg_url2, tmp_path, chunk_rows=20_000)
+    pg(pg_url, "UPDATE observations SET value = value + 1 WHERE id IN (7, 70000, 119999)")
+    pg(pg_url, "DELETE FROM observations WHERE id IN (3, 60000)")
+    pg(pg_url, "INSERT INTO observations SELECT g, 1, 'new', 1.5, 'n' FROM generate_series(200001, 200004) g")
+    results = [outcome(w) for w in (subprocess.Popen(
+        [sys.executable, "-m", "migrate", "worker", str(plan), "--sync", "--json"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for _ in range(2))]
+    assert [code for code, _ in results] == [0, 0], results
+    assert table_md5(dsn(pg_url2), "observations") == table_md5(dsn(pg_url), "observations")
+    assert pg(journal, "SELECT count(*), min(status) FROM tasks WHERE stage = 'sync:finish'") == [(1, "done")]
+    assert pg(journal, "SELECT count(*) FROM tasks WHERE stage = 'sync'") == [(0,)]  # a table: one task a cycle
+    assert synced_in_all(journal) == (4, 3, 2)
+    usage = subprocess.run([sys.executable, "-m", "migrate", "worker", str(plan), "--until", "sync"],
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and "--sync" in usage.stderr, usage.stderr

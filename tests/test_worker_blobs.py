@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fixtures_azurite import Azurite, env_with
 from test_db_postgres import pg
-from test_worker import stop_holding
+from test_worker import outcome, stop_holding, synced_in_all
 
 from migrate.blobs.partition import PathRange, Task, cut, folder_range, root_task
 
@@ -49,7 +49,7 @@ def test_cut_tiles_a_folders_range_and_every_later_path_falls_in_exactly_one_tas
 
 
 def blob_worker_plan(folder: Path, source: Path, target: str, journal: str, chunk_files: int,
-                     concurrency: int = 4) -> Path:
+                     concurrency: int = 4, delete: bool = False) -> Path:
     path = folder / "plan.yaml"
     path.write_text(textwrap.dedent(f"""\
         version: 1
@@ -59,7 +59,8 @@ def blob_worker_plan(folder: Path, source: Path, target: str, journal: str, chun
           onprem: {{path: "{source}"}}
           cloud: {target}
         blobs:
-          - {{name: letters, source: onprem, target: cloud, chunk_files: {chunk_files}, concurrency: {concurrency}}}
+          - {{name: letters, source: onprem, target: cloud, chunk_files: {chunk_files}, concurrency: {concurrency},
+             delete: {str(delete).lower()}}}
         """), encoding="utf-8")
     return path
 
@@ -187,10 +188,68 @@ def test_a_file_that_cannot_be_read_fails_its_chunk_only_and_is_named(pg_cluster
     assert "ward-2/day-2/broken.txt" in Task.of(failed[0][2]).range
 
 
-def start_until(plan: Path, count: int, until: str) -> list[subprocess.Popen]:
+def start_until(plan: Path, count: int, until: str, *extra: str) -> list[subprocess.Popen]:
+    mode = list(extra) if "--sync" in extra else ["--until", until, *extra]
     return [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/{count}",
-                              "--until", until, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              *mode, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(count)]
+
+
+def finished(workers: list[subprocess.Popen]) -> list[tuple[int, dict]]:
+    return [outcome(w) for w in workers]
+
+
+def test_workers_sync_a_blob_item_in_parts_and_apply_the_delete_guards_to_the_totals(pg_cluster,
+                                                                                       tmp_path: Path) -> None:
+    source, target = tmp_path / "src", tmp_path / "dst"
+    make_files(source, nested=300, flat=100)
+    journal = pg_cluster.create_database()
+    plan = blob_worker_plan(tmp_path, source, f'{{path: "{target}"}}', journal, chunk_files=50, delete=True)
+    assert [w.wait(timeout=180) for w in start_until(plan, 2, "load")] == [0, 0]
+    copies = {task for task, _, _, _, spec in load_tasks(journal) if Task.of(spec).kind == "copy"}
+    # on the source: two files changed (one longer, one the same size), three deleted, four new (a new folder)
+    nested = sorted(p for p in tree_sha(source) if p.startswith("ward-"))
+    (source / nested[0]).write_bytes(b"a longer letter than before\n" * 9)
+    same = source / nested[1]
+    same.write_bytes(same.read_bytes().replace(b"synthetic", b"SYNTHETIC"))
+    os.utime(same, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
+    for gone in (nested[2], "flat/letter-000007.txt", "flat/letter-000099.txt"):
+        (source / gone).unlink()
+    (source / "zz-new").mkdir()
+    for i in range(3):
+        (source / "zz-new" / f"letter-{i}.txt").write_bytes(f"new letter {i}\n".encode())
+    (source / "flat" / "letter-999999.txt").write_bytes(b"the newest letter\n")
+    results = finished(start_until(plan, 3, "", "--sync"))
+    assert [code for code, _ in results] == [0, 0, 0], results
+    assert tree_sha(target) == tree_sha(source)  # checked outside the tool: every path, every byte
+    parts = pg(journal, "SELECT task, status FROM tasks WHERE stage = 'sync'")
+    assert {task for task, _ in parts} == copies and all(status == "done" for _, status in parts)
+    assert pg(journal, "SELECT count(*), min(status) FROM tasks WHERE stage = 'sync:finish'") == [(1, "done")]
+    assert synced_in_all(journal) == (4, 2, 3)  # by one cycle, or more when a worker came after it had ended
+    assert all(r["result"]["items"][0]["synced"] for _, r in results)  # each worker reports its cycle
+    # one runner's sync afterwards finds nothing to do: the inventory and records the parts left agree
+    single = subprocess.run([sys.executable, "-m", "migrate", "sync", str(plan), "--json"], capture_output=True,
+                            text=True)
+    assert single.returncode == 0, single.stderr
+    [synced] = json.loads(single.stdout)["result"]["results"]
+    assert (synced["created"], synced["updated"], synced["deleted"]) == (0, 0, 0)
+
+    # most of the source gone (an unmounted share, half restored): the totals trip the mass-delete guard, although
+    # no single part proposes more than its own chunk
+    kept = sorted(tree_sha(source))[::4]
+    for path in set(tree_sha(source)) - set(kept):
+        (source / path).unlink()
+    (source / "zz-new" / "letter-3.txt").write_bytes(b"still copied\n")
+    before = tree_sha(target)
+    results = finished(start_until(plan, 2, "", "--sync"))
+    assert [code for code, _ in results] == [1, 1], results
+    assert any("mass delete refused" in failure for _, r in results for failure in r["result"]["failed"]), results
+    after = tree_sha(target)
+    assert set(before) <= set(after)  # nothing deleted ...
+    assert after["zz-new/letter-3.txt"] == tree_sha(source)["zz-new/letter-3.txt"]  # ... what is new still copied
+    results = finished(start_until(plan, 2, "", "--sync", "--allow-mass-delete"))
+    assert [code for code, _ in results] == [0, 0], results
+    assert tree_sha(target) == tree_sha(source)
 
 
 def test_workers_verify_a_blob_item_in_the_loads_chunks_and_find_what_an_outside_comparison_finds(
@@ -230,3 +289,41 @@ def test_workers_verify_a_blob_item_in_the_loads_chunks_and_find_what_an_outside
     (target / "zz-new" / "stray.txt").unlink()
     assert start_until(plan, 1, "verify")[0].wait(timeout=180) == 0
     assert pg(journal, "SELECT clean, checked FROM verifications ORDER BY id DESC LIMIT 1") == [(True, len(theirs))]
+
+
+def test_a_worker_killed_mid_sync_part_is_replaced_and_the_cycle_ends_whole(pg_cluster, tmp_path: Path) -> None:
+    source, target = tmp_path / "src", tmp_path / "dst"
+    make_files(source, nested=200, flat=100)
+    journal = pg_cluster.create_database()
+    plan = blob_worker_plan(tmp_path, source, f'{{path: "{target}"}}', journal, chunk_files=50, delete=True)
+    assert [w.wait(timeout=180) for w in start_until(plan, 2, "load")] == [0, 0]
+    (source / "zz-new").mkdir()  # 2,000 new files, all in the load's last (open-ended) chunk: one long part
+    for i in range(2000):
+        (source / "zz-new" / f"letter-{i:05d}.txt").write_bytes(f"new letter {i}\n".encode() * 800)
+    (source / "flat" / "letter-000003.txt").unlink()
+    workers = start_until(plan, 3, "", "--sync", "--lease", "3s")
+
+    def copying() -> tuple[int, str] | None:  # a worker holding the long part while its files land
+        landed = sum(1 for _ in (target / "zz-new").glob("*.txt")) if (target / "zz-new").exists() else 0
+        if not 200 <= landed < 1500:
+            return None
+        leased = pg(journal, "SELECT owner, task, spec FROM tasks WHERE stage = 'sync' AND status = 'leased'")
+        held = [(int(owner.rsplit(":", 1)[1]), task) for owner, task, spec in leased
+                if "zz-new/letter-00000.txt" in Task.of(spec).range]
+        return held[0] if held else None
+
+    pid, task = stop_holding(journal, copying, stage="sync")
+    single = subprocess.run([sys.executable, "-m", "migrate", "sync", str(plan)], capture_output=True, text=True)
+    assert single.returncode == 1 and "workers hold" in single.stderr, single.stderr  # no race with one runner
+    os.kill(pid, signal.SIGKILL)
+    results = [outcome(w) for w in workers]
+    assert sorted(code for code, _ in results) == [-signal.SIGKILL, 0, 0], results
+    assert tree_sha(target) == tree_sha(source)  # every new file once, the deleted one gone, no partial write
+    [(fence, status)] = pg(journal, "SELECT fence, status FROM tasks WHERE stage = 'sync' AND task = %s", (task,))
+    assert (status, fence >= 2) == ("done", True)  # claimed again after the killed worker's lease expired
+    assert pg(journal, "SELECT count(*), min(status) FROM tasks WHERE stage = 'sync:finish'") == [(1, "done")]
+    events = pg(journal, "SELECT message FROM events WHERE kind = 'worker'")
+    assert any(f"{task}: claimed again" in m for (m,) in events), events
+    verify = subprocess.run([sys.executable, "-m", "migrate", "verify", str(plan), "--json"], capture_output=True,
+                            text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -1,10 +1,16 @@
-"""A blob item's load (and verification) as claimable tasks for `migrate worker` (see `migrate.blobs.partition`).
+"""A blob item's load, verification and sync cycles as claimable tasks for `migrate worker` (see
+`migrate.blobs.partition`).
 
 The first task splits the root folder; split tasks list one level and are replaced by the tasks of their
 subfolders and by copy chunks of at most `chunk_files` files; a copy chunk lists its range on both sides,
 reads the journal's records of that range only, and copies what is new or changed, as `migrate run` would
 (conditional writes, Content-MD5 on every blob, a record per path once its bytes are durable). A runner
 holds one chunk's entries at a time, never the whole listing. Deletes are sync's business, not the load's.
+
+A sync cycle in parts (`migrate worker --sync`) runs over the same path ranges: each part lists its range on
+both sides, copies what is new or changed and *proposes* the deletes it finds; the cycle's closing task adds
+the parts up and applies the guards (an empty source, a listing with problems, the mass-delete limit) to the
+totals before any delete, which it then makes itself, each on condition the target is still what was listed.
 """
 
 from __future__ import annotations
@@ -13,13 +19,16 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from migrate.blobs.inventory import ChangeStream, filtered, resolve
+from migrate.blobs.copy import CopyOutcome
+from migrate.blobs.inventory import ChangeSet, ChangeStream, CycleTally, filtered, resolve
 from migrate.blobs.partition import Task, cut, folder_range, listing_in, root_task
 from migrate.blobs.records import RecordBook
+from migrate.blobs.store import Precondition
 from migrate.blobs.verify import BlobVerifier
 from migrate.errors import MigrateError
 from migrate.stages import parts
-from migrate.stages.engine import StageContext, StageResult
+from migrate.stages.engine import StageContext, StageResult, SyncResult
+from migrate.stages.guards import guarded_deletes
 from migrate.state.claims import Split
 from migrate.units import human_bytes
 
@@ -29,6 +38,8 @@ if TYPE_CHECKING:
 STARTED_KEY = "work:blob_load_started_ns"  # when the split of the first task began (the load's inventory time)
 MAX_SAID = 5  # problems named in a failed chunk's message
 LITTER = "#litter"  # journal item (the blob item's name + this): partial writes each chunk saw, by task
+SYNC_PART = "sync-part"  # chunk records `<cycle>/<task>`: what one part of a sync cycle did and proposes
+KEPT = 100  # problems and warnings a sync part journals in full (all are counted)
 
 
 def first_tasks(engine: BlobEngine, ctx: StageContext) -> list[tuple[str, str]]:
@@ -43,16 +54,18 @@ def first_tasks(engine: BlobEngine, ctx: StageContext) -> list[tuple[str, str]]:
 
 def run_task(engine: BlobEngine, ctx: StageContext, spec: str, bound: int) -> int | Split:
     task = Task.of(spec)
-    if task.kind == "split":
-        # a file or folder that cannot be read is not the split's problem: the chunk that lists it again says it
-        # (and copies the rest), as `migrate run` would
-        level = engine.source.list_level(task.folder)
-        kept = filtered(level.files, engine.keep)
-        if _fits(engine, len(kept.entries), level.folders, bound):  # the whole folder in one chunk
-            whole = Task("copy", task.folder, task.range)
-            return Split([(whole.name, whole.spec)])
-        return Split([(t.name, t.spec) for t in cut(task, kept.entries, level.folders, bound)])
-    return _copy(engine, ctx, task)
+    return _split(engine, task, bound) if task.kind == "split" else _copy(engine, ctx, task)
+
+
+def _split(engine: BlobEngine, task: Task, bound: int) -> Split:
+    """A split task replaced by its level's tasks. A file or folder that cannot be read is not the split's
+    problem: the chunk that lists it again says it (and copies the rest), as `migrate run` would."""
+    level = engine.source.list_level(task.folder)
+    kept = filtered(level.files, engine.keep)
+    if _fits(engine, len(kept.entries), level.folders, bound):  # the whole folder in one chunk
+        whole = Task("copy", task.folder, task.range)
+        return Split([(whole.name, whole.spec)])
+    return Split([(t.name, t.spec) for t in cut(task, kept.entries, level.folders, bound)])
 
 
 def _fits(engine: BlobEngine, files: int, folders: list[str], bound: int) -> bool:
@@ -103,12 +116,7 @@ def finish(engine: BlobEngine, ctx: StageContext) -> StageResult:
     """After the last chunk: the inventory the next sync compares against, counted in the journal."""
     from migrate.blobs.engine import STATE_KEY
 
-    seen = sorted({path for paths in ctx.journal.values(engine.name + LITTER).values() for path in paths})
-    if seen:  # partial writes of runners that died: nothing is in flight now
-        engine.target.clean_litter(seen)
-        ctx.journal.event("blob_litter", f"removed {len(seen)} partial write(s) left by stopped runners",
-                          item=engine.name)
-    ctx.journal.forget_item(engine.name + LITTER)
+    _clean_litter(engine, ctx)
     done = ctx.journal.chunk_totals(engine.name, "load").get("done", (0, 0))
     state: dict[str, Any] = ctx.journal.get(engine.name, STATE_KEY) or {}
     ctx.journal.put(engine.name, STATE_KEY, {
@@ -118,13 +126,25 @@ def finish(engine: BlobEngine, ctx: StageContext) -> StageResult:
                        "copied by workers chunk by chunk", metrics={"files": done[0], "bytes": done[1]})
 
 
+def _clean_litter(engine: BlobEngine, ctx: StageContext) -> None:
+    """Partial writes of runners that died, which chunks saw and noted: removed once nothing is in flight."""
+    seen = sorted({path for paths in ctx.journal.values(engine.name + LITTER).values() for path in paths})
+    if seen:
+        engine.target.clean_litter(seen)
+        ctx.journal.event("blob_litter", f"removed {len(seen)} partial write(s) left by stopped runners",
+                          item=engine.name)
+    ctx.journal.forget_item(engine.name + LITTER)
+
+
+def _copy_chunks(loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+    """The load's copy chunks (path ranges tiling the whole path space), none when no worker loaded the item."""
+    return [(name, spec) for name, spec in loaded if spec is not None and Task.of(spec).kind == "copy"]
+
+
 def verify_tasks(loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
     """The parts of a verification: the load's copy chunks, else one part covering every path."""
-    chunks = [(name, spec) for name, spec in loaded if spec is not None and Task.of(spec).kind == "copy"]
-    if chunks:
-        return chunks
     whole = Task("copy", "", folder_range(""))
-    return [(whole.name, whole.spec)]
+    return _copy_chunks(loaded) or [(whole.name, whole.spec)]
 
 
 def verify_part(engine: BlobEngine, ctx: StageContext, verification: str, task: str, spec: str) -> int:
@@ -143,3 +163,120 @@ def verify_part(engine: BlobEngine, ctx: StageContext, verification: str, task: 
                  target_bytes=target.bytes, source_bytes_read=found.metrics["source_bytes_read"],
                  target_bytes_read=found.metrics["target_bytes_read"])
     return found.checked
+
+
+# -- a sync cycle in parts --
+
+
+def sync_tasks(loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+    """The parts of a sync cycle: the load's copy chunks, else the root split (the path space found in ranges of
+    at most `chunk_files`, as a load by workers finds it)."""
+    root = root_task()
+    return _copy_chunks(loaded) or [(root.name, root.spec)]
+
+
+def sync_part(engine: BlobEngine, ctx: StageContext, cycle: str, spec: str) -> int | Split:
+    """One part of a sync cycle: its range listed on both sides, what is new or changed copied (as `migrate sync`
+    copies it), the deletes it finds proposed to the closing task, not made; returns the source paths listed."""
+    from migrate.blobs.engine import STATE_KEY
+
+    task = Task.of(spec)
+    if task.kind == "split":
+        return _split(engine, task, engine.item.chunk_files)
+    rng = task.range
+    source = filtered(listing_in(engine.source, task.folder, rng), engine.keep)
+    target = filtered(listing_in(engine.target, task.folder, rng), engine.keep)
+    if target.litter:
+        ctx.journal.put(engine.name + LITTER, task.name, sorted(set(target.litter)))
+    state: dict[str, Any] = ctx.journal.get(engine.name, STATE_KEY) or {}
+    book = RecordBook(ctx.journal, engine.name, before_flush=engine.target.durable)
+    stream = ChangeStream(target, book.load(rng.lo, rng.hi), delete=engine.item.delete,
+                          previous_inventory_ns=int(state.get("inventory_at_ns", 0)))
+    changes = stream.page(source)
+    changes.problems += source.problems + target.problems
+    resolve(changes, lambda e: engine.source.hash(e.path), lambda e: engine.target.hash(e.path),
+            engine.item.concurrency)
+    rest = stream.finish()
+    tally = CycleTally()
+    tally.add(changes)
+    tally.add(rest)  # the proposed deletes are pending too, until the closing task makes them
+    proposed, rest.deletes = rest.deletes, []
+    copier = engine.copier(ctx, book, f"sync {engine.name} {task.name}")
+    copier.start()
+    try:
+        copier.submit(changes)
+        copier.submit(rest)  # records of paths gone from both sides
+    except BaseException:
+        copier.abort()
+        raise
+    outcome = copier.finish()
+    for path, why in tally.conflicts[:MAX_SAID]:
+        ctx.journal.event("blob_conflict", f"{path}: {why}", item=engine.name, outcome="refused")
+    problems, warnings = tally.problems + outcome.problems, tally.warnings + outcome.warnings
+    ctx.journal.mark_chunk(engine.name, SYNC_PART, f"{cycle}/{task.name}", "done", stream.files, {
+        "files": stream.files, "bytes": stream.bytes, "target_files": len(target.entries),
+        "listing_problems": len(source.problems), "unchanged": tally.unchanged, "pending": tally.pending,
+        "oldest_pending_ns": tally.oldest_pending_ns, "conflicts": len(tally.conflicts),
+        "created": outcome.created, "updated": outcome.updated + outcome.touched, "copy": outcome.metrics(),
+        "failed_since": min(outcome.failed.values(), default=None), "still_pending": len(outcome.failed),
+        "problems": problems[:KEPT], "problem_count": len(problems),
+        "warnings": warnings[:KEPT], "warning_count": len(warnings),
+        "deletes": [[path, when.etag, since_ns] for path, when, since_ns in proposed]})
+    return stream.files
+
+
+def sync_finish(engine: BlobEngine, ctx: StageContext, cycle: str, opened_ns: int) -> SyncResult:
+    """The cycle's closing task: its parts added up, the delete guards applied to the totals, the deletes made
+    (each on condition the target is still what its part listed), the inventory recorded for the next cycle."""
+    from migrate.blobs.engine import STATE_KEY
+
+    found = [detail for _, _, detail in ctx.journal.chunks(engine.name, SYNC_PART, lo=f"{cycle}/",
+                                                            hi=f"{cycle}0").values()]
+    total = {key: sum(part[key] for part in found) for key in (
+        "files", "bytes", "target_files", "listing_problems", "unchanged", "pending", "conflicts", "created",
+        "updated", "still_pending", "problem_count", "warning_count")}
+    proposed = [(path, Precondition.matching(etag or ""), since_ns)
+                for part in found for path, etag, since_ns in part["deletes"]]
+    deletes, problems, refused = guarded_deletes(f"blob set {engine.name}", proposed, source_files=total["files"],
+                                                 listing_problems=total["listing_problems"],
+                                                 target_files=total["target_files"], allow=ctx.allow_mass_delete)
+    if refused is not None:  # the cycle fails with it (the copies are made): the workers exit 1 and say it
+        problems.append(f"{refused.message} ({refused.hint})")
+    outcome = CopyOutcome()
+    if deletes:
+        book = RecordBook(ctx.journal, engine.name, before_flush=engine.target.durable)
+        copier = engine.copier(ctx, book, f"sync {engine.name}: deletes")
+        copier.start()
+        try:
+            copier.submit(ChangeSet(deletes=deletes))
+        except BaseException:
+            copier.abort()
+            raise
+        outcome = copier.finish()
+    problems = [p for part in found for p in part["problems"]] + problems + outcome.problems
+    if not problems:
+        _clean_litter(engine, ctx)
+    state: dict[str, Any] = ctx.journal.get(engine.name, STATE_KEY) or {}
+    ctx.journal.put(engine.name, STATE_KEY, {**state, "inventory_at_ns": opened_ns, "files": total["files"],
+                                              "bytes": total["bytes"], "target_files": total["target_files"]})
+    waiting = [p["failed_since"] for p in found if p["failed_since"] is not None] + list(outcome.failed.values())
+    oldest = min((p["oldest_pending_ns"] for p in found if p["oldest_pending_ns"] is not None), default=None)
+    copied = {key: sum(part["copy"][key] for part in found) for key in found[0]["copy"]} if found else {}
+    copied["deleted"] = outcome.deleted
+    copied.pop("bytes_per_second", None)
+    more = total["problem_count"] - sum(len(p["problems"]) for p in found)
+    return SyncResult(
+        engine.name, created=total["created"], updated=total["updated"], deleted=outcome.deleted,
+        lag_seconds=round(max(0.0, (opened_ns - min(waiting)) / 1e9), 3) if waiting else 0.0,
+        lag_detail={"at_start": round(max(0.0, (opened_ns - oldest) / 1e9), 3) if oldest is not None else 0.0,
+                    "pending_at_start": total["pending"], "pending_after": total["still_pending"] + len(outcome.failed),
+                    "conflicts": total["conflicts"]},
+        problems=problems + ([f"... and {more} more problem(s) in the parts"] if more > 0 else []),
+        metrics={**copied, "unchanged": total["unchanged"], "cycle": cycle, "parts": len(found),
+                 "warnings": [w for p in found for w in p["warnings"]][:KEPT] + outcome.warnings[:KEPT]},
+    )
+
+
+def forget_sync_parts(ctx: StageContext, item: str) -> None:
+    """Before a new sync cycle in parts: the parts of earlier ones go."""
+    ctx.journal.clear_chunks(item, SYNC_PART)

@@ -20,7 +20,7 @@ from migrate.plan.model import BlobItem
 from migrate.redact import redact
 from migrate.stages import parts
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
-from migrate.stages.guards import PlannedDeletes, check_deletes
+from migrate.stages.guards import guarded_deletes
 from migrate.state.claims import Split
 from migrate.units import human_bytes
 
@@ -272,6 +272,21 @@ class BlobEngine(ItemEngine):
     def verify_parts(self, ctx: StageContext, verification: str) -> VerifyResult:
         return parts.add_up(ctx.journal, self.name, verification)
 
+    # -- a sync cycle as claimable tasks (`migrate worker --sync`) --
+
+    def sync_tasks(self, ctx: StageContext, loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+        """A cycle's parts: the load's copy chunks, else the root split; the guards and deletes wait for the
+        closing task (`sync_parts`)."""
+        chunked.forget_sync_parts(ctx, self.name)
+        return chunked.sync_tasks(loaded)
+
+    def sync_task(self, ctx: StageContext, cycle: str, spec: str | None) -> int | Split:
+        assert spec is not None, "a blob sync task has a range"
+        return chunked.sync_part(self, ctx, cycle, spec)
+
+    def sync_parts(self, ctx: StageContext, cycle: str, opened_ns: int) -> SyncResult:
+        return chunked.sync_finish(self, ctx, cycle, opened_ns)
+
     def _cycle(self, ctx: StageContext, *, delete: bool, label: str) -> tuple[CycleTally, CopyOutcome, bool]:
         """List the target, then list the source page by page, each page's copies starting at once while
         the next page is listed; deletes wait for the end of the listing (only then is a path known to be
@@ -306,20 +321,10 @@ class BlobEngine(ItemEngine):
                 if copier.stopped:
                     break
             rest = stream.finish() if not copier.stopped else ChangeSet()
-            if rest.deletes and not stream.files:
-                rest.problems.append(f"the source lists no file at all: refusing to delete {len(rest.deletes)} "
-                                     "files on the target (an unmounted share looks empty; delete by hand if meant)")
-                rest.deletes = []
-            if rest.deletes and listing_problems:
-                rest.problems.append(f"the source listing had problems: deleting none of {len(rest.deletes)} "
-                                     "files on the target this cycle (a file that could not be listed is not gone)")
-                rest.deletes = []
-            if rest.deletes:
-                try:
-                    check_deletes([PlannedDeletes(f"blob set {self.name}", len(rest.deletes),
-                                                  len(target.entries))], ctx.allow_mass_delete)
-                except MassDeleteRefused as exc:
-                    refused, rest.deletes = exc, []  # raised once the copies under way are finished
+            rest.deletes, held_back, refused = guarded_deletes(  # a refusal is raised once the copies are done
+                f"blob set {self.name}", rest.deletes, source_files=stream.files,
+                listing_problems=listing_problems, target_files=len(target.entries), allow=ctx.allow_mass_delete)
+            rest.problems += held_back
             tally.add(rest)
             copier.submit(rest)
         except BaseException:

@@ -178,6 +178,18 @@ class ItemEngine(ABC):
         with the evidence; checked by the `reverse_ready` gate before any cutover step. Writes nothing that
         stays."""
 
+    def sync_tasks(self, ctx: StageContext, loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+        """The parts of a sync cycle run by workers (`migrate worker --sync`); none by default: the cycle is then
+        one task, `sync_parts`, run by one worker."""
+        return []
+
+    def sync_task(self, ctx: StageContext, cycle: str, spec: str | None) -> Any:
+        raise NotImplementedError(f"{self.kind} items sync in one task")
+
+    def sync_parts(self, ctx: StageContext, cycle: str, opened_ns: int) -> SyncResult:
+        """The closing task of a sync cycle run by workers: its parts added up, or, without parts, the cycle."""
+        return self.sync(ctx)
+
     def pending(self, ctx: StageContext) -> list[str]:
         """Parts added to the plan since this item's load (a table named later): schema and load run again
         for them on the next `run` (none by default)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from migrate.errors import MassDeleteRefused
 
@@ -45,3 +46,23 @@ def check_deletes(planned: Iterable[PlannedDeletes], allow: bool) -> None:
             "mass delete refused, nothing was deleted: " + "; ".join(refusals),
             hint="check the source (an emptied table, a failed restore, an unmounted share); if the deletes are "
                  "meant, rerun with --allow-mass-delete")
+
+
+def guarded_deletes(what: str, deletes: list[Any], *, source_files: int, listing_problems: int, target_files: int,
+                    allow: bool) -> tuple[list[Any], list[str], MassDeleteRefused | None]:
+    """A blob cycle's deletes as its guards leave them, with why any were held back: none when the source lists no
+    file at all (an unmounted share looks empty) or its listing had problems (a file that could not be listed is
+    not gone); none, and the refusal, when they are a mass delete the operator did not allow."""
+    if not deletes:
+        return deletes, [], None
+    if not source_files:
+        return [], [f"the source lists no file at all: refusing to delete {len(deletes)} files on the target (an "
+                    "unmounted share looks empty; delete by hand if meant)"], None
+    if listing_problems:
+        return [], [f"the source listing had problems: deleting none of {len(deletes)} files on the target this "
+                    "cycle (a file that could not be listed is not gone)"], None
+    try:
+        check_deletes([PlannedDeletes(what, len(deletes), target_files)], allow)
+    except MassDeleteRefused as exc:
+        return [], [], exc
+    return deletes, [], None

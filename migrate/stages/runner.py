@@ -24,7 +24,7 @@ from migrate.stages.engine import (
     VerifyResult,
 )
 from migrate.state.direction import read_direction
-from migrate.state.journal import now
+from migrate.state.journal import Journal, now
 from migrate.state.sync_state import SyncState
 
 
@@ -184,13 +184,14 @@ class StageRunner:
     def sync(self) -> list[SyncResult]:
         """One forward cycle (source → target) for every item. Refused whenever the target is, or may be,
         authoritative: copying from the source then would overwrite what the application wrote there."""
-        direction = read_direction(self.ctx.journal)
-        if direction.target_authoritative:
-            raise MigrateError(f"forward sync refused: the target has been authoritative since {direction.since} "
-                               f"({direction.reason}); copying from the source would overwrite what the "
-                               "application writes there",
-                               hint="after a completed cutover `migrate sync PLAN` replicates target → source; "
-                                    "`migrate rollback PLAN` goes back to the source")
+        from migrate.state.claims import live_leases  # (the PostgreSQL dialect: imported only to sync)
+
+        require_forward(self.ctx.journal)
+        leases = live_leases(self.ctx.journal)
+        if leases:
+            raise MigrateError(f"sync refused: workers hold {len(leases)} task(s) of this plan ("
+                               + ", ".join(sorted({owner for owner, _, _ in leases})) + "); one runner's cycle would "
+                               "race theirs", hint="wait for the workers to finish (`migrate status PLAN`)")
         return [self.sync_item(item, reverse=False) for item in self.items]
 
     def sequences(self) -> list[str]:
@@ -209,12 +210,15 @@ class StageRunner:
     def sync_item(self, item: DatabaseItem | BlobItem, reverse: bool) -> SyncResult:
         self._require_loaded(item.name, "sync")
         with self._engine(item, reverse) as engine:
-            cycle_start = now()
-            result: SyncResult = self.stage(engine, "sync", partial(engine.sync, self.ctx))
-            SyncState(self.ctx.journal, engine.name).cycle_done(cycle_start, _summary(result),
-                                                                clean=not result.problems,
-                                                                lag_seconds=result.lag_seconds or 0.0)
-            return result
+            return self.sync_cycle(engine, now(), partial(engine.sync, self.ctx))
+
+    def sync_cycle(self, engine: ItemEngine, started: datetime, work: Callable[[], SyncResult]) -> SyncResult:
+        """Run and record one sync cycle of one item that began at `started` (workers' cycles in parts: the
+        closing task adding its parts up); a clean one vouches that nothing older is missing on the target."""
+        result: SyncResult = self.stage(engine, "sync", work)
+        SyncState(self.ctx.journal, engine.name).cycle_done(started, _summary(result), clean=not result.problems,
+                                                            lag_seconds=result.lag_seconds or 0.0)
+        return result
 
     def preview(self) -> list[Preview]:
         return [self._preview(item) for item in self.items]
@@ -233,6 +237,17 @@ class StageRunner:
         if self.ctx.journal.last_done(item, "load") is None:
             raise MigrateError(f"{item}: cannot {verb} before the load has finished",
                                hint="run `migrate run PLAN` first")
+
+
+def require_forward(journal: Journal) -> None:
+    """Forward sync (source → target) is refused whenever the target is, or may be, authoritative."""
+    direction = read_direction(journal)
+    if direction.target_authoritative:
+        raise MigrateError(f"forward sync refused: the target has been authoritative since {direction.since} "
+                           f"({direction.reason}); copying from the source would overwrite what the "
+                           "application writes there",
+                           hint="after a completed cutover `migrate sync PLAN` replicates target → source; "
+                                "`migrate rollback PLAN` goes back to the source")
 
 
 def _summary(result: Any) -> dict[str, Any]:

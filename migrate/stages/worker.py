@@ -15,6 +15,14 @@ journals what it found under the verification's id; the task finishing the last 
 verification, dated by its earliest part's start. A clean verification newer than the last load and sync is not
 repeated.
 
+With `--sync` workers run one forward sync cycle instead (the load must be done): a blob item's cycle in parts over
+the same path ranges, each part copying what changed in its range and proposing the deletes it finds, and a
+closing task adding the parts up, applying the delete guards to the totals and making the deletes; a database
+item's cycle is one task. A worker joins the cycle under way, or opens a new one (so workers started apart may
+run one cycle each: a cycle is idempotent, and each one more only lowers the lag). Each part and the closing
+task first check that the target is not authoritative and that no cutover, rollback or single-runner sync holds
+the plan; a single-runner `migrate sync` refuses while workers hold leases.
+
 A worker exits 0 once nothing of its stages is pending or leased, 1 when a task failed `max_attempts` times, 3
 when the verification found differences, 130 on SIGTERM or Ctrl-C after giving its tasks back. A defect (an
 exception that is not a MigrateError) also gives its task back at once, the attempt counted, before it stops the
@@ -49,16 +57,19 @@ from migrate.plan.model import BlobItem, DatabaseItem
 from migrate.redact import redact
 from migrate.stages import parts
 from migrate.stages.engine import StageContext
-from migrate.stages.runner import StageRunner, engine_for
+from migrate.stages.runner import StageRunner, engine_for, require_forward
 from migrate.state.claims import Claim, Split, WorkTable, parse_shard
 from migrate.state.lock import current_lock
+from migrate.state.sync_state import SyncState
 
 log = logging.getLogger("migrate")
 
-WORKER_STAGES = ("preflight", "schema", "load", "verify")  # what workers share; sync stays single-runner
+WORKER_STAGES = ("preflight", "schema", "load", "verify")  # what `--until` takes (a sync cycle: `--sync`)
 FINISH = "load:finish"  # the singleton task after a load's last chunk: index builds, statistics, the stage done
 VERIFY, VERIFY_FINISH = "verify", "verify:finish"  # a verification's parts; the task adding them up
 VERIFYING = "work:verify"  # journal key: the verification workers are making ({"id", "tasks"})
+SYNC, SYNC_FINISH = "sync", "sync:finish"  # a sync cycle's parts; the task closing it
+SYNCING = "work:sync"  # journal key: the sync cycle workers are running ({"id", "tasks", "opened_at", "opened_ns"})
 
 
 @dataclass
@@ -71,8 +82,10 @@ class ItemWork:
     refused: list[str] = field(default_factory=list)  # done-marks a newer claim superseded
     units: int = 0  # rows loaded
     checked: int = 0  # rows verified
+    compared: int = 0  # source paths a sync cycle's parts compared
     finished_stage: bool = False  # this worker ran the item's finishing task
     verification: str = ""  # what the item's verification found, once it is complete
+    synced: str = ""  # what the item's sync cycle did, once it is complete
 
 
 @dataclass
@@ -96,12 +109,12 @@ class Worker:
     """One runner's share of a plan's work, stage by stage, item by item."""
 
     def __init__(self, ctx: StageContext, *, shard: tuple[int, int] = (0, 1), until: str = "load",
-                 ttl: float = 30.0, poll: float = 0.5, owner: str | None = None) -> None:
+                 sync: bool = False, ttl: float = 30.0, poll: float = 0.5, owner: str | None = None) -> None:
         if until not in WORKER_STAGES:
             raise UsageError(f"workers share {', '.join(WORKER_STAGES)}: --until takes one of them, not {until!r}",
-                             hint="sync runs in one runner, by `migrate sync`")
+                             hint="a sync cycle by workers is `migrate worker PLAN --sync`")
         self.ctx = ctx
-        self.stages = WORKER_STAGES[:WORKER_STAGES.index(until) + 1]
+        self.stages = (SYNC,) if sync else WORKER_STAGES[:WORKER_STAGES.index(until) + 1]
         self.owner = owner or owner_name()
         self.work = WorkTable(ctx.journal, self.owner, ttl=ttl, shard=shard)
         self.ttl = ttl
@@ -112,10 +125,7 @@ class Worker:
 
     def run(self) -> WorkerResult:
         result = WorkerResult(self.owner)
-        holder = current_lock(self.ctx.journal, self.ctx.loaded.plan.component)
-        if holder is not None and not holder.is_stale(self.ctx.journal.clock()):
-            raise MigrateError(f"the plan is locked by {holder.describe()}; workers share the plan only with "
-                               "other workers", hint="wait for that command to finish, then start the workers")
+        self._unlocked()
         beat = threading.Thread(target=self._heartbeat, name="worker-heartbeat", daemon=True)
         beat.start()
         try:
@@ -135,6 +145,9 @@ class Worker:
         done = ItemWork(item.name)
         engine = engine_for(item, self.ctx)
         try:
+            if self.stages == (SYNC,):
+                self._sync(item, engine, done, result)
+                return done
             loaded = "load" in self.stages and self.ctx.journal.last_done(item.name, "load")
             if (loaded or self._load(item, engine, done, result)) and "verify" in self.stages:
                 self._verify(item, engine, done, result)
@@ -215,6 +228,65 @@ class Worker:
             result.differences.append(f"{item}: verification found {done.verification} (`migrate verify` lists "
                                       "them; `migrate sync` repairs what changed)")
 
+    def _sync(self, item: DatabaseItem | BlobItem, engine: Any, done: ItemWork, result: WorkerResult) -> None:
+        """One forward sync cycle of an item (see the module): joined where one is under way, else opened."""
+        journal = self.ctx.journal
+        if journal.last_done(item.name, "load") is None:
+            result.failed.append(f"{item.name}: cannot sync before the load has finished (run the workers with "
+                                 "--until load, or `migrate run PLAN`, first)")
+            return
+        with self._singleton(f"{item.name}:sync"):
+            self._forward_only()
+            current = journal.get(item.name, SYNCING)
+            if current is None or self.work.progress(item.name, SYNC_FINISH).finished:
+                cycle = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+                tasks = engine.sync_tasks(self.ctx, self.work.done_tasks(item.name, "load"))
+                self.work.forget(item.name, (SYNC, SYNC_FINISH))
+                self.work.add(item.name, SYNC, tasks)
+                self.work.add(item.name, SYNC_FINISH, [cycle])
+                current = {"id": cycle, "tasks": len(tasks), "opened_at": journal.clock().isoformat(),
+                           "opened_ns": time.time_ns()}
+                journal.put(item.name, SYNCING, current)
+                journal.set_stage(item.name, engine.kind, "sync", "running", run_id=self.ctx.run_id,
+                                  detail={"cycle": cycle, "tasks": len(tasks), "workers": "claims"})
+        cycle = current["id"]
+
+        def part(claim: Claim) -> Any:
+            self._forward_only()
+            return engine.sync_task(self.ctx, cycle, claim.spec)
+
+        self._claim_until_done(item.name, SYNC, part, done, result)
+        if result.failed:
+            return
+        self._claim_until_done(item.name, SYNC_FINISH, lambda _claim: self._finish_sync(engine, current), done,
+                               result)
+        if not result.failed:
+            self._report_sync(item.name, done, result)
+
+    def _finish_sync(self, engine: Any, cycle: dict[str, Any]) -> int:
+        self._forward_only()
+        self.runner.sync_cycle(engine, datetime.fromisoformat(cycle["opened_at"]),
+                               partial(engine.sync_parts, self.ctx, cycle["id"], cycle["opened_ns"]))
+        return 0
+
+    def _report_sync(self, item: str, done: ItemWork, result: WorkerResult) -> None:
+        last = SyncState(self.ctx.journal, item).last_sync or {}
+        done.synced = (f"{last.get('created', 0)} created, {last.get('updated', 0)} updated, "
+                       f"{last.get('deleted', 0)} deleted, lag {last.get('lag_seconds', 0)}s")
+        if last.get("problems"):
+            result.failed.append(f"{item}: sync: " + "; ".join(last["problems"][:5]))
+
+    def _forward_only(self) -> None:
+        """Before each part of a sync cycle: the target is not authoritative, and no one runner holds the plan."""
+        require_forward(self.ctx.journal)
+        self._unlocked()
+
+    def _unlocked(self) -> None:
+        holder = current_lock(self.ctx.journal, self.ctx.loaded.plan.component)
+        if holder is not None and not holder.is_stale(self.ctx.journal.clock()):
+            raise MigrateError(f"the plan is locked by {holder.describe()}; workers share the plan only with "
+                               "other workers", hint="wait for that command to finish, then start the workers")
+
     def _finish_load(self, engine: Any) -> int:
         self.runner.stage(engine, "load", lambda: engine.load_finish(self.ctx))
         return 0
@@ -265,6 +337,8 @@ class Worker:
             done.done += 1
             if claim.stage == VERIFY:
                 done.checked += units
+            elif claim.stage == SYNC:
+                done.compared += units
             else:
                 done.units += units
             done.finished_stage = done.finished_stage or claim.stage == FINISH
@@ -319,15 +393,16 @@ class Worker:
                 conn.commit()
 
 
-def run_worker(plan_path: Path, *, shard: tuple[int, int], until: str, ttl: float = 30.0) -> WorkerResult:
+def run_worker(plan_path: Path, *, shard: tuple[int, int], until: str, sync: bool = False, ttl: float = 30.0,
+               allow_mass_delete: bool = False) -> WorkerResult:
     """`migrate worker`: SIGTERM, like Ctrl-C, stops claiming, cancels the running statement, gives the held
     tasks back and exits 130."""
     from migrate.commands import session
 
     previous = signal.signal(signal.SIGTERM, lambda *_: interrupt.stop())
     try:
-        with session(plan_path, "worker", lock=False) as ctx:
-            return Worker(ctx, shard=shard, until=until, ttl=ttl).run()
+        with session(plan_path, "worker", lock=False, allow_mass_delete=allow_mass_delete) as ctx:
+            return Worker(ctx, shard=shard, until=until, sync=sync, ttl=ttl).run()
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -274,7 +274,8 @@ def live_leases(journal: Journal) -> list[tuple[str, str, str]]:
 
 def runners(journal: Journal, item: str) -> list[dict[str, object]]:
     """Per worker that claimed any of the item's tasks, computed in the journal database: tasks done, the units
-    its load tasks moved and the rows its verify parts checked, live leases and when the latest one ends (for
+    its load tasks moved, the rows its verify parts checked and the paths its current sync cycle's parts compared,
+    live leases and when the latest one ends (for
     `status`). Empty without workers."""
     if not _has_work_table(journal):
         return []
@@ -283,11 +284,13 @@ def runners(journal: Journal, item: str) -> list[dict[str, object]]:
             "SELECT owner, count(*) FILTER (WHERE status = 'done'), coalesce(sum(units) FILTER (WHERE status = "
             "'done' AND stage = 'load'), 0), count(*) FILTER (WHERE status = 'leased' AND lease_until >= "
             "clock_timestamp()), max(lease_until) FILTER (WHERE status = 'leased' AND lease_until >= "
-            "clock_timestamp()), coalesce(sum(units) FILTER (WHERE status = 'done' AND stage = 'verify'), 0) "
+            "clock_timestamp()), coalesce(sum(units) FILTER (WHERE status = 'done' AND stage = 'verify'), 0), "
+            "coalesce(sum(units) FILTER (WHERE status = 'done' AND stage = 'sync'), 0) "
             "FROM tasks WHERE item = :item AND owner IS NOT NULL GROUP BY owner ORDER BY owner"),
             {"item": item}).all()
     return [{"owner": r[0], "done": int(r[1]), "units": int(r[2]), "leased": int(r[3]),
-             "lease_until": r[4].isoformat() if r[4] else None, "verified": int(r[5])} for r in rows]
+             "lease_until": r[4].isoformat() if r[4] else None, "verified": int(r[5]), "synced": int(r[6])}
+            for r in rows]
 
 
 def _has_work_table(journal: Journal) -> bool:
