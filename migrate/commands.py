@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from migrate.errors import (
     VerificationFailed,
 )
 from migrate.plan.check import FileValidation, ValidateResult, validate  # noqa: F401 - part of this API
+from migrate.plan.durations import format_duration
 from migrate.plan.loader import LoadedPlan, load_plan, plan_files
 from migrate.plan.schema import plan_json_schema
 from migrate.stages.cutover import (
@@ -126,6 +128,26 @@ def _fingerprint_warnings(loaded: LoadedPlan, journal: Journal) -> list[str]:
     return warnings
 
 
+def _cycle_warnings(loaded: LoadedPlan, journal: Journal) -> list[str]:
+    """Where the last sync cycle of an item took longer than the cutover's `max_lag`: the lag gate cannot pass
+    while a cycle takes that long (re-listing 100M paths takes minutes, not seconds)."""
+    limit = loaded.plan.cutover.gates.max_lag
+    if limit is None:
+        return []
+    warnings = []
+    for item in loaded.plan.items:
+        last, ended = SyncState(journal, item.name).last_sync, journal.last_done(item.name, "sync")
+        if last is None or ended is None:
+            continue
+        took = (ended - datetime.fromisoformat(last["at"])).total_seconds()
+        if took > limit:
+            warnings.append(f"{item.name}: the last sync cycle took {format_duration(took)}, longer than the "
+                            f"cutover's max_lag ({format_duration(limit)}): the lag gate cannot pass while a "
+                            "cycle takes that long (raise max_lag, or shorten the cycle with workers: `migrate "
+                            "worker PLAN --sync`)")
+    return warnings
+
+
 # --- validate / schema ---------------------------------------------------------------------------------
 
 
@@ -177,7 +199,7 @@ def plan(plan_path: Path, progress: Progress | None = None) -> PlanResult:
                 azure = [{"target": "azure", "name": "preflight", "status": "fail", "evidence": str(exc)}]
         return PlanResult(ctx.loaded.plan.component, previews, azure,
                           [s.name for s in cutover_sequence(ctx.loaded.plan)],
-                          _fingerprint_warnings(ctx.loaded, ctx.journal))
+                          _fingerprint_warnings(ctx.loaded, ctx.journal) + _cycle_warnings(ctx.loaded, ctx.journal))
 
 
 # --- run / verify / sync -------------------------------------------------------------------------------

@@ -107,3 +107,19 @@ def test_unreachable_health_endpoint_is_a_failing_gate(tmp_path: Path) -> None:
 def test_window_spans_midnight(window: str, at: str, inside: bool) -> None:
     hour, minute = map(int, at.split(":"))
     assert _window(window, datetime(2026, 11, 28, hour, minute)).passed is inside
+
+
+def test_plan_warns_when_the_last_sync_cycle_took_longer_than_max_lag(tmp_path: Path, health_port: int) -> None:
+    from migrate import commands
+
+    build_tree(tmp_path, {"plan.yaml": PLAN.replace("PORT", str(health_port)), "a/x.txt": "x", "b/.keep": ""})
+    loaded = load_plan(tmp_path / "plan.yaml")
+    journal = Journal(loaded.state_url)
+    journal.set_stage("letters", "blob", "sync", "done")  # the cycle ended now ...
+    SyncState(journal, "letters").cycle_done(now() - timedelta(seconds=20), {}, clean=True, lag_seconds=0.0)
+    assert commands.plan(tmp_path / "plan.yaml").warnings == []  # ... 20 s after it began: under 60s
+    SyncState(journal, "letters").cycle_done(now() - timedelta(minutes=3), {}, clean=True, lag_seconds=0.0)
+    warnings = commands.plan(tmp_path / "plan.yaml").warnings
+    assert len(warnings) == 1 and warnings[0].startswith("letters: the last sync cycle took 3m") \
+        and "longer than the cutover's max_lag (1m00s)" in warnings[0], warnings
+    journal.close()

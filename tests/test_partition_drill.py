@@ -108,6 +108,7 @@ def test_four_workers_three_items_one_killed_holding_uncommitted_rows(pg_cluster
     events = pg(journal, "SELECT message FROM events WHERE kind = 'worker' AND message LIKE %s", (f"{task}:%",))
     assert events and "claimed again (fence" in events[0][0]
     tasks, claims = pg(journal, "SELECT count(*), sum(fence) FROM tasks")[0]
+    [(record_bytes, records)] = pg(journal, "SELECT pg_total_relation_size('chunks'), count(*) FROM chunks")
     rates = {item: units / seconds for item, units, seconds in pg(journal, (
         "SELECT s.item, max(c.units), extract(epoch FROM max(s.at) FILTER (WHERE s.status = 'done') - "
         "min(s.at) FILTER (WHERE s.status = 'running')) FROM stage_log s JOIN (SELECT item, sum(units) AS units "
@@ -159,7 +160,8 @@ def test_four_workers_three_items_one_killed_holding_uncommitted_rows(pg_cluster
           f"{(len(letters) + len(scans)) / seconds:,.0f} files/s overall; per item: obs {rates['obs']:,.0f} rows/s, "
           f"letters {rates['letters']:,.0f} files/s, scans {rates['scans']:,.0f} files/s; {tasks} tasks, {claims} "
           f"claims; the journal took {commits:,} commits ({commits / seconds:,.0f}/s) and {written:,} row writes "
-          f"({written / seconds:,.0f}/s); verified in parts by 4 workers in {in_parts:.1f} s, by one `migrate "
+          f"({written / seconds:,.0f}/s), {records:,} records of {record_bytes / records:,.0f} bytes each "
+          f"(table and indexes); verified in parts by 4 workers in {in_parts:.1f} s, by one `migrate "
           f"verify` in {alone:.1f} s; one sync cycle by 4 workers ({parts.get('letters', 0)} + "
           f"{parts.get('scans', 0)} blob parts, the table in one task) in {synced:.1f} s (obs {cycle['obs']} s, "
           f"letters {cycle['letters']} s, scans {cycle['scans']} s)")
