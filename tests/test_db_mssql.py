@@ -418,3 +418,55 @@ def test_a_refused_entra_token_says_what_the_identity_needs(tmp_path: Any, minti
     assert "bad credentials" in str(error) and "FROM EXTERNAL PROVIDER" in (error.hint or "")
     password_endpoint = Endpoint("sql", "mssql+mssqlpython://sa:pw@sql.example/ppm", tmp_path)
     assert password_endpoint.error(Exception("Login failed for user 'sa'."), "cannot connect").hint is None
+
+
+class RecordingConnection:
+    """Double of a SQLAlchemy connection to SQL Server: records each statement as SQL Server receives it."""
+
+    def __init__(self, fail_on: str | None = None, in_transaction: bool = False) -> None:
+        self.log: list[str] = []
+        self.fail_on = fail_on
+        self._in_transaction = in_transaction
+
+    def execute(self, statement: Any, params: dict[str, Any] | None = None) -> None:
+        sql = str(statement.compile(dialect=modern_mssql()))
+        self.log.append(f"{sql} {params}")
+        if self.fail_on and self.fail_on in sql:
+            raise OSError("the connection was reset")
+
+    def in_transaction(self) -> bool:
+        return self._in_transaction
+
+    def rollback(self) -> None:
+        self.log.append("ROLLBACK")
+        self._in_transaction = False
+
+    def commit(self) -> None:
+        self.log.append("COMMIT")
+
+    def invalidate(self) -> None:
+        self.log.append("INVALIDATE")
+
+
+def test_a_workers_chunk_lock_is_a_session_application_lock_held_across_both_transactions() -> None:
+    ops = MssqlOps(modern_mssql())
+    conn = RecordingConnection()
+    ops.lock_chunk(conn, -42)  # type: ignore[arg-type]
+    [taken] = conn.log
+    # owned by the session: the delete commits before the bulk copy, and the lock must cover both
+    assert ("EXEC @granted = sp_getapplock @Resource = :resource, @LockMode = 'Exclusive', @LockOwner = 'Session', "
+            "@LockTimeout = -1; IF @granted < 0 THROW 51000") in taken
+    assert taken.endswith("{'resource': 'migrate:load:-42'}")
+    ops.unlock_chunk(conn, -42)  # type: ignore[arg-type]
+    assert conn.log[1:] == ["EXEC sp_releaseapplock @Resource = :resource, @LockOwner = 'Session'; "
+                            "{'resource': 'migrate:load:-42'}", "COMMIT"]
+
+
+def test_a_failed_chunk_rolls_back_before_its_lock_goes_and_a_doubtful_connection_is_dropped() -> None:
+    ops = MssqlOps(modern_mssql())
+    failed = RecordingConnection(in_transaction=True)
+    ops.unlock_chunk(failed, 7)  # type: ignore[arg-type]
+    assert failed.log[0] == "ROLLBACK" and "sp_releaseapplock" in failed.log[1] and failed.log[2] == "COMMIT"
+    broken = RecordingConnection(fail_on="sp_releaseapplock")
+    ops.unlock_chunk(broken, 7)  # type: ignore[arg-type]
+    assert broken.log[-1] == "INVALIDATE"  # it may still hold the lock: never back to the pool

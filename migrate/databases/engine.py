@@ -351,10 +351,10 @@ class DatabaseEngine(ItemEngine):
         the chunks not done yet of tables whose key ranges are journaled (task names), and one planning task
         per table whose ranges are not (`table#ranges`, spec `ranges`: claimed like a chunk, so tables are
         planned side by side, see `load_task`)."""
-        if self.target.dialect != "postgresql":
-            raise UsageError(f"{self.name}: workers load PostgreSQL targets only ({self.target.label} is "
-                             f"{self.target.dialect}): each chunk takes a lock on the target first",
-                             hint="use `migrate run PLAN` for this item")
+        if self.target.dialect not in ("postgresql", "mssql"):
+            raise UsageError(f"{self.name}: workers load PostgreSQL and SQL Server targets only ("
+                             f"{self.target.label} is {self.target.dialect}): each chunk takes a lock on the "
+                             "target first", hint="use `migrate run PLAN` for this item")
         pairs = self._pairs()
         capture = self.capture()
         if capture is not None:

@@ -72,10 +72,10 @@ def copy_range(pair: TablePair, rng: KeyRange, mode: str = REPLACE, fence: int |
     the whole table in the same transaction (`TRUNCATE`) and copies with `COPY ... FREEZE`: rows arrive
     frozen and the pages all-visible, so neither the index builds nor the first VACUUM rewrite every page.
     The caller gives FREEZE only to the first chunk of a table we own of which no chunk is done.
-    `fence` (PostgreSQL targets, `migrate worker`): the transaction first takes this transaction-scoped lock on
-    the target, so two runners copying one chunk (one of them frozen past its claim's lease) run one after the
-    other and the second replaces the first's rows instead of adding to them (the target has no key during the
-    load).
+    `fence` (`migrate worker`): the chunk first takes this lock on the target (`lock_chunk`: PostgreSQL's
+    transaction-scoped advisory lock, SQL Server's session-owned application lock), so two runners copying one
+    chunk (one of them frozen past its claim's lease) run one after the other and the second replaces the
+    first's rows instead of adding to them (the target has no key during the load).
     """
     src, tgt = pair.source, pair.target
     query = select(*pair.source_columns()).where(src.order.where(rng))
@@ -84,22 +84,26 @@ def copy_range(pair: TablePair, rng: KeyRange, mode: str = REPLACE, fence: int |
     with tgt.endpoint.errors(f"load of {pair.label} keys {rng} failed"), tgt.endpoint.engine.connect() as tconn:
         tconn.begin()  # explicit: the fast paths write through the driver connection, unseen by SQLAlchemy
         if fence is not None:
-            tconn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": fence})
-        if freeze:
-            tconn.exec_driver_sql(f"TRUNCATE {tgt.ops.qualified(tgt.clause)}")
-        elif mode != FRESH:
-            tconn.execute(delete(tgt.clause).where(tgt.order.where(target_range)))
-            if tgt.ops.name == "mssql":
-                tconn.commit()  # bulk copy uses its own channel; the delete must be visible to it
-                tconn.begin()
-        if src.dialect == tgt.dialect == "postgresql":
-            written = _copy_postgres(pair, tconn, query, rng, freeze)  # no index yet: any order will do
-        else:
-            query = query.order_by(*src.order.columns)
-            rows = _source_rows(pair, query, rng)
-            written = (tgt.ops.write_rows(tconn, tgt.clause, pair.columns, rows, freeze=True)  # type: ignore[call-arg]
-                       if freeze else tgt.ops.write_rows(tconn, tgt.clause, pair.columns, rows))
-        tconn.commit()
+            tgt.ops.lock_chunk(tconn, fence)
+        try:
+            if freeze:
+                tconn.exec_driver_sql(f"TRUNCATE {tgt.ops.qualified(tgt.clause)}")
+            elif mode != FRESH:
+                tconn.execute(delete(tgt.clause).where(tgt.order.where(target_range)))
+                if tgt.ops.name == "mssql":
+                    tconn.commit()  # bulk copy uses its own channel; the delete must be visible to it
+                    tconn.begin()
+            if src.dialect == tgt.dialect == "postgresql":
+                written = _copy_postgres(pair, tconn, query, rng, freeze)  # no index yet: any order will do
+            else:
+                query = query.order_by(*src.order.columns)
+                rows = _source_rows(pair, query, rng)
+                written = (tgt.ops.write_rows(tconn, tgt.clause, pair.columns, rows, freeze=True)  # type: ignore
+                           if freeze else tgt.ops.write_rows(tconn, tgt.clause, pair.columns, rows))
+            tconn.commit()
+        finally:
+            if fence is not None:
+                tgt.ops.unlock_chunk(tconn, fence)
     return written
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import ColumnElement, TableClause
 
 from migrate.databases.values import ColumnKind
+from migrate.errors import UsageError
 
 KEY_MOD = 2147483647  # fast integer-key checksum: sum(k % KEY_MOD) and sum((k % 65521) * (k % 65519))
 
@@ -107,6 +108,15 @@ class DialectOps:
         return or_(*[and_(*[c == v for c, v in zip(cols, k, strict=True)]) for k in keys])
 
     # -- writing --
+
+    def lock_chunk(self, conn: Connection, key: int) -> None:
+        """Take the lock of one load chunk on this database (`migrate worker`), held until `unlock_chunk`, so
+        two runners copying one chunk (one frozen past its lease) run one after the other."""
+        raise UsageError(f"workers cannot lock a chunk on {self.name}: they load PostgreSQL and SQL Server targets",
+                         hint="use `migrate run PLAN` for this item")
+
+    def unlock_chunk(self, conn: Connection, key: int) -> None:
+        """Let go of the lock `lock_chunk` took (after the chunk's last commit, or after a failure)."""
 
     def write_rows(self, conn: Connection, table: TableClause, columns: Sequence[str],
                    rows: Iterable[Sequence[Any]]) -> int:

@@ -24,9 +24,31 @@ BULK_TIMEOUT = 600  # seconds for one batch (mssql-python's default, 30 s, is sh
 LOW60 = (1 << 60) - 1
 
 
+LOCK_CHUNK = ("DECLARE @granted int; EXEC @granted = sp_getapplock @Resource = :resource, @LockMode = 'Exclusive', "
+              "@LockOwner = 'Session', @LockTimeout = -1; IF @granted < 0 THROW 51000, 'migrate: chunk lock not "
+              "granted', 1;")
+UNLOCK_CHUNK = "EXEC sp_releaseapplock @Resource = :resource, @LockOwner = 'Session';"
+
+
 class MssqlOps(DialectOps):
     name = "mssql"
     supports_row_values = False
+
+    # A chunk's load is two transactions here (the delete is committed before the driver's bulk copy, which uses
+    # a channel of its own), so its lock is owned by the session, not the transaction: taken before the delete,
+    # given back after the copy commits, and gone with the session of a runner that died.
+
+    def lock_chunk(self, conn: Connection, key: int) -> None:
+        conn.execute(text(LOCK_CHUNK), {"resource": chunk_resource(key)})
+
+    def unlock_chunk(self, conn: Connection, key: int) -> None:
+        try:
+            if conn.in_transaction():
+                conn.rollback()  # a failed chunk: its writes go first
+            conn.execute(text(UNLOCK_CHUNK), {"resource": chunk_resource(key)})
+            conn.commit()
+        except Exception:  # noqa: BLE001 - a connection that may still hold the lock never goes back to the pool
+            conn.invalidate()
 
     def norm_sql(self, col: str, kind: ColumnKind) -> str:
         k = kind.kind
@@ -116,6 +138,11 @@ class MssqlOps(DialectOps):
                     rows: Sequence[Sequence[Any]]) -> None:
         statement = self.merge_statement(table, columns, key)
         conn.execute(statement, [{f"p{i}": v for i, v in enumerate(row)} for row in rows])
+
+
+def chunk_resource(key: int) -> str:
+    """The application-lock name of one chunk (sp_getapplock takes up to 255 characters)."""
+    return f"migrate:load:{key}"
 
 
 def bulk_copy(raw: Any, table_name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int | None:

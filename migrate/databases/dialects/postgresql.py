@@ -23,6 +23,11 @@ class PostgresOps(DialectOps):
     name = "postgresql"
     supports_row_values = True
 
+    def lock_chunk(self, conn: Connection, key: int) -> None:
+        """A transaction-scoped advisory lock: it goes with the chunk's one transaction (commit or rollback), or
+        with the connection of a runner that died."""
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": key})
+
     def norm_sql(self, col: str, kind: ColumnKind) -> str:
         k = kind.kind
         if k in ("text", "int"):
