@@ -121,7 +121,7 @@ def _differences(console: Console, differences: list[Any], limit: int = 50) -> N
 
 def show_verify(console: Console, result: Any) -> None:
     for r in result.results:
-        state = "[green]clean[/]" if r.clean else f"[red]{len(r.differences)} difference(s)[/]"
+        state = "[green]clean[/]" if r.clean else f"[red]{r.found} difference(s)[/]"
         console.print(f"{r.item}: {r.checked:,} checked, {state}", highlight=False)
         _differences(console, r.differences)
 

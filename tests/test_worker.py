@@ -311,6 +311,15 @@ def test_a_verification_in_parts_finds_what_an_outside_comparison_finds_and_a_re
     assert outcome(start_workers(plan, 1, until="verify")[0])[0] == 3
     ids = [json.loads(d)["verification"] for (d,) in pg(journal, "SELECT detail FROM verifications ORDER BY id")]
     assert len(ids) == 2 and ids[0] != ids[1]
+    # 1,200 more in one part: a part lists 1,000 in full, and the verification still counts every one
+    pg(pg_url2, "UPDATE observations SET note = 'bulk' WHERE id BETWEEN 40001 AND 41200")
+    target = dict(pg(pg_url2, "SELECT id, md5(observations::text) FROM observations"))
+    outside = [k for k in source if source[k] != target.get(k)]
+    assert len(outside) == 1202
+    result = outcome(start_workers(plan, 1, until="verify")[0])
+    assert result[0] == 3 and "1202 difference(s)" in result[1]["result"]["differences"][0], result
+    [(differences, detail)] = pg(journal, "SELECT differences, detail FROM verifications ORDER BY id DESC LIMIT 1")
+    assert differences == len(outside) and len(json.loads(detail)["differences"]) == 1000
 
 
 def test_run_with_workers_loads_and_verifies_through_them_once(pg_cluster, pg_url: str, pg_url2: str,

@@ -115,10 +115,16 @@ class VerifyResult:
     checked: int = 0
     differences: list[Difference] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    more: int = 0  # differences found beyond those listed (a verification in parts keeps 1,000 per part)
 
     @property
     def clean(self) -> bool:
         return not self.differences
+
+    @property
+    def found(self) -> int:
+        """Every difference found, listed or not."""
+        return len(self.differences) + self.more
 
 
 @dataclass

@@ -38,6 +38,7 @@ def add_up(journal: Journal, item: str, verification: str, by: str | None = None
     for part in parts:
         result.checked += part["checked"]
         result.differences += [Difference(**d) for d in part["found"]]
+        result.more += part["differences"] - len(part["found"])
         sums = groups.setdefault(part["group"], {"parts": 0, "differences": 0})
         sums["parts"] += 1
         sums["differences"] += part["differences"]

@@ -166,7 +166,7 @@ class StageRunner:
                                           deep=deep)
         since = result.metrics.get("since")
         self.ctx.journal.record_verification(
-            engine.name, result.clean, result.checked, len(result.differences),
+            engine.name, result.clean, result.checked, result.found,
             detail={"deep": deep, "differences": [d.__dict__ for d in result.differences[:1000]],
                     **result.metrics},
             at=datetime.fromisoformat(since) if since else None,
@@ -262,14 +262,14 @@ def _summary(result: Any) -> dict[str, Any]:
     if getattr(result, "problems", None):
         out["problems"] = result.problems[:50]
     if isinstance(result, VerifyResult):
-        out["differences"] = len(result.differences)
+        out["differences"] = result.found
     return out
 
 
 def _describe(stage: str, result: Any) -> str:
     if isinstance(result, VerifyResult):
         return (f"verify: {result.checked} checked, clean" if result.clean
-                else f"verify: {len(result.differences)} difference(s) in {result.checked} checked")
+                else f"verify: {result.found} difference(s) in {result.checked} checked")
     if isinstance(result, SyncResult):
         return (f"sync: {result.created} created, {result.updated} updated, {result.deleted} deleted, "
                 f"lag {result.lag_seconds if result.lag_seconds is not None else '?'}s")
