@@ -357,7 +357,7 @@ def test_a_task_failed_too_often_fails_the_worker_and_the_next_run_retries_it(
 
     monkeypatch.setattr(DatabaseEngine, "load_task", flaky)
     first = run_worker(plan, shard=(0, 1), until="load", ttl=600)
-    assert first.exit_code == 1 and first.failed == ["obs: 1 load task(s) failed too often"]
+    assert first.exit_code == 1 and first.failed == ["obs: 1 load task(s) failed: dst: connection reset (simulated)"]
     assert pg(journal, "SELECT status, attempts FROM tasks WHERE task = 'observations#1'") == [("failed", 3)]
     monkeypatch.setattr(DatabaseEngine, "load_task", real)
     second = run_worker(plan, shard=(0, 1), until="load", ttl=600)
@@ -464,20 +464,42 @@ def test_a_planner_frozen_past_its_lease_keeps_the_plan_of_the_runner_that_took_
 
 
 
-def test_workers_sync_a_table_in_one_task_and_the_rows_match_outside(pg_cluster, pg_url: str, pg_url2: str,
-                                                                      tmp_path: Path) -> None:
+def sync_workers(plan: Path, count: int, *extra: str) -> list[tuple[int, dict]]:
+    return [outcome(w) for w in [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--sync",
+                                                   "--json", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                  text=True) for _ in range(count)]]
+
+
+def test_workers_sync_a_table_in_parts_and_decide_its_deletes_on_the_totals(pg_cluster, pg_url: str, pg_url2: str,
+                                                                            tmp_path: Path) -> None:
     journal, plan = loaded_by_workers(pg_cluster, pg_url, pg_url2, tmp_path, chunk_rows=20_000)
+    plan.write_text(plan.read_text().replace("chunk_rows: 20000}", "chunk_rows: 20000, delete: true}"))
     pg(pg_url, "UPDATE observations SET value = value + 1 WHERE id IN (7, 70000, 119999)")
     pg(pg_url, "DELETE FROM observations WHERE id IN (3, 60000)")
     pg(pg_url, "INSERT INTO observations SELECT g, 1, 'new', 1.5, 'n' FROM generate_series(200001, 200004) g")
-    results = [outcome(w) for w in (subprocess.Popen(
-        [sys.executable, "-m", "migrate", "worker", str(plan), "--sync", "--json"], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True) for _ in range(2))]
+    results = sync_workers(plan, 2)
     assert [code for code, _ in results] == [0, 0], results
     assert table_md5(dsn(pg_url2), "observations") == table_md5(dsn(pg_url), "observations")
+    # one part per load key range (no watermark column: compared in full), each done once; then the closing task
+    chunks = pg(journal, "SELECT count(*) FROM tasks WHERE stage = 'load' AND spec IS NULL")[0][0]
+    assert pg(journal, "SELECT count(*), min(status), max(status) FROM tasks WHERE stage = 'sync'") == [
+        (chunks, "done", "done")] and chunks > 1
     assert pg(journal, "SELECT count(*), min(status) FROM tasks WHERE stage = 'sync:finish'") == [(1, "done")]
-    assert pg(journal, "SELECT count(*) FROM tasks WHERE stage = 'sync'") == [(0,)]  # a table: one task a cycle
     assert synced_in_all(journal) == (4, 3, 2)
+    # a whole range gone from the source (20,000 rows, one part's all): a sixth of the table, so the guard on
+    # the table's totals lets it through, as it would one runner's cycle
+    pg(pg_url, "DELETE FROM observations WHERE id BETWEEN 20001 AND 40000")
+    assert [code for code, _ in sync_workers(plan, 2)] == [0, 0]
+    assert table_md5(dsn(pg_url2), "observations") == table_md5(dsn(pg_url), "observations")
+    # most of the table gone: refused on the totals, nothing deleted, the workers say why and exit 1
+    pg(pg_url, "DELETE FROM observations WHERE id > 40000")
+    held = pg(pg_url2, "SELECT count(*) FROM observations")
+    results = sync_workers(plan, 2)
+    assert [code for code, _ in results] == [1, 1], results
+    assert any("mass delete refused" in f for _, r in results for f in r["result"]["failed"]), results
+    assert pg(pg_url2, "SELECT count(*) FROM observations") == held
+    assert [code for code, _ in sync_workers(plan, 2, "--allow-mass-delete")] == [0, 0]
+    assert table_md5(dsn(pg_url2), "observations") == table_md5(dsn(pg_url), "observations")
     usage = subprocess.run([sys.executable, "-m", "migrate", "worker", str(plan), "--until", "sync"],
                            capture_output=True, text=True)
     assert usage.returncode == 2 and "--sync" in usage.stderr, usage.stderr

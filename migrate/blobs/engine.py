@@ -280,7 +280,7 @@ class BlobEngine(ItemEngine):
         chunked.forget_sync_parts(ctx, self.name)
         return chunked.sync_tasks(loaded)
 
-    def sync_task(self, ctx: StageContext, cycle: str, spec: str | None) -> int | Split:
+    def sync_task(self, ctx: StageContext, cycle: str, task: str, spec: str | None = None) -> int | Split:
         assert spec is not None, "a blob sync task has a range"
         return chunked.sync_part(self, ctx, cycle, spec)
 

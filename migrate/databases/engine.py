@@ -27,7 +27,7 @@ from migrate.databases.endpoint import Endpoint
 from migrate.databases.fullload import OWNED, PG_SECTION, FullLoad, connection_budget
 from migrate.databases.health import source_health
 from migrate.databases.identity import database_identity
-from migrate.databases.keyranges import KeyRange, decode_key, decode_ranges, encode_ranges, split
+from migrate.databases.keyranges import KeyRange, decode_key, decode_ranges, encode_key, encode_ranges, split
 from migrate.databases.schema import (
     NoPrimaryKey,
     TableInfo,
@@ -54,6 +54,7 @@ from migrate.state.slots import slot_summary
 from migrate.units import human_bytes
 
 RANGES_TASK = "ranges"  # the spec of a worker's task planning one table's key ranges
+SYNC_PART = "sync-part"  # chunk records `<cycle>/<table#index>`: what one part of a sync cycle copied and proposes
 
 
 class DatabaseEngine(ItemEngine):
@@ -522,12 +523,55 @@ class DatabaseEngine(ItemEngine):
     def verify_parts(self, ctx: StageContext, verification: str) -> VerifyResult:
         return parts.add_up(ctx.journal, self.name, verification, by="tables")
 
+    # -- a sync cycle as claimable tasks (`migrate worker --sync`) --
+
+    def sync_tasks(self, ctx: StageContext, loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+        """A cycle's parts: one per load key range of each table brought in line by a full comparison (no
+        watermark column, no logical decoding) from PostgreSQL to PostgreSQL; the rest of the cycle (watermarks,
+        the log, every delete decision) is the closing task's (`sync_parts`)."""
+        ctx.journal.clear_chunks(self.name, SYNC_PART)
+        pairs = self._task_pairs()
+        logical = {p.label for p in self._logical(pairs)}
+        return [(loading.chunk_id(pair.label, index), "sync") for pair in pairs
+                if pair.watermark is None and pair.label not in logical and syncing.same_postgres(pair)
+                for index in range(len(self._load_ranges(ctx, pair)))]
+
+    def sync_task(self, ctx: StageContext, cycle: str, task: str, spec: str | None = None) -> int:
+        """One part: one key range of one table compared by checksums on both sides (descending where they
+        differ), the rows that differ or are missing copied, the target's keys the source lacks proposed for
+        deletion, not deleted; returns the source rows compared."""
+        label, index = task.rsplit("#", 1)
+        pair = next(p for p in self._task_pairs() if p.label == label)
+        pair.throttle = self.throttle(ctx)
+        checker = KeyRangeChecksum(pair, workers=2)
+        diffs = list(checker.compare([self._load_ranges(ctx, pair)[int(index)]]))
+        syncing.copy_rows(pair, [d.source_key for d in diffs if d.kind != "missing_on_source" and d.source_key],
+                          self.item.parallel)  # type: ignore[misc]
+        gone = [encode_key(d.target_key) for d in diffs if d.kind == "missing_on_source"] if self.item.delete else []
+        ctx.journal.mark_chunk(self.name, SYNC_PART, f"{cycle}/{task}", "done", checker.stats.source_rows, {
+            "table": label, "created": sum(1 for d in diffs if d.kind == "missing_on_target"),
+            "updated": sum(1 for d in diffs if d.kind == "different"), "deletes": gone})
+        return checker.stats.source_rows
+
+    def sync_parts(self, ctx: StageContext, cycle: str, opened_ns: int) -> SyncResult:
+        """The closing task: the cycle for everything its parts did not cover, their copies counted and their
+        proposed deletes decided with the rest (the mass-delete guard on each table's totals), children first."""
+        found: dict[str, tuple[int, int, list[Any]]] = {}
+        for _, _, part in ctx.journal.chunks(self.name, SYNC_PART, lo=f"{cycle}/", hi=f"{cycle}0").values():
+            created, updated, keys = found.get(part["table"], (0, 0, []))
+            found[part["table"]] = (created + part["created"], updated + part["updated"],
+                                    keys + [decode_key(k) for k in part["deletes"]])
+        return self.sync(ctx, in_parts=found)
+
     def _difference(self, diff: RowDifference) -> Difference:
         detail = f"columns: {','.join(diff.columns)}" if diff.columns else ""
         return Difference(self.name, diff.kind, diff.key_text, detail)
 
-    def sync(self, ctx: StageContext) -> SyncResult:
+    def sync(self, ctx: StageContext, in_parts: dict[str, tuple[int, int, list[Any]]] | None = None) -> SyncResult:
+        """One cycle. `in_parts`: per table its workers compared in parts (`sync_task`), what they copied and the
+        deletes they propose; those tables are not compared again."""
         started = time.monotonic()
+        in_parts = in_parts or {}
         pairs = self._pairs()
         throttle = self.throttle(ctx)
         for pair in pairs:
@@ -575,6 +619,14 @@ class DatabaseEngine(ItemEngine):
             lag_of = {p.label: lags.submit(syncing.table_lag, p, now, read.get(p.label)) for p in pairs}
             for pair in pairs:
                 if pair in logical_pairs and not rescan or pair.watermark is not None and not self.item.delete:
+                    task.advance(1)
+                    continue
+                if pair.label in in_parts:
+                    created, updated, gone = in_parts[pair.label]
+                    result.created += created
+                    result.updated += updated
+                    if self.item.delete:
+                        deletes.append((pair, gone))
                     task.advance(1)
                     continue
                 known = read[pair.label].keys if pair.label in read else None

@@ -126,7 +126,7 @@ def upsert_changed(pair: TablePair, journal: Journal, item: str, ranges: list[Ke
     kind = src.kinds[column]
     old = read_watermark(journal, item, pair)
     since = _since(pair, old)
-    if _same_postgres(pair):
+    if same_postgres(pair):
         return _merge_changed(pair, journal, item, old, since, ranges or [KeyRange(None, None)], workers, keys)
     # no ORDER BY: through a cursor it would walk the whole key index instead of scanning for the watermark
     query = select(*pair.sync_columns(src))
@@ -245,7 +245,7 @@ def copy_rows(pair: TablePair, source_keys: Sequence[Key], workers: int = 1) -> 
     transaction: the target's sessions run as replication, so a row's foreign keys do not wait for a part
     another merge writes), else (0, 0)."""
     src = pair.source
-    if _same_postgres(pair):
+    if same_postgres(pair):
         def merge(part: list[Key]) -> tuple[int, int, Any]:
             return merge_postgres(pair, select(*pair.source_columns()).where(
                 src.ops.key_in([src.col(k) for k in pair.key], part)))
@@ -272,7 +272,7 @@ MIN_MERGE_KEYS = 5_000  # fewer are not worth a merge of their own
 STAGE = "migrate_stage"  # the staging table of a merge: temporary, dropped at commit
 
 
-def _same_postgres(pair: TablePair) -> bool:
+def same_postgres(pair: TablePair) -> bool:
     return pair.source.dialect == pair.target.dialect == "postgresql"
 
 

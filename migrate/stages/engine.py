@@ -185,11 +185,11 @@ class ItemEngine(ABC):
         stays."""
 
     def sync_tasks(self, ctx: StageContext, loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
-        """The parts of a sync cycle run by workers (`migrate worker --sync`); none by default: the cycle is then
-        one task, `sync_parts`, run by one worker."""
+        """The parts of a sync cycle run by workers (`migrate worker --sync`), as (task, spec); none by default:
+        the cycle is then one task, `sync_parts`, run by one worker."""
         return []
 
-    def sync_task(self, ctx: StageContext, cycle: str, spec: str | None) -> Any:
+    def sync_task(self, ctx: StageContext, cycle: str, task: str, spec: str | None = None) -> Any:
         raise NotImplementedError(f"{self.kind} items sync in one task")
 
     def sync_parts(self, ctx: StageContext, cycle: str, opened_ns: int) -> SyncResult:

@@ -18,10 +18,12 @@ repeated.
 With `--sync` workers run one forward sync cycle instead (the load must be done): a blob item's cycle in parts over
 the same path ranges, each part copying what changed in its range and proposing the deletes it finds, and a
 closing task adding the parts up, applying the delete guards to the totals and making the deletes; a database
-item's cycle is one task. A worker joins the cycle under way, or opens a new one (so workers started apart may
-run one cycle each: a cycle is idempotent, and each one more only lowers the lag). Each part and the closing
-task first check that the target is not authoritative and that no cutover, rollback or single-runner sync holds
-the plan; a single-runner `migrate sync` refuses while workers hold leases.
+item's tables compared in full (no watermark column, no log; PostgreSQL to PostgreSQL) in parts of one load key
+range each, the rest of its cycle (watermarks, the log, every delete) in the closing task. A worker joins the
+cycle under way, or opens a new one (so workers started apart may run one cycle each: a cycle is idempotent, and
+each one more only lowers the lag). Each part and the closing task first check that the target is not
+authoritative and that no cutover, rollback or single-runner sync holds the plan; a single-runner `migrate sync`
+refuses while workers hold leases.
 
 A worker exits 0 once nothing of its stages is pending or leased, 1 when a task failed `max_attempts` times, 3
 when the verification found differences, 130 on SIGTERM or Ctrl-C after giving its tasks back. A defect (an
@@ -52,7 +54,7 @@ from typing import Any
 from sqlalchemy import text
 
 from migrate import interrupt
-from migrate.errors import MigrateError, UsageError
+from migrate.errors import MassDeleteRefused, MigrateError, UsageError
 from migrate.plan.model import BlobItem, DatabaseItem
 from migrate.redact import redact
 from migrate.stages import parts
@@ -253,7 +255,7 @@ class Worker:
 
         def part(claim: Claim) -> Any:
             self._forward_only()
-            return engine.sync_task(self.ctx, cycle, claim.spec)
+            return engine.sync_task(self.ctx, cycle, claim.task, claim.spec)
 
         self._claim_until_done(item.name, SYNC, part, done, result)
         if result.failed:
@@ -299,7 +301,9 @@ class Worker:
             if not claims:
                 progress = self.work.progress(item, stage)
                 if progress.failed:
-                    result.failed.append(f"{item}: {progress.failed} {stage} task(s) failed too often")
+                    errors = self.work.errors(item, stage)
+                    result.failed.append(f"{item}: {progress.failed} {stage} task(s) failed"
+                                         + (": " + "; ".join(errors[:3]) if errors else " too often"))
                     return
                 if progress.finished:
                     return
@@ -321,7 +325,7 @@ class Worker:
             self._let_go(claim)
             ours = isinstance(exc, MigrateError)
             reason = str(exc) if ours else f"unexpected {type(exc).__name__}: {redact(str(exc))}"
-            self.work.failed(claim, reason)
+            self.work.failed(claim, reason, final=isinstance(exc, MassDeleteRefused))  # the same again next time
             self.ctx.journal.event("worker", f"{claim.task} failed (attempt by {self.owner}): {reason}",
                                    item=claim.item, outcome="failed")
             if ours:

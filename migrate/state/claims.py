@@ -203,12 +203,21 @@ class WorkTable:
             return bool(conn.execute(update(tasks_t).where(self._held(claim)).values(
                 status="done", units=units, lease_until=None)).rowcount)
 
-    def failed(self, claim: Claim, error: str) -> bool:
-        """Give the task back after a failure: claimable again until `max_attempts`, then failed."""
+    def failed(self, claim: Claim, error: str, final: bool = False) -> bool:
+        """Give the task back after a failure: claimable again until `max_attempts`, then failed (at once when
+        `final`: another attempt would fail the same way)."""
+        most = 0 if final else int(self.max_attempts)
         with self.journal.connect() as conn:
             return bool(conn.execute(update(tasks_t).where(self._held(claim)).values(
-                status=text(f"CASE WHEN attempts >= {int(self.max_attempts)} THEN 'failed' ELSE 'pending' END"),
+                status=text(f"CASE WHEN attempts >= {most} THEN 'failed' ELSE 'pending' END"),
                 error=error[:2000], lease_until=None)).rowcount)
+
+    def errors(self, item: str, stage: str) -> list[str]:
+        """The errors of the stage's failed tasks (each once)."""
+        with self.journal.connect() as conn:
+            return [str(r[0]) for r in conn.execute(select(tasks_t.c.error).where(and_(
+                tasks_t.c.item == item, tasks_t.c.stage == stage, tasks_t.c.status == "failed",
+                tasks_t.c.error.is_not(None))).distinct().order_by(tasks_t.c.error))]
 
     def done_tasks(self, item: str, stage: str) -> list[tuple[str, str | None]]:
         """(name, spec) of the stage's tasks done (a blob load's chunks, which a verification in parts reuses)."""
