@@ -372,6 +372,7 @@ class ItemStatus:
     reverse_slot: dict[str, Any] | None = None  # reverse replication's slot on the target, as last seen
     throttle: dict[str, Any] | None = None  # the limits in force now and why (None: none)
     workers: list[dict[str, Any]] = field(default_factory=list)  # `migrate worker`s that claimed its tasks
+    work: list[dict[str, Any]] = field(default_factory=list)  # its claimable work per stage: tasks, rate, ETA
 
 
 @dataclass
@@ -388,7 +389,7 @@ def status(plan_path: Path) -> StatusResult:
     """Stage, progress, lag and last verification per item, straight from the journal."""
     from datetime import UTC, datetime
 
-    from migrate.state.claims import runners
+    from migrate.state.claims import runners, stages
     from migrate.state.direction import PLAN_ITEM
     from migrate.state.slots import slot_summary
     from migrate.throttle import OVERRIDE_KEY
@@ -419,7 +420,7 @@ def status(plan_path: Path) -> StatusResult:
                 slot=slot_summary(journal, item.name),
                 reverse_slot=slot_summary(journal, f"{item.name}{REVERSE_SUFFIX}"),
                 throttle=_limits_now(ctx.loaded, item, override, moment),
-                workers=runners(journal, item.name),
+                workers=runners(journal, item.name), work=stages(journal, item.name),
             ))
         return StatusResult(ctx.loaded.plan.component, items, current_lock(journal, ctx.loaded.plan.component),
                             cutover_state(ctx), _fingerprint_warnings(ctx.loaded, journal),

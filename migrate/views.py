@@ -179,12 +179,19 @@ def show_status(console: Console, result: Any) -> None:
                 f"{t['max_connections']} connections" if t["max_connections"] else "") if x)
             console.print(f"{i.item}: throttled to {limits or 'its verify limit'} ({t['why']})", highlight=False,
                           markup=False)
+        for s in i.work:
+            rate = f", {s['units_per_second']:,.0f} units/s" if s["units_per_second"] else ""
+            eta = f", ETA {format_duration(s['eta_seconds'])}" if s["eta_seconds"] is not None else ""
+            failed = f", {s['failed']} failed" if s["failed"] else ""
+            console.print(f"{i.item}: {s['stage']} by workers: {s['done']:,}/{s['tasks']:,} task(s) done, "
+                          f"{s['units']:,} units{rate}{failed}{eta}", highlight=False, markup=False)
         for w in i.workers:
             leased = f", {w['leased']} leased until {str(w['lease_until'])[11:19]}" if w["leased"] else ""
             verified = f", {w['verified']:,} verified" if w.get("verified") else ""
             synced = f", {w['synced']:,} compared by sync" if w.get("synced") else ""
-            console.print(f"{i.item}: worker {w['owner']}: {w['done']:,} task(s) done ({w['units']:,} rows"
-                          f"{verified}{synced}){leased}", highlight=False, markup=False)
+            rate = f", {w['units_per_second']:,.0f} units/s" if w.get("units_per_second") else ""
+            console.print(f"{i.item}: worker {w['owner']}: {w['done']:,} task(s) done ({w['units']:,} units"
+                          f"{verified}{synced}{rate}){leased}", highlight=False, markup=False)
         for seen in (i.slot, i.reverse_slot):
             if seen:
                 held = human_bytes(seen["retained_bytes"]) if "retained_bytes" in seen else "not read yet"

@@ -139,3 +139,29 @@ def test_runners_opening_a_fresh_journal_at_once_all_start(pg_cluster) -> None:
     errors = [r.communicate(timeout=60)[1] for r in runners]
     assert [r.returncode for r in runners] == [0] * 6, errors
     assert WorkTable(Journal(url), owner="check").progress("obs", "load").pending == 1
+
+
+def test_stages_give_rates_and_an_eta_at_the_pace_so_far_computed_in_the_journal(pg_url: str) -> None:
+    from migrate.state.claims import runners, stages
+
+    journal = Journal(pg_url)
+    work = WorkTable(journal, owner="w1", ttl=60)
+    work.add("obs", "load", [f"observations#{i}" for i in range(8)])
+    assert stages(journal, "obs") == [{"stage": "load", "tasks": 8, "done": 0, "left": 8, "failed": 0, "units": 0,
+                                       "units_per_second": None, "eta_seconds": None}]  # no pace yet
+    started = time.monotonic()
+    for _ in range(2):
+        [claim] = work.claim("obs", "load")
+        time.sleep(0.5)
+        assert work.done(claim, units=1000)
+    elapsed = time.monotonic() - started
+    [load] = stages(journal, "obs")
+    assert (load["tasks"], load["done"], load["left"], load["units"]) == (8, 2, 6, 2000)
+    assert 2000 / elapsed * 0.8 < load["units_per_second"] < 2000 / elapsed * 1.25
+    assert elapsed / 2 * 6 * 0.8 < load["eta_seconds"] < elapsed / 2 * 6 * 1.5  # six more tasks at that pace
+    [w1] = runners(journal, "obs")
+    assert w1["owner"] == "w1" and w1["units"] == 2000 and w1["units_per_second"] == load["units_per_second"]
+    while claims := work.claim("obs", "load", limit=8):
+        for claim in claims:
+            work.done(claim, units=10)
+    assert stages(journal, "obs")[0]["eta_seconds"] is None  # nothing left

@@ -138,6 +138,12 @@ def test_four_workers_one_killed_mid_chunk_copy_every_file_once(pg_cluster, tmp_
     status = json.loads(subprocess.run([sys.executable, "-m", "migrate", "status", str(plan), "--json"],
                                        capture_output=True, text=True).stdout)["result"]["items"][0]
     assert status["stage"] == "load" and status["status"] == "done"
+    work, finish = status["work"]  # the load's tasks, aggregated in the journal: all done, at a measured pace
+    assert (finish["stage"], finish["tasks"], finish["done"]) == ("load:finish", 1, 1)
+    assert (work["stage"], work["tasks"], work["done"], work["left"]) == ("load", len(rows), len(rows), 0)
+    assert work["units"] == len(expected) and work["units_per_second"] > 0 and work["eta_seconds"] is None
+    said = subprocess.run([sys.executable, "-m", "migrate", "status", str(plan)], capture_output=True, text=True)
+    assert f"letters: load by workers: {len(rows)}/{len(rows)} task(s) done, {len(expected):,} units" in said.stderr
     verify = subprocess.run([sys.executable, "-m", "migrate", "verify", str(plan), "--json"],
                             capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -16,6 +16,7 @@ totals before any delete, which it then makes itself, each on condition the targ
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from migrate.blobs.copy import CopyOutcome
 from migrate.blobs.inventory import ChangeSet, ChangeStream, CycleTally, filtered, resolve
 from migrate.blobs.partition import Task, cut, folder_range, listing_in, root_task
 from migrate.blobs.records import RecordBook
-from migrate.blobs.store import Precondition
+from migrate.blobs.store import Listing, Precondition
 from migrate.blobs.verify import BlobVerifier
 from migrate.errors import MigrateError
 from migrate.stages import parts
@@ -80,36 +81,70 @@ def _fits(engine: BlobEngine, files: int, folders: list[str], bound: int) -> boo
     return count <= bound
 
 
-def _copy(engine: BlobEngine, ctx: StageContext, task: Task) -> int:
-    rng = task.range
-    source = filtered(listing_in(engine.source, task.folder, rng), engine.keep)
-    target = filtered(listing_in(engine.target, task.folder, rng), engine.keep)
-    if target.litter:  # removed once no copy is in flight (`finish`): it may be another chunk's write under way
+@dataclass
+class _Pass:
+    """One chunk's pass: what was decided (in counts), what the copy did, and the deletes found (made by nobody
+    here: a sync cycle's closing task decides them on the totals)."""
+
+    stream: ChangeStream
+    tally: CycleTally
+    outcome: CopyOutcome
+    proposed: list[tuple[str, Precondition, int]]
+
+
+def _listed(engine: BlobEngine, ctx: StageContext, task: Task) -> tuple[Listing, Listing]:
+    """A chunk's range listed on both sides; partial writes seen on the target are noted for the finishing task
+    (removed once no copy is in flight: one may be another chunk's write under way)."""
+    source = filtered(listing_in(engine.source, task.folder, task.range), engine.keep)
+    target = filtered(listing_in(engine.target, task.folder, task.range), engine.keep)
+    if target.litter:
         ctx.journal.put(engine.name + LITTER, task.name, sorted(set(target.litter)))
-    if not source.entries and not source.problems:
-        return 0  # nothing here to load (what the target holds beyond the source is sync's business)
+    return source, target
+
+
+def _pass(engine: BlobEngine, ctx: StageContext, task: Task, source: Listing, target: Listing, *, sync: bool,
+          since_ns: int) -> _Pass:
+    """Decide and copy what is new or changed in one chunk, as `migrate run` (or, `sync`, `migrate sync`) would:
+    conditional writes, Content-MD5 on every blob, a record per path once its bytes are durable."""
+    rng = task.range
     book = RecordBook(ctx.journal, engine.name, before_flush=engine.target.durable)
-    stream = ChangeStream(target, book.load(rng.lo, rng.hi), delete=False,
-                          previous_inventory_ns=int(ctx.journal.get(engine.name, STARTED_KEY) or 0))
+    stream = ChangeStream(target, book.load(rng.lo, rng.hi), delete=sync and engine.item.delete,
+                          previous_inventory_ns=since_ns)
     changes = stream.page(source)
     changes.problems += source.problems + target.problems
     resolve(changes, lambda e: engine.source.hash(e.path), lambda e: engine.target.hash(e.path),
             engine.item.concurrency)
-    copier = engine.copier(ctx, book, f"load {engine.name} {task.name}")
+    tally = CycleTally()
+    tally.add(changes)
+    rest = stream.finish() if sync else ChangeSet()  # what the target holds beyond the source: sync's business
+    tally.add(rest)  # proposed deletes are pending too, until the closing task makes them
+    proposed, rest.deletes = rest.deletes, []
+    copier = engine.copier(ctx, book, f"{'sync' if sync else 'load'} {engine.name} {task.name}")
     copier.start()
     try:
         copier.submit(changes)
+        copier.submit(rest)  # records of paths gone from both sides
     except BaseException:
         copier.abort()
         raise
     outcome = copier.finish()
-    for path, why in changes.conflicts[:MAX_SAID]:
+    for path, why in tally.conflicts[:MAX_SAID]:
         ctx.journal.event("blob_conflict", f"{path}: {why}", item=engine.name, outcome="refused")
-    problems = changes.problems + outcome.problems
+    return _Pass(stream, tally, outcome, proposed)
+
+
+def _copy(engine: BlobEngine, ctx: StageContext, task: Task) -> int:
+    source, target = _listed(engine, ctx, task)
+    if not source.entries and not source.problems:
+        return 0  # nothing here to load
+    done = _pass(engine, ctx, task, source, target, sync=False,
+                 since_ns=int(ctx.journal.get(engine.name, STARTED_KEY) or 0))
+    problems = done.tally.problems + done.outcome.problems
     if problems:
+        rng = task.range
         raise MigrateError(f"{engine.name}: chunk [{rng.lo!r}, {rng.hi!r}): {len(problems)} problem(s): "
                            + "; ".join(problems[:MAX_SAID]))
-    return stream.files
+    return done.stream.files
 
 
 def finish(engine: BlobEngine, ctx: StageContext) -> StageResult:
@@ -183,35 +218,10 @@ def sync_part(engine: BlobEngine, ctx: StageContext, cycle: str, spec: str) -> i
     task = Task.of(spec)
     if task.kind == "split":
         return _split(engine, task, engine.item.chunk_files)
-    rng = task.range
-    source = filtered(listing_in(engine.source, task.folder, rng), engine.keep)
-    target = filtered(listing_in(engine.target, task.folder, rng), engine.keep)
-    if target.litter:
-        ctx.journal.put(engine.name + LITTER, task.name, sorted(set(target.litter)))
+    source, target = _listed(engine, ctx, task)
     state: dict[str, Any] = ctx.journal.get(engine.name, STATE_KEY) or {}
-    book = RecordBook(ctx.journal, engine.name, before_flush=engine.target.durable)
-    stream = ChangeStream(target, book.load(rng.lo, rng.hi), delete=engine.item.delete,
-                          previous_inventory_ns=int(state.get("inventory_at_ns", 0)))
-    changes = stream.page(source)
-    changes.problems += source.problems + target.problems
-    resolve(changes, lambda e: engine.source.hash(e.path), lambda e: engine.target.hash(e.path),
-            engine.item.concurrency)
-    rest = stream.finish()
-    tally = CycleTally()
-    tally.add(changes)
-    tally.add(rest)  # the proposed deletes are pending too, until the closing task makes them
-    proposed, rest.deletes = rest.deletes, []
-    copier = engine.copier(ctx, book, f"sync {engine.name} {task.name}")
-    copier.start()
-    try:
-        copier.submit(changes)
-        copier.submit(rest)  # records of paths gone from both sides
-    except BaseException:
-        copier.abort()
-        raise
-    outcome = copier.finish()
-    for path, why in tally.conflicts[:MAX_SAID]:
-        ctx.journal.event("blob_conflict", f"{path}: {why}", item=engine.name, outcome="refused")
+    done = _pass(engine, ctx, task, source, target, sync=True, since_ns=int(state.get("inventory_at_ns", 0)))
+    stream, tally, outcome = done.stream, done.tally, done.outcome
     problems, warnings = tally.problems + outcome.problems, tally.warnings + outcome.warnings
     ctx.journal.mark_chunk(engine.name, SYNC_PART, f"{cycle}/{task.name}", "done", stream.files, {
         "files": stream.files, "bytes": stream.bytes, "target_files": len(target.entries),
@@ -221,7 +231,7 @@ def sync_part(engine: BlobEngine, ctx: StageContext, cycle: str, spec: str) -> i
         "failed_since": min(outcome.failed.values(), default=None), "still_pending": len(outcome.failed),
         "problems": problems[:KEPT], "problem_count": len(problems),
         "warnings": warnings[:KEPT], "warning_count": len(warnings),
-        "deletes": [[path, when.etag, since_ns] for path, when, since_ns in proposed]})
+        "deletes": [[path, when.etag, since_ns] for path, when, since_ns in done.proposed]})
     return stream.files
 
 

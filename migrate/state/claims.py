@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -60,6 +61,8 @@ tasks_t = Table(
     Column("units", Integer, nullable=False, default=0),
     Column("error", Text),
     Column("spec", Text),  # what the task covers when its name cannot say it (a blob chunk's path range)
+    Column("claimed_at", DateTime(timezone=True)),  # the latest claim, on the journal's clock (rates, ETA)
+    Column("done_at", DateTime(timezone=True)),
     Index("ix_tasks_item_stage_task", "item", "stage", "task", unique=True),
     Index("ix_tasks_claim", "item", "stage", "status", "bucket"),
 )
@@ -129,10 +132,11 @@ class WorkTable:
         with journal.engine.begin() as conn:  # work tables made before these existed; blob chunks' path ranges
             missing = conn.execute(text(
                 "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'tasks'::regclass AND "
-                "attname = 'spec'), to_regclass('ix_chunks_code_point') IS NULL")).one()
+                "attname = 'done_at'), to_regclass('ix_chunks_code_point') IS NULL")).one()
             if any(missing):  # (asked first: ALTER and CREATE INDEX lock their tables even when nothing is to do)
                 conn.execute(text("SELECT pg_advisory_xact_lock(7256340101)"))
-                conn.execute(text("ALTER TABLE tasks ADD COLUMN IF NOT EXISTS spec text"))
+                conn.execute(text("ALTER TABLE tasks ADD COLUMN IF NOT EXISTS spec text, ADD COLUMN IF NOT EXISTS "
+                                  "claimed_at timestamptz, ADD COLUMN IF NOT EXISTS done_at timestamptz"))
                 conn.execute(text("CREATE INDEX IF NOT EXISTS ix_chunks_code_point ON chunks "
                                   '(item, stage, chunk COLLATE "C")'))
         self.journal = journal
@@ -164,7 +168,7 @@ class WorkTable:
         different sets of replacements. A split moves nothing itself: its units are 0."""
         with self.journal.connect() as conn:
             if not conn.execute(update(tasks_t).where(self._held(claim)).values(
-                    status="done", units=0, lease_until=None)).rowcount:
+                    status="done", units=0, lease_until=None, done_at=func.clock_timestamp())).rowcount:
                 return False  # nothing was written
             self._add(conn, claim.item, claim.stage, tasks)
         return True
@@ -177,7 +181,7 @@ class WorkTable:
         with self.journal.connect() as conn:
             rows = conn.execute(text(
                 "UPDATE tasks SET status = 'leased', owner = :owner, fence = fence + 1, attempts = attempts + 1, "
-                "lease_until = clock_timestamp() + make_interval(secs => :ttl) "
+                "lease_until = clock_timestamp() + make_interval(secs => :ttl), claimed_at = clock_timestamp() "
                 "WHERE id IN (SELECT id FROM tasks WHERE item = :item AND stage = :stage AND attempts < :most "
                 "AND (status = 'pending' OR status = 'leased' AND lease_until < clock_timestamp()) "
                 f"ORDER BY {order} LIMIT :limit FOR UPDATE SKIP LOCKED) RETURNING id, task, fence, bucket, spec"),
@@ -201,7 +205,7 @@ class WorkTable:
         """Mark the task done; False (and nothing changed) when a newer claim superseded this one."""
         with self.journal.connect() as conn:
             return bool(conn.execute(update(tasks_t).where(self._held(claim)).values(
-                status="done", units=units, lease_until=None)).rowcount)
+                status="done", units=units, lease_until=None, done_at=func.clock_timestamp())).rowcount)
 
     def failed(self, claim: Claim, error: str, final: bool = False) -> bool:
         """Give the task back after a failure: claimable again until `max_attempts`, then failed (at once when
@@ -284,22 +288,51 @@ def live_leases(journal: Journal) -> list[tuple[str, str, str]]:
 def runners(journal: Journal, item: str) -> list[dict[str, object]]:
     """Per worker that claimed any of the item's tasks, computed in the journal database: tasks done, the units
     its load tasks moved, the rows its verify parts checked and the paths its current sync cycle's parts compared,
-    live leases and when the latest one ends (for
-    `status`). Empty without workers."""
+    live leases and when the latest one ends (for `status`). Empty without workers."""
+    rows = _per_item(journal, item, (
+        "SELECT owner, count(*) FILTER (WHERE status = 'done'), coalesce(sum(units) FILTER (WHERE status = "
+        "'done' AND stage = 'load'), 0), count(*) FILTER (WHERE status = 'leased' AND lease_until >= "
+        "clock_timestamp()), max(lease_until) FILTER (WHERE status = 'leased' AND lease_until >= "
+        "clock_timestamp()), coalesce(sum(units) FILTER (WHERE status = 'done' AND stage = 'verify'), 0), "
+        "coalesce(sum(units) FILTER (WHERE status = 'done' AND stage = 'sync'), 0), "
+        "extract(epoch FROM max(done_at) - min(claimed_at)) "
+        "FROM tasks WHERE item = :item AND owner IS NOT NULL GROUP BY owner ORDER BY owner"))
+    return [{"owner": r[0], "done": int(r[1]), "units": int(r[2]), "leased": int(r[3]),
+             "lease_until": r[4].isoformat() if r[4] else None, "verified": int(r[5]), "synced": int(r[6]),
+             "units_per_second": _rate(int(r[2]) + int(r[5]) + int(r[6]), r[7])} for r in rows]
+
+
+def stages(journal: Journal, item: str) -> list[dict[str, object]]:
+    """Per stage of the item's claimable work, computed in the journal database: tasks done of all, pending and
+    leased, failed, units done, units per second since the first claim and, while tasks remain, an ETA at the
+    pace so far (tasks done per second of wall time, all workers together). Empty without workers."""
+    rows = _per_item(journal, item, (
+        "SELECT stage, count(*), count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status IN "
+        "('pending', 'leased')), count(*) FILTER (WHERE status = 'failed'), coalesce(sum(units) FILTER "
+        "(WHERE status = 'done'), 0), extract(epoch FROM max(done_at) - min(claimed_at)), "
+        "extract(epoch FROM clock_timestamp() - min(claimed_at)) "
+        "FROM tasks WHERE item = :item GROUP BY stage ORDER BY min(id)"))
+    out: list[dict[str, object]] = []
+    for stage, total, done, left, failed, units, busy, since in rows:
+        eta = None
+        if left and done and since:  # at the pace so far: wall time per task done, all workers together
+            eta = round(float(since) / int(done) * int(left), 1)
+        out.append({"stage": stage, "tasks": int(total), "done": int(done), "left": int(left),
+                    "failed": int(failed), "units": int(units), "units_per_second": _rate(int(units), busy),
+                    "eta_seconds": eta})
+    return out
+
+
+def _per_item(journal: Journal, item: str, sql: str) -> list[Any]:
+    """The rows of one aggregate over an item's tasks (none where no worker made the work table)."""
     if not _has_work_table(journal):
         return []
     with journal.connect() as conn:
-        rows = conn.execute(text(
-            "SELECT owner, count(*) FILTER (WHERE status = 'done'), coalesce(sum(units) FILTER (WHERE status = "
-            "'done' AND stage = 'load'), 0), count(*) FILTER (WHERE status = 'leased' AND lease_until >= "
-            "clock_timestamp()), max(lease_until) FILTER (WHERE status = 'leased' AND lease_until >= "
-            "clock_timestamp()), coalesce(sum(units) FILTER (WHERE status = 'done' AND stage = 'verify'), 0), "
-            "coalesce(sum(units) FILTER (WHERE status = 'done' AND stage = 'sync'), 0) "
-            "FROM tasks WHERE item = :item AND owner IS NOT NULL GROUP BY owner ORDER BY owner"),
-            {"item": item}).all()
-    return [{"owner": r[0], "done": int(r[1]), "units": int(r[2]), "leased": int(r[3]),
-             "lease_until": r[4].isoformat() if r[4] else None, "verified": int(r[5]), "synced": int(r[6])}
-            for r in rows]
+        return list(conn.execute(text(sql), {"item": item}).all())
+
+
+def _rate(units: int, seconds: Any) -> float | None:
+    return round(units / float(seconds), 1) if units and seconds and float(seconds) > 0 else None
 
 
 def _has_work_table(journal: Journal) -> bool:
