@@ -131,16 +131,24 @@ def test_four_workers_three_items_one_killed_holding_uncommitted_rows(pg_cluster
                             text=True, env=env)
     alone = time.monotonic() - begun
     assert verify.returncode == 0, verify.stdout[-3000:]
-    # a sync cycle by the four workers: the blob items in the load's chunks, the table in one task
-    pg(source, "UPDATE observations SET value = value + 1 WHERE id % 10000 = 0")
-    for i in range(300):
-        path = tmp_path / "letters" / f"ward-{i % 13}" / "late" / f"letter-{i}.txt"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(f"a late letter {i}\n".encode())
-    for gone in sorted(letters)[::400]:
-        (tmp_path / "letters" / gone).unlink()
-    for i in range(50):
-        (tmp_path / "scans" / "flat" / f"late-{i}.txt").write_bytes(f"a late scan {i}\n".encode())
+    # a sync cycle by the four workers, every item in parts: the load's key ranges and path ranges
+    def change(round_: int) -> None:  # 200 rows updated; 300 late letters and 50 gone; 50 late scans
+        pg(source, f"UPDATE observations SET value = value + 1 WHERE id % 10000 = {round_}")
+        for i in range(300):
+            path = tmp_path / "letters" / f"ward-{i % 13}" / f"late-{round_}" / f"letter-{i}.txt"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(f"a late letter {i}\n".encode())
+        for gone in sorted(letters)[round_::400]:
+            (tmp_path / "letters" / gone).unlink()
+        for i in range(50):
+            (tmp_path / "scans" / "flat" / f"late-{round_}-{i}.txt").write_bytes(f"a late scan {i}\n".encode())
+
+    def same() -> None:  # outside the tool
+        assert table_md5(dsn(source), "observations") == table_md5(dsn(target), "observations")
+        assert tree_sha(tmp_path / "letters-copy") == tree_sha(tmp_path / "letters")
+        assert sorted(b.name for b in container.list_blobs()) == sorted(tree_sha(tmp_path / "scans"))
+
+    change(0)
     begun = time.monotonic()
     syncers = [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/4",
                                  "--sync", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -148,13 +156,18 @@ def test_four_workers_three_items_one_killed_holding_uncommitted_rows(pg_cluster
     outs = [w.communicate(timeout=300) for w in syncers]
     synced = time.monotonic() - begun
     assert [w.returncode for w in syncers] == [0, 0, 0, 0], outs
-    assert table_md5(dsn(source), "observations") == table_md5(dsn(target), "observations")
-    assert tree_sha(tmp_path / "letters-copy") == tree_sha(tmp_path / "letters")
-    assert sorted(b.name for b in container.list_blobs()) == sorted(tree_sha(tmp_path / "scans"))
+    same()
     parts = dict(pg(journal, "SELECT item, count(*) FROM tasks WHERE stage = 'sync' GROUP BY item"))
     cycle = dict(pg(journal, "SELECT item, round(extract(epoch FROM max(at) FILTER (WHERE status = 'done') - min(at) "
                              "FILTER (WHERE status = 'running'))::numeric, 1) FROM stage_log WHERE stage = 'sync' "
                              "GROUP BY item"))
+    change(1)  # the same again, synced by one runner (`migrate sync`), for comparison
+    begun = time.monotonic()
+    single = subprocess.run([sys.executable, "-m", "migrate", "sync", str(plan), "--json"], capture_output=True,
+                            text=True, env=env)
+    by_one = time.monotonic() - begun
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+    same()
     print(f"\ndrill: {ROWS:,} rows + {len(letters):,} files to a folder + {len(scans):,} files to Azurite by 4 "
           f"workers (one killed) in {seconds:.1f} s: {ROWS / seconds:,.0f} rows/s and "
           f"{(len(letters) + len(scans)) / seconds:,.0f} files/s overall; per item: obs {rates['obs']:,.0f} rows/s, "
@@ -162,9 +175,10 @@ def test_four_workers_three_items_one_killed_holding_uncommitted_rows(pg_cluster
           f"claims; the journal took {commits:,} commits ({commits / seconds:,.0f}/s) and {written:,} row writes "
           f"({written / seconds:,.0f}/s), {records:,} records of {record_bytes / records:,.0f} bytes each "
           f"(table and indexes); verified in parts by 4 workers in {in_parts:.1f} s, by one `migrate "
-          f"verify` in {alone:.1f} s; one sync cycle by 4 workers ({parts.get('letters', 0)} + "
-          f"{parts.get('scans', 0)} blob parts, the table in one task) in {synced:.1f} s (obs {cycle['obs']} s, "
-          f"letters {cycle['letters']} s, scans {cycle['scans']} s)")
+          f"verify` in {alone:.1f} s; one sync cycle by 4 workers ({parts.get('obs', 0)} table parts, "
+          f"{parts.get('letters', 0)} + {parts.get('scans', 0)} blob parts) in {synced:.1f} s (obs {cycle['obs']} s, "
+          f"letters {cycle['letters']} s, scans {cycle['scans']} s), the same changes by one `migrate sync` in "
+          f"{by_one:.1f} s")
     assert seconds < 120
 
 
