@@ -546,7 +546,7 @@ class DatabaseEngine(ItemEngine):
         checker = KeyRangeChecksum(pair, workers=2)
         diffs = list(checker.compare([self._load_ranges(ctx, pair)[int(index)]]))
         syncing.copy_rows(pair, [d.source_key for d in diffs if d.kind != "missing_on_source" and d.source_key],
-                          self.item.parallel)  # type: ignore[misc]
+                          self.item.parallel)
         gone = [encode_key(d.target_key) for d in diffs if d.kind == "missing_on_source"] if self.item.delete else []
         ctx.journal.mark_chunk(self.name, SYNC_PART, f"{cycle}/{task}", "done", checker.stats.source_rows, {
             "table": label, "created": sum(1 for d in diffs if d.kind == "missing_on_target"),
