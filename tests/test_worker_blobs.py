@@ -333,3 +333,25 @@ def test_a_worker_killed_mid_sync_part_is_replaced_and_the_cycle_ends_whole(pg_c
     verify = subprocess.run([sys.executable, "-m", "migrate", "verify", str(plan), "--json"], capture_output=True,
                             text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_workers_sync_an_item_one_runner_loaded_over_ranges_found_by_split_tasks(pg_cluster, tmp_path: Path) -> None:
+    source, target = tmp_path / "src", tmp_path / "dst"
+    make_files(source, nested=300, flat=100)
+    journal = pg_cluster.create_database()
+    plan = blob_worker_plan(tmp_path, source, f'{{path: "{target}"}}', journal, chunk_files=60, delete=True)
+    run = subprocess.run([sys.executable, "-m", "migrate", "run", str(plan), "--until", "load"], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    (source / "flat" / "letter-000050.txt").unlink()
+    (source / "ward-1" / "day-1" / "late.txt").write_bytes(b"a late letter\n")
+    results = finished(start_until(plan, 2, "", "--sync"))
+    assert [code for code, _ in results] == [0, 0], results
+    assert tree_sha(target) == tree_sha(source)
+    tasks = pg(journal, "SELECT spec, status FROM tasks WHERE stage = 'sync'")
+    kinds = [Task.of(spec).kind for spec, _ in tasks]
+    assert kinds.count("split") > 1 and "copy" in kinds and {status for _, status in tasks} == {"done"}
+    leaves = sorted((Task.of(spec).range for spec, _ in tasks if Task.of(spec).kind == "copy"), key=lambda r: r.lo)
+    assert leaves[0].lo == "" and leaves[-1].hi is None  # no worker loaded it: split tasks found the tiling
+    assert all(a.hi == b.lo for a, b in zip(leaves, leaves[1:], strict=False))
+    assert synced_in_all(journal) == (1, 0, 1)
