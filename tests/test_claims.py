@@ -165,3 +165,19 @@ def test_stages_give_rates_and_an_eta_at_the_pace_so_far_computed_in_the_journal
         for claim in claims:
             work.done(claim, units=10)
     assert stages(journal, "obs")[0]["eta_seconds"] is None  # nothing left
+
+
+def test_a_parts_record_goes_in_with_its_done_mark_or_not_at_all(pg_url: str) -> None:
+    journal = Journal(pg_url)
+    a = WorkTable(journal, owner="a", ttl=1)
+    b = WorkTable(journal, owner="b", ttl=30)
+    a.add("letters", "sync", ["copy:x"])
+    (first,) = a.claim("letters", "sync")
+    time.sleep(1.3)  # a froze past its lease; b takes the part over and finishes it first
+    (second,) = b.claim("letters", "sync")
+    assert b.done(second, 10, [("letters", "sync-part", "c1/copy:x", "done", 10, {"by": "b", "deletes": []})])
+    # a resumes with its own, older findings (a delete proposal b's listing no longer makes): refused, not written
+    assert not a.done(first, 9, [("letters", "sync-part", "c1/copy:x", "done", 9, {"by": "a", "deletes": ["x/1"]}),
+                                 ("letters", "sync-part", "c1/copy:y", "done", 1, {"by": "a"})])
+    records = journal.chunks("letters", "sync-part")
+    assert records == {"c1/copy:x": ("done", 10, {"by": "b", "deletes": []})}

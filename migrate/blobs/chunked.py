@@ -30,7 +30,7 @@ from migrate.errors import MigrateError
 from migrate.stages import parts
 from migrate.stages.engine import StageContext, StageResult, SyncResult
 from migrate.stages.guards import guarded_deletes
-from migrate.state.claims import Split
+from migrate.state.claims import Journaled, Split
 from migrate.units import human_bytes
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ def verify_tasks(loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
     return _copy_chunks(loaded) or [(whole.name, whole.spec)]
 
 
-def verify_part(engine: BlobEngine, ctx: StageContext, verification: str, task: str, spec: str) -> int:
+def verify_part(engine: BlobEngine, ctx: StageContext, verification: str, task: str, spec: str) -> Journaled:
     """One part of a verification: the range listed on both sides, compared as `migrate verify` compares the
     whole item (the source's MD5 from the journal's records of that range where the file is unchanged)."""
     started = datetime.now(UTC)
@@ -193,11 +193,10 @@ def verify_part(engine: BlobEngine, ctx: StageContext, verification: str, task: 
     verifier = BlobVerifier(engine.name, engine.source, engine.target, engine.keep, records,
                             engine.item.concurrency, ctx.progress)
     found = verifier.compare(source, target)
-    parts.record(ctx.journal, engine.name, verification, task, started, found.checked, found.differences,
-                 files=len(source.entries), bytes=source.bytes, target_files=len(target.entries),
-                 target_bytes=target.bytes, source_bytes_read=found.metrics["source_bytes_read"],
-                 target_bytes_read=found.metrics["target_bytes_read"])
-    return found.checked
+    return parts.record(engine.name, verification, task, started, found.checked, found.differences,
+                        files=len(source.entries), bytes=source.bytes, target_files=len(target.entries),
+                        target_bytes=target.bytes, source_bytes_read=found.metrics["source_bytes_read"],
+                        target_bytes_read=found.metrics["target_bytes_read"])
 
 
 # -- a sync cycle in parts --
@@ -210,9 +209,10 @@ def sync_tasks(loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
     return _copy_chunks(loaded) or [(root.name, root.spec)]
 
 
-def sync_part(engine: BlobEngine, ctx: StageContext, cycle: str, spec: str) -> int | Split:
+def sync_part(engine: BlobEngine, ctx: StageContext, cycle: str, spec: str) -> Journaled | Split:
     """One part of a sync cycle: its range listed on both sides, what is new or changed copied (as `migrate sync`
-    copies it), the deletes it finds proposed to the closing task, not made; returns the source paths listed."""
+    copies it), the deletes it finds proposed to the closing task, not made; returns the source paths listed and
+    the part's record (journaled with the done-mark: a superseded runner's never overwrites it)."""
     from migrate.blobs.engine import STATE_KEY
 
     task = Task.of(spec)
@@ -223,7 +223,7 @@ def sync_part(engine: BlobEngine, ctx: StageContext, cycle: str, spec: str) -> i
     done = _pass(engine, ctx, task, source, target, sync=True, since_ns=int(state.get("inventory_at_ns", 0)))
     stream, tally, outcome = done.stream, done.tally, done.outcome
     problems, warnings = tally.problems + outcome.problems, tally.warnings + outcome.warnings
-    ctx.journal.mark_chunk(engine.name, SYNC_PART, f"{cycle}/{task.name}", "done", stream.files, {
+    return Journaled(stream.files, [(engine.name, SYNC_PART, f"{cycle}/{task.name}", "done", stream.files, {
         "files": stream.files, "bytes": stream.bytes, "target_files": len(target.entries),
         "listing_problems": len(source.problems), "unchanged": tally.unchanged, "pending": tally.pending,
         "oldest_pending_ns": tally.oldest_pending_ns, "conflicts": len(tally.conflicts),
@@ -231,8 +231,7 @@ def sync_part(engine: BlobEngine, ctx: StageContext, cycle: str, spec: str) -> i
         "failed_since": min(outcome.failed.values(), default=None), "still_pending": len(outcome.failed),
         "problems": problems[:KEPT], "problem_count": len(problems),
         "warnings": warnings[:KEPT], "warning_count": len(warnings),
-        "deletes": [[path, when.etag, since_ns] for path, when, since_ns in done.proposed]})
-    return stream.files
+        "deletes": [[path, when.etag, since_ns] for path, when, since_ns in done.proposed]})])
 
 
 def sync_finish(engine: BlobEngine, ctx: StageContext, cycle: str, opened_ns: int) -> SyncResult:

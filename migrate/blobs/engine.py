@@ -21,7 +21,7 @@ from migrate.redact import redact
 from migrate.stages import parts
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 from migrate.stages.guards import guarded_deletes
-from migrate.state.claims import Split
+from migrate.state.claims import Journaled, Split
 from migrate.units import human_bytes
 
 __all__ = ["BlobEngine", "open_store"]
@@ -263,9 +263,10 @@ class BlobEngine(ItemEngine):
         made since falls in one of them too); one part for everything when no worker loaded the item."""
         return chunked.verify_tasks(loaded)
 
-    def verify_task(self, ctx: StageContext, verification: str, task: str, spec: str | None = None) -> int:
-        """Compare one part (its path range listed on both sides, by size and MD5) and journal what it found
-        under `verification`; returns the paths checked."""
+    def verify_task(self, ctx: StageContext, verification: str, task: str,
+                    spec: str | None = None) -> Journaled:
+        """Compare one part (its path range listed on both sides, by size and MD5): the paths checked, and the
+        record of what it found under `verification`, journaled with the task's done-mark."""
         assert spec is not None, f"blob task {task} has no range"
         return chunked.verify_part(self, ctx, verification, task, spec)
 
@@ -280,7 +281,8 @@ class BlobEngine(ItemEngine):
         chunked.forget_sync_parts(ctx, self.name)
         return chunked.sync_tasks(loaded)
 
-    def sync_task(self, ctx: StageContext, cycle: str, task: str, spec: str | None = None) -> int | Split:
+    def sync_task(self, ctx: StageContext, cycle: str, task: str,
+                  spec: str | None = None) -> Journaled | Split:
         assert spec is not None, "a blob sync task has a range"
         return chunked.sync_part(self, ctx, cycle, spec)
 

@@ -48,7 +48,7 @@ from migrate.redact import redact
 from migrate.stages import parts
 from migrate.stages.engine import ItemEngine, Preview, StageContext, StageResult, SyncResult, VerifyResult
 from migrate.stages.guards import check_deletes
-from migrate.state.claims import Split
+from migrate.state.claims import Journaled, Split
 from migrate.state.journal import Journal
 from migrate.state.slots import slot_summary
 from migrate.units import human_bytes
@@ -506,19 +506,19 @@ class DatabaseEngine(ItemEngine):
         return [loading.chunk_id(pair.label, index) for pair in self._task_pairs()
                 for index in range(len(self._load_ranges(ctx, pair)))]
 
-    def verify_task(self, ctx: StageContext, verification: str, task: str, spec: str | None = None) -> int:
-        """Compare one part (one key range of one table: both sides' checksums, descending where they differ)
-        and journal what it found under `verification`; returns the source rows checked."""
+    def verify_task(self, ctx: StageContext, verification: str, task: str, spec: str | None = None) -> Journaled:
+        """Compare one part (one key range of one table: both sides' checksums, descending where they differ):
+        the source rows checked, and the record of what it found under `verification`, journaled with the task's
+        done-mark."""
         started = datetime.now(UTC)
         label, index = task.rsplit("#", 1)
         pair = next(p for p in self._task_pairs() if p.label == label)
         checker = KeyRangeChecksum(pair, workers=2, leaf_rows=2000)
         found = [self._difference(d) for d in checker.compare([self._load_ranges(ctx, pair)[int(index)]])]
         stats = checker.stats
-        parts.record(ctx.journal, self.name, verification, task, started, stats.source_rows, found, group=label,
-                     rows=stats.source_rows, target_rows=stats.target_rows, bisected=stats.bisected)
         self.throttle(ctx).verify_rows(stats.source_rows)
-        return stats.source_rows
+        return parts.record(self.name, verification, task, started, stats.source_rows, found, group=label,
+                            rows=stats.source_rows, target_rows=stats.target_rows, bisected=stats.bisected)
 
     def verify_parts(self, ctx: StageContext, verification: str) -> VerifyResult:
         return parts.add_up(ctx.journal, self.name, verification, by="tables")
@@ -536,10 +536,11 @@ class DatabaseEngine(ItemEngine):
                 if pair.watermark is None and pair.label not in logical and syncing.same_postgres(pair)
                 for index in range(len(self._load_ranges(ctx, pair)))]
 
-    def sync_task(self, ctx: StageContext, cycle: str, task: str, spec: str | None = None) -> int:
+    def sync_task(self, ctx: StageContext, cycle: str, task: str, spec: str | None = None) -> Journaled:
         """One part: one key range of one table compared by checksums on both sides (descending where they
         differ), the rows that differ or are missing copied, the target's keys the source lacks proposed for
-        deletion, not deleted; returns the source rows compared."""
+        deletion, not deleted; returns the source rows compared and the part's record (journaled with the
+        done-mark)."""
         label, index = task.rsplit("#", 1)
         pair = next(p for p in self._task_pairs() if p.label == label)
         pair.throttle = self.throttle(ctx)
@@ -548,10 +549,10 @@ class DatabaseEngine(ItemEngine):
         syncing.copy_rows(pair, [d.source_key for d in diffs if d.kind != "missing_on_source" and d.source_key],
                           self.item.parallel)
         gone = [encode_key(d.target_key) for d in diffs if d.kind == "missing_on_source"] if self.item.delete else []
-        ctx.journal.mark_chunk(self.name, SYNC_PART, f"{cycle}/{task}", "done", checker.stats.source_rows, {
+        rows = checker.stats.source_rows
+        return Journaled(rows, [(self.name, SYNC_PART, f"{cycle}/{task}", "done", rows, {
             "table": label, "created": sum(1 for d in diffs if d.kind == "missing_on_target"),
-            "updated": sum(1 for d in diffs if d.kind == "different"), "deletes": gone})
-        return checker.stats.source_rows
+            "updated": sum(1 for d in diffs if d.kind == "different"), "deletes": gone})])
 
     def sync_parts(self, ctx: StageContext, cycle: str, opened_ns: int) -> SyncResult:
         """The closing task: the cycle for everything its parts did not cover, their copies counted and their

@@ -13,19 +13,20 @@ from typing import Any
 
 from migrate.errors import Difference
 from migrate.stages.engine import VerifyResult
+from migrate.state.claims import Journaled
 from migrate.state.journal import Journal
 
 STAGE = "verify-part"
 KEPT = 1000  # differences a part journals in full (all are counted)
 
 
-def record(journal: Journal, item: str, verification: str, task: str, started: datetime, checked: int,
-           found: list[Difference], group: str = "", **counts: int) -> None:
-    """Journal one part: the units it checked, what it found, and counts to add up (per `group`, such as a
-    table)."""
-    journal.mark_chunk(item, STAGE, f"{verification}/{task}", "done", checked, {
+def record(item: str, verification: str, task: str, started: datetime, checked: int, found: list[Difference],
+           group: str = "", **counts: int) -> Journaled:
+    """One part's outcome: the units it checked, and its record (what it found, counts to add up per `group`,
+    such as a table), journaled with its done-mark, so a superseded runner's part never overwrites it."""
+    return Journaled(checked, [(item, STAGE, f"{verification}/{task}", "done", checked, {
         "started": started.isoformat(), "group": group, "checked": checked, "differences": len(found),
-        "found": [asdict(d) for d in found[:KEPT]], "counts": counts})
+        "found": [asdict(d) for d in found[:KEPT]], "counts": counts})])
 
 
 def add_up(journal: Journal, item: str, verification: str, by: str | None = None) -> VerifyResult:

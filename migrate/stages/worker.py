@@ -60,7 +60,7 @@ from migrate.redact import redact
 from migrate.stages import parts
 from migrate.stages.engine import StageContext
 from migrate.stages.runner import StageRunner, engine_for, require_forward
-from migrate.state.claims import Claim, Split, WorkTable, parse_shard
+from migrate.state.claims import ChunkRecord, Claim, Journaled, Split, WorkTable, parse_shard
 from migrate.state.lock import current_lock
 from migrate.state.sync_state import SyncState
 
@@ -337,7 +337,10 @@ class Worker:
                 done.done += 1
                 return
             units = 0  # superseded: said below
-        if self.work.done(claim, units):
+        records: list[ChunkRecord] = []
+        if isinstance(units, Journaled):  # its findings go in with its done-mark, or not at all
+            records, units = units.records, units.units
+        if self.work.done(claim, units, records):
             done.done += 1
             if claim.stage == VERIFY:
                 done.checked += units

@@ -88,6 +88,19 @@ class Split:
     tasks: list[tuple[str, str | None]]
 
 
+ChunkRecord = tuple[str, str, str, str, int, "dict[str, Any] | None"]  # (item, stage, chunk, status, units, detail)
+
+
+@dataclass(frozen=True)
+class Journaled:
+    """What a task returns whose findings are journal records (a part of a verification or a sync cycle): its
+    units, and the records, written in the transaction that marks it done, so a runner whose claim was superseded
+    (one frozen past its lease and resumed) writes nothing."""
+
+    units: int
+    records: list[ChunkRecord]
+
+
 @dataclass(frozen=True)
 class Progress:
     """A stage's tasks by state (`leased` counts live leases; expired ones count as pending)."""
@@ -201,11 +214,16 @@ class WorkTable:
                     lost.append(claim)
         return lost
 
-    def done(self, claim: Claim, units: int = 0) -> bool:
-        """Mark the task done; False (and nothing changed) when a newer claim superseded this one."""
+    def done(self, claim: Claim, units: int = 0, records: Sequence[ChunkRecord] = ()) -> bool:
+        """Mark the task done and write its journal records, in one transaction; False (and nothing written) when
+        a newer claim superseded this one."""
         with self.journal.connect() as conn:
-            return bool(conn.execute(update(tasks_t).where(self._held(claim)).values(
-                status="done", units=units, lease_until=None, done_at=func.clock_timestamp())).rowcount)
+            if not conn.execute(update(tasks_t).where(self._held(claim)).values(
+                    status="done", units=units, lease_until=None, done_at=func.clock_timestamp())).rowcount:
+                return False
+            for item, stage, chunk, status, count, detail in records:
+                self.journal.mark_chunks(item, stage, [(chunk, status, count, detail)], conn=conn)
+        return True
 
     def failed(self, claim: Claim, error: str, final: bool = False) -> bool:
         """Give the task back after a failure: claimable again until `max_attempts`, then failed (at once when

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -365,9 +365,11 @@ class Journal:
             ).all()
         return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
 
-    def mark_chunks(self, item: str, stage: str, chunks: list[tuple[str, str, int, dict[str, Any] | None]]) -> None:
+    def mark_chunks(self, item: str, stage: str, chunks: list[tuple[str, str, int, dict[str, Any] | None]],
+                    conn: Any = None) -> None:
         """Upsert many (chunk, status, units, detail) rows in one transaction (one statement on SQLite and
-        PostgreSQL: tens of thousands of files a second; a row at a time elsewhere)."""
+        PostgreSQL: tens of thousands of files a second; a row at a time elsewhere); `conn`: in the caller's
+        transaction (a worker's done-mark)."""
         if not chunks:
             return
         at = now()
@@ -375,7 +377,7 @@ class Journal:
                    "detail": json.dumps(detail, default=str) if detail else None, "updated_at": at}
                   for chunk, status, units, detail in chunks]
         dialect = self.engine.dialect.name
-        with self._write() as conn:
+        with self._write() if conn is None else nullcontext(conn) as conn:
             if dialect in ("sqlite", "postgresql"):
                 upsert: Any = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(chunks_t)
                 conn.execute(upsert.on_conflict_do_update(
