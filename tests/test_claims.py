@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from migrate.errors import UsageError
-from migrate.state.claims import WorkTable, bucket_of, parse_shard
+from migrate.state.claims import Claim, WorkTable, bucket_of, parse_shard
 from migrate.state.journal import Journal
 
 pytestmark = pytest.mark.postgres
@@ -60,16 +60,21 @@ def test_runners_claiming_at_once_take_every_task_exactly_once(pg_url: str) -> N
     assert (progress.pending, progress.leased, progress.done, progress.units) == (0, 0, 300, 300)
 
 
-def test_an_expired_lease_is_claimed_again_and_the_old_holder_is_fenced_off(pg_url: str) -> None:
-    journal = Journal(pg_url)
+def taken_over(journal: Journal, item: str, stage: str, task: str) -> tuple[WorkTable, Claim, WorkTable, Claim]:
+    """Runner a claims the task and freezes past its 1 s lease; runner b claims it again: (a, a's claim, b, b's)."""
     a = WorkTable(journal, owner="a", ttl=1)
     b = WorkTable(journal, owner="b", ttl=30)
-    a.add("obs", "load", ["chunk#0"])
-    (first,) = a.claim("obs", "load")
-    assert b.claim("obs", "load") == []  # live lease
-    assert a.progress("obs", "load").leased == 1
+    a.add(item, stage, [task])
+    (first,) = a.claim(item, stage)
+    assert b.claim(item, stage) == []  # live lease
+    assert a.progress(item, stage).leased == 1
     time.sleep(1.3)  # a froze past its lease (judged by the journal's clock)
-    (second,) = b.claim("obs", "load")
+    (second,) = b.claim(item, stage)
+    return a, first, b, second
+
+
+def test_an_expired_lease_is_claimed_again_and_the_old_holder_is_fenced_off(pg_url: str) -> None:
+    a, first, b, second = taken_over(Journal(pg_url), "obs", "load", "chunk#0")
     assert (second.task, second.fence) == ("chunk#0", first.fence + 1)
     assert a.heartbeat([first]) == [first]  # a learns it lost the task
     assert not a.done(first, units=5)  # and cannot mark it done
@@ -169,12 +174,7 @@ def test_stages_give_rates_and_an_eta_at_the_pace_so_far_computed_in_the_journal
 
 def test_a_parts_record_goes_in_with_its_done_mark_or_not_at_all(pg_url: str) -> None:
     journal = Journal(pg_url)
-    a = WorkTable(journal, owner="a", ttl=1)
-    b = WorkTable(journal, owner="b", ttl=30)
-    a.add("letters", "sync", ["copy:x"])
-    (first,) = a.claim("letters", "sync")
-    time.sleep(1.3)  # a froze past its lease; b takes the part over and finishes it first
-    (second,) = b.claim("letters", "sync")
+    a, first, b, second = taken_over(journal, "letters", "sync", "copy:x")  # b finishes it first
     assert b.done(second, 10, [("letters", "sync-part", "c1/copy:x", "done", 10, {"by": "b", "deletes": []})])
     # a resumes with its own, older findings (a delete proposal b's listing no longer makes): refused, not written
     assert not a.done(first, 9, [("letters", "sync-part", "c1/copy:x", "done", 9, {"by": "a", "deletes": ["x/1"]}),
