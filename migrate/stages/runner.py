@@ -115,6 +115,7 @@ class StageRunner:
         """preflight → schema → load → verify for every item, skipping what the journal says is done."""
         if until not in RUN_STAGES:
             raise UsageError(f"--until takes one of {', '.join(RUN_STAGES)}, not {until!r}")
+        self._refuse_while_workers("run")
         runs = []
         for item in self.items:
             with self._engine(item) as engine:
@@ -184,15 +185,22 @@ class StageRunner:
     def sync(self) -> list[SyncResult]:
         """One forward cycle (source → target) for every item. Refused whenever the target is, or may be,
         authoritative: copying from the source then would overwrite what the application wrote there."""
-        from migrate.state.claims import live_leases  # (the PostgreSQL dialect: imported only to sync)
-
         require_forward(self.ctx.journal)
+        self._refuse_while_workers("sync")
+        return [self.sync_item(item, reverse=False) for item in self.items]
+
+    def _refuse_while_workers(self, verb: str) -> None:
+        """One runner never works beside `migrate worker`s holding tasks of the plan (a load or a sync cycle of
+        its own would race theirs)."""
+        if self.ctx.journal.engine.dialect.name != "postgresql":
+            return  # workers need a PostgreSQL journal: there are none
+        from migrate.state.claims import live_leases  # (the PostgreSQL dialect: imported only here)
+
         leases = live_leases(self.ctx.journal)
         if leases:
-            raise MigrateError(f"sync refused: workers hold {len(leases)} task(s) of this plan ("
-                               + ", ".join(sorted({owner for owner, _, _ in leases})) + "); one runner's cycle would "
-                               "race theirs", hint="wait for the workers to finish (`migrate status PLAN`)")
-        return [self.sync_item(item, reverse=False) for item in self.items]
+            raise MigrateError(f"{verb} refused: workers hold {len(leases)} task(s) of this plan ("
+                               + ", ".join(sorted({owner for owner, _, _ in leases})) + f"); one runner's {verb} "
+                               "would race theirs", hint="wait for the workers to finish (`migrate status PLAN`)")
 
     def sequences(self) -> list[str]:
         """`migrate:sequences` for every item: target sequences/identities at least the source's values."""
