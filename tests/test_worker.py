@@ -503,3 +503,29 @@ def test_workers_sync_a_table_in_parts_and_decide_its_deletes_on_the_totals(pg_c
     usage = subprocess.run([sys.executable, "-m", "migrate", "worker", str(plan), "--until", "sync"],
                            capture_output=True, text=True)
     assert usage.returncode == 2 and "--sync" in usage.stderr, usage.stderr
+
+
+def test_a_worker_killed_holding_a_table_sync_part_is_replaced_and_the_rows_match_outside(
+        pg_cluster, pg_url: str, pg_url2: str, tmp_path: Path) -> None:
+    journal, plan = loaded_by_workers(pg_cluster, pg_url, pg_url2, tmp_path, chunk_rows=20_000)
+    plan.write_text(plan.read_text().replace("chunk_rows: 20000}", "chunk_rows: 20000, delete: true}"))
+    pg(pg_url, "UPDATE observations SET value = value + 1, note = 'changed'")  # every part has rows to merge
+    pg(pg_url, "DELETE FROM observations WHERE id % 1000 = 0")
+    workers = [subprocess.Popen([sys.executable, "-m", "migrate", "worker", str(plan), "--shard", f"{i}/2", "--sync",
+                                 "--lease", "3s", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for i in range(2)]
+
+    def merging() -> tuple[int, str] | None:  # a worker holding a part once others are done: the cycle under way
+        rows = pg(journal, "SELECT task, status, owner FROM tasks WHERE stage = 'sync'")
+        held = [(int(owner.rsplit(":", 1)[1]), task) for task, status, owner in rows if status == "leased"]
+        return held[0] if held and any(status == "done" for _, status, _ in rows) else None
+
+    pid, task = stop_holding(journal, merging, stage="sync")
+    os.kill(pid, signal.SIGKILL)
+    results = [outcome(w) for w in workers]
+    assert sorted(code for code, _ in results) == [-signal.SIGKILL, 0], results
+    assert table_md5(dsn(pg_url2), "observations") == table_md5(dsn(pg_url), "observations")  # outside the tool
+    assert pg(pg_url2, "SELECT count(*), count(DISTINCT id) FROM observations") == [(ROWS - 120, ROWS - 120)]
+    [(status, fence)] = pg(journal, "SELECT status, fence FROM tasks WHERE stage = 'sync' AND task = %s", (task,))
+    assert status == "done" and fence >= 2  # claimed again after the killed worker's lease expired
+    assert synced_in_all(journal) == (0, ROWS - 120, 120)
