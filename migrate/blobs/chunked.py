@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 STARTED_KEY = "work:blob_load_started_ns"  # when the split of the first task began (the load's inventory time)
 MAX_SAID = 5  # problems named in a failed chunk's message
 LITTER = "#litter"  # journal item (the blob item's name + this): partial writes each chunk saw, by task
-SYNC_PART = "sync-part"  # chunk records `<cycle>/<task>`: what one part of a sync cycle did and proposes
 KEPT = 100  # problems and warnings a sync part journals in full (all are counted)
 
 
@@ -223,7 +222,7 @@ def sync_part(engine: BlobEngine, ctx: StageContext, cycle: str, spec: str) -> J
     done = _pass(engine, ctx, task, source, target, sync=True, since_ns=int(state.get("inventory_at_ns", 0)))
     stream, tally, outcome = done.stream, done.tally, done.outcome
     problems, warnings = tally.problems + outcome.problems, tally.warnings + outcome.warnings
-    return Journaled(stream.files, [(engine.name, SYNC_PART, f"{cycle}/{task.name}", "done", stream.files, {
+    return parts.journaled(engine.name, parts.SYNC_PART, cycle, task.name, stream.files, {
         "files": stream.files, "bytes": stream.bytes, "target_files": len(target.entries),
         "listing_problems": len(source.problems), "unchanged": tally.unchanged, "pending": tally.pending,
         "oldest_pending_ns": tally.oldest_pending_ns, "conflicts": len(tally.conflicts),
@@ -231,7 +230,7 @@ def sync_part(engine: BlobEngine, ctx: StageContext, cycle: str, spec: str) -> J
         "failed_since": min(outcome.failed.values(), default=None), "still_pending": len(outcome.failed),
         "problems": problems[:KEPT], "problem_count": len(problems),
         "warnings": warnings[:KEPT], "warning_count": len(warnings),
-        "deletes": [[path, when.etag, since_ns] for path, when, since_ns in done.proposed]})])
+        "deletes": [[path, when.etag, since_ns] for path, when, since_ns in done.proposed]})
 
 
 def sync_finish(engine: BlobEngine, ctx: StageContext, cycle: str, opened_ns: int) -> SyncResult:
@@ -239,8 +238,7 @@ def sync_finish(engine: BlobEngine, ctx: StageContext, cycle: str, opened_ns: in
     (each on condition the target is still what its part listed), the inventory recorded for the next cycle."""
     from migrate.blobs.engine import STATE_KEY
 
-    found = [detail for _, _, detail in ctx.journal.chunks(engine.name, SYNC_PART, lo=f"{cycle}/",
-                                                            hi=f"{cycle}0").values()]
+    found = parts.of_round(ctx.journal, engine.name, parts.SYNC_PART, cycle)
     total = {key: sum(part[key] for part in found) for key in (
         "files", "bytes", "target_files", "listing_problems", "unchanged", "pending", "conflicts", "created",
         "updated", "still_pending", "problem_count", "warning_count")}
@@ -284,8 +282,3 @@ def sync_finish(engine: BlobEngine, ctx: StageContext, cycle: str, opened_ns: in
         metrics={**copied, "unchanged": total["unchanged"], "cycle": cycle, "parts": len(found),
                  "warnings": [w for p in found for w in p["warnings"]][:KEPT] + outcome.warnings[:KEPT]},
     )
-
-
-def forget_sync_parts(ctx: StageContext, item: str) -> None:
-    """Before a new sync cycle in parts: the parts of earlier ones go."""
-    ctx.journal.clear_chunks(item, SYNC_PART)

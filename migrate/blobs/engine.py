@@ -278,7 +278,6 @@ class BlobEngine(ItemEngine):
     def sync_tasks(self, ctx: StageContext, loaded: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
         """A cycle's parts: the load's copy chunks, else the root split; the guards and deletes wait for the
         closing task (`sync_parts`)."""
-        chunked.forget_sync_parts(ctx, self.name)
         return chunked.sync_tasks(loaded)
 
     def sync_task(self, ctx: StageContext, cycle: str, task: str,

@@ -54,7 +54,6 @@ from migrate.state.slots import slot_summary
 from migrate.units import human_bytes
 
 RANGES_TASK = "ranges"  # the spec of a worker's task planning one table's key ranges
-SYNC_PART = "sync-part"  # chunk records `<cycle>/<table#index>`: what one part of a sync cycle copied and proposes
 
 
 class DatabaseEngine(ItemEngine):
@@ -529,7 +528,6 @@ class DatabaseEngine(ItemEngine):
         """A cycle's parts: one per load key range of each table brought in line by a full comparison (no
         watermark column, no logical decoding) from PostgreSQL to PostgreSQL; the rest of the cycle (watermarks,
         the log, every delete decision) is the closing task's (`sync_parts`)."""
-        ctx.journal.clear_chunks(self.name, SYNC_PART)
         pairs = self._task_pairs()
         logical = {p.label for p in self._logical(pairs)}
         return [(loading.chunk_id(pair.label, index), "sync") for pair in pairs
@@ -550,15 +548,15 @@ class DatabaseEngine(ItemEngine):
                           self.item.parallel)
         gone = [encode_key(d.target_key) for d in diffs if d.kind == "missing_on_source"] if self.item.delete else []
         rows = checker.stats.source_rows
-        return Journaled(rows, [(self.name, SYNC_PART, f"{cycle}/{task}", "done", rows, {
+        return parts.journaled(self.name, parts.SYNC_PART, cycle, task, rows, {
             "table": label, "created": sum(1 for d in diffs if d.kind == "missing_on_target"),
-            "updated": sum(1 for d in diffs if d.kind == "different"), "deletes": gone})])
+            "updated": sum(1 for d in diffs if d.kind == "different"), "deletes": gone})
 
     def sync_parts(self, ctx: StageContext, cycle: str, opened_ns: int) -> SyncResult:
         """The closing task: the cycle for everything its parts did not cover, their copies counted and their
         proposed deletes decided with the rest (the mass-delete guard on each table's totals), children first."""
         found: dict[str, tuple[int, int, list[Any]]] = {}
-        for _, _, part in ctx.journal.chunks(self.name, SYNC_PART, lo=f"{cycle}/", hi=f"{cycle}0").values():
+        for part in parts.of_round(ctx.journal, self.name, parts.SYNC_PART, cycle):
             created, updated, keys = found.get(part["table"], (0, 0, []))
             found[part["table"]] = (created + part["created"], updated + part["updated"],
                                     keys + [decode_key(k) for k in part["deletes"]])

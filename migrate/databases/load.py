@@ -98,8 +98,8 @@ def copy_range(pair: TablePair, rng: KeyRange, mode: str = REPLACE, fence: int |
             else:
                 query = query.order_by(*src.order.columns)
                 rows = _source_rows(pair, query, rng)
-                written = (tgt.ops.write_rows(tconn, tgt.clause, pair.columns, rows, freeze=True)  # type: ignore
-                           if freeze else tgt.ops.write_rows(tconn, tgt.clause, pair.columns, rows))
+                opening = {"freeze": True} if freeze else {}  # (COPY ... FREEZE: PostgreSQL's write_rows)
+                written = tgt.ops.write_rows(tconn, tgt.clause, pair.columns, rows, **opening)
             tconn.commit()
         finally:
             if fence is not None:

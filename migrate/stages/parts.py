@@ -1,9 +1,10 @@
-"""A verification made in parts by `migrate worker` (one part per claimed task): what each part found is
-journaled under the verification's id, and the task finishing the last part adds them up.
+"""Work made in parts by `migrate worker` (one part per claimed task): a verification, or a sync cycle. What
+each part found is journaled under its round's id (the verification's, the cycle's) with the part's done-mark,
+and the task closing the round adds the parts up.
 
-A part is a chunk record (stage `verify-part`) named `<verification>/<task>`: a runner of an older verification,
-frozen past its lease and finishing late, writes under that older id and never mixes in; the records of earlier
-verifications go when the next one starts (`forget`)."""
+A part is a chunk record named `<round>/<task>` (stage `verify-part` or `sync-part`): a runner of an older round,
+frozen past its lease and finishing late, writes under that older id and never mixes in (and a runner whose claim
+was superseded writes nothing); the records of earlier rounds go when the next one opens (`forget`)."""
 
 from __future__ import annotations
 
@@ -16,24 +17,38 @@ from migrate.stages.engine import VerifyResult
 from migrate.state.claims import Journaled
 from migrate.state.journal import Journal
 
-STAGE = "verify-part"
+VERIFY_PART, SYNC_PART = "verify-part", "sync-part"  # the records of a verification's parts, a sync cycle's
 KEPT = 1000  # differences a part journals in full (all are counted)
+
+
+def journaled(item: str, stage: str, round_id: str, task: str, units: int, detail: dict[str, Any]) -> Journaled:
+    """A part's outcome: its units, and its record, journaled with its done-mark (`WorkTable.done`)."""
+    return Journaled(units, [(item, stage, f"{round_id}/{task}", "done", units, detail)])
+
+
+def of_round(journal: Journal, item: str, stage: str, round_id: str) -> list[dict[str, Any]]:
+    """The records of one round's parts."""
+    return [detail for _, _, detail in journal.chunks(item, stage, lo=f"{round_id}/", hi=f"{round_id}0").values()]
+
+
+def forget(journal: Journal, item: str, stage: str) -> None:
+    """Before a new round: the part records of earlier ones go."""
+    journal.clear_chunks(item, stage)
 
 
 def record(item: str, verification: str, task: str, started: datetime, checked: int, found: list[Difference],
            group: str = "", **counts: int) -> Journaled:
-    """One part's outcome: the units it checked, and its record (what it found, counts to add up per `group`,
-    such as a table), journaled with its done-mark, so a superseded runner's part never overwrites it."""
-    return Journaled(checked, [(item, STAGE, f"{verification}/{task}", "done", checked, {
+    """One verify part's outcome: the units it checked, and what it found, with counts to add up per `group`
+    (such as a table)."""
+    return journaled(item, VERIFY_PART, verification, task, checked, {
         "started": started.isoformat(), "group": group, "checked": checked, "differences": len(found),
-        "found": [asdict(d) for d in found[:KEPT]], "counts": counts})])
+        "found": [asdict(d) for d in found[:KEPT]], "counts": counts})
 
 
 def add_up(journal: Journal, item: str, verification: str, by: str | None = None) -> VerifyResult:
     """The verification its parts add up to, with `metrics["since"]`: when its earliest part started (the moment
     it vouches for). The parts' counts are summed into the metrics, per group under `by` when given."""
-    parts = [detail for _, _, detail in journal.chunks(item, STAGE, lo=f"{verification}/",
-                                                        hi=f"{verification}0").values()]
+    parts = of_round(journal, item, VERIFY_PART, verification)
     result = VerifyResult(item)
     groups: dict[str, dict[str, int]] = {}
     for part in parts:
@@ -54,8 +69,3 @@ def add_up(journal: Journal, item: str, verification: str, by: str | None = None
         metrics.update({k: v for sums in groups.values() for k, v in sums.items() if k not in ("parts", "differences")})
     result.metrics = metrics
     return result
-
-
-def forget(journal: Journal, item: str) -> None:
-    """Before a new verification in parts: the parts of earlier ones go."""
-    journal.clear_chunks(item, STAGE)

@@ -196,16 +196,8 @@ class Worker:
                 if self.runner.verification_current(item.name):
                     self._report(item.name, done, result)
                     return
-                verification = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-                tasks = engine.verify_tasks(self.ctx, self.work.done_tasks(item.name, "load"))
-                self.work.forget(item.name, (VERIFY, VERIFY_FINISH))
-                parts.forget(journal, item.name)
-                self.work.add(item.name, VERIFY, tasks)
-                self.work.add(item.name, VERIFY_FINISH, [verification])
-                journal.put(item.name, VERIFYING, {"id": verification, "tasks": len(tasks)})
-                journal.set_stage(item.name, engine.kind, "verify", "running", run_id=self.ctx.run_id,
-                                  detail={"verification": verification, "tasks": len(tasks), "workers": "claims"})
-                current = {"id": verification}
+                current = self._open_round(item.name, engine, VERIFY, VERIFYING, parts.VERIFY_PART,
+                                           engine.verify_tasks(self.ctx, self.work.done_tasks(item.name, "load")))
         verification = current["id"]
         self._claim_until_done(item.name, VERIFY, lambda claim: engine.verify_task(
             self.ctx, verification, claim.task, claim.spec), done, result)
@@ -215,6 +207,23 @@ class Worker:
                                done, result)
         if not result.failed:
             self._report(item.name, done, result)
+
+    def _open_round(self, item: str, engine: Any, stage: str, key: str, records: str, tasks: list[Any],
+                    **extra: Any) -> dict[str, Any]:
+        """A new round of parts (a verification, a sync cycle) under a new id: the earlier round's tasks and part
+        records go, its parts and the task closing it (`<stage>:finish`, named by the id) are added, and the
+        round is journaled under `key`, which the workers joining it read."""
+        round_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+        closing = f"{stage}:finish"
+        self.work.forget(item, (stage, closing))
+        parts.forget(self.ctx.journal, item, records)
+        self.work.add(item, stage, tasks)
+        self.work.add(item, closing, [round_id])
+        current = {"id": round_id, "tasks": len(tasks), **extra}
+        self.ctx.journal.put(item, key, current)
+        self.ctx.journal.set_stage(item, engine.kind, stage, "running", run_id=self.ctx.run_id,
+                                   detail={"round": round_id, "tasks": len(tasks), "workers": "claims"})
+        return current
 
     def _finish_verify(self, engine: Any, verification: str) -> int:
         self.runner.verify_item(engine, parts=partial(engine.verify_parts, self.ctx, verification))
@@ -241,16 +250,9 @@ class Worker:
             self._forward_only()
             current = journal.get(item.name, SYNCING)
             if current is None or self.work.progress(item.name, SYNC_FINISH).finished:
-                cycle = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-                tasks = engine.sync_tasks(self.ctx, self.work.done_tasks(item.name, "load"))
-                self.work.forget(item.name, (SYNC, SYNC_FINISH))
-                self.work.add(item.name, SYNC, tasks)
-                self.work.add(item.name, SYNC_FINISH, [cycle])
-                current = {"id": cycle, "tasks": len(tasks), "opened_at": journal.clock().isoformat(),
-                           "opened_ns": time.time_ns()}
-                journal.put(item.name, SYNCING, current)
-                journal.set_stage(item.name, engine.kind, "sync", "running", run_id=self.ctx.run_id,
-                                  detail={"cycle": cycle, "tasks": len(tasks), "workers": "claims"})
+                current = self._open_round(item.name, engine, SYNC, SYNCING, parts.SYNC_PART,
+                                           engine.sync_tasks(self.ctx, self.work.done_tasks(item.name, "load")),
+                                           opened_at=journal.clock().isoformat(), opened_ns=time.time_ns())
         cycle = current["id"]
 
         def part(claim: Claim) -> Any:
